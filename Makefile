@@ -1,0 +1,26 @@
+# Two entry points, each sets everything up first (idempotent):
+#   make repro   install into .venv, then `dvc repro` on params.yaml
+#   make test    install into .venv, then the test suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export PATH := $(abspath $(BIN)):$(PATH)
+export DVC_NO_ANALYTICS := 1
+
+.PHONY: setup repro test bench
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+repro: setup
+	dvc repro
+
+test: setup
+	pytest -q
+
+bench: setup
+	$(BIN)/python bench/run_all.py

@@ -1,0 +1,94 @@
+"""Atomic outputs: write beside the target under a temporary name, then rename.
+
+An interrupted stage (Ctrl-C, ``kill -9``, a full disk) therefore never leaves
+a half-written file or folder under its final name; at worst the final name is
+missing and DVC reruns the stage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+def _remove_leftovers(target: Path) -> None:
+    """Delete temporaries that a killed earlier run left beside ``target``."""
+    for stale in target.parent.glob(f".{target.name}.*.tmp*"):
+        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+    for stale in target.parent.glob(f".{target.name}.*.old"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _temp_name(target: Path, suffix: str = "") -> Path:
+    # Same folder as the target, so the final rename stays on one file system.
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(target)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp" + suffix, dir=target.parent)
+    os.close(fd)
+    return Path(name)
+
+
+@contextlib.contextmanager
+def atomic_path(target: Path | str, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path to write; it replaces ``target`` on success.
+
+    ``suffix`` keeps an extension that a writer insists on (Keras wants
+    ``.keras``, NumPy ``.npy``).
+    """
+    target = Path(target)
+    tmp = _temp_name(target, suffix)
+    try:
+        yield tmp
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(target: Path | str, text: str) -> None:
+    with atomic_path(target) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(target: Path | str, data: Any) -> None:
+    write_text(target, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def save_npy(target: Path | str, array) -> None:
+    import numpy as np
+
+    with atomic_path(target, ".npy") as tmp:
+        np.save(tmp, array)
+
+
+def save_keras(target: Path | str, model) -> None:
+    with atomic_path(target, ".keras") as tmp:
+        model.save(tmp)
+
+
+@contextlib.contextmanager
+def atomic_dir(target: Path | str) -> Iterator[Path]:
+    """Yield an empty temporary folder; it replaces the folder ``target`` on success."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(target)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        yield tmp
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+            os.replace(target, old / "x")
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,116 @@
+"""The ``freeze`` vocabulary, applied to a built backbone.
+
+``blockN``: stages 1..N-1 frozen, stage N and above trained. ``all``: nothing
+trained. ``none``: everything trained. ``auto``: the backbone's recommended
+stage. Any other word is an exact Keras layer name: training starts there.
+
+Frozen means *upstream of the boundary tensor* in the graph (see
+``tlpipe.backbones``). BatchNormalization layers are never trainable: in Keras 3
+a BN layer set trainable updates its moving statistics even when called with
+``training=False`` by an outer model, and the small fine-tuning batches would
+wreck statistics learned on ImageNet.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import keras
+
+from tlpipe.backbones import Backbone
+from tlpipe.errors import TlpipeError
+
+_BLOCK = re.compile(r"block([1-9][0-9]*)")
+
+
+@dataclass
+class Plan:
+    """What a freeze word resolved to on one built backbone."""
+
+    word: str
+    boundary: object | None  # KerasTensor where training starts; None for all/none
+    frozen: set[str]  # names of backbone layers that stay frozen (BN aside)
+
+    @property
+    def trains_nothing(self) -> bool:
+        return self.word == "all"
+
+
+def _matches(name: str, prefix: str) -> bool:
+    return name == prefix or (
+        name.startswith(prefix) and not name[len(prefix)].isdigit()
+    )
+
+
+def stage_boundary(model: keras.Model, spec: Backbone, stage: int):
+    """The tensor entering resolution stage ``stage`` (1-based) of ``model``."""
+    where = spec.stages[stage - 1]
+    if where.startswith("after:"):
+        return model.get_layer(where[len("after:"):]).output
+    if where.startswith("pool:"):
+        pools = [l for l in model.layers if isinstance(l, keras.layers.MaxPooling2D)]
+        return pools[int(where[len("pool:"):])].input
+    for layer in model.layers:
+        if _matches(layer.name, where):
+            return layer.input
+    raise LookupError(f"backbone '{spec.name}' has no layer for stage {stage} ({where!r})")
+
+
+def upstream_layers(tensors) -> set[str]:
+    """Names of every layer needed to compute ``tensors`` (inclusive)."""
+    stack = list(tensors) if isinstance(tensors, (list, tuple)) else [tensors]
+    seen: set[str] = set()
+    while stack:
+        tensor = stack.pop()
+        layer, node_index, _ = tensor._keras_history
+        if layer.name in seen:
+            continue
+        seen.add(layer.name)
+        stack.extend(layer._inbound_nodes[node_index].input_tensors)
+    return seen
+
+
+def stage_names(spec: Backbone) -> list[str]:
+    return [f"block{i}" for i in range(1, len(spec.stages) + 1)]
+
+
+def plan(model: keras.Model, spec: Backbone, word: str) -> Plan:
+    """Resolve a freeze word against a built backbone (does not change it)."""
+    if word == "auto":
+        word = spec.default_freeze
+    all_layers = {layer.name for layer in model.layers}
+    if word == "all":
+        return Plan(word, None, all_layers)
+    if word == "none":
+        return Plan(word, None, set())
+    m = _BLOCK.fullmatch(word)
+    if m:
+        stage = int(m.group(1))
+        if stage > len(spec.stages):
+            raise TlpipeError(
+                f"params.yaml: The 'freeze' parameter must name a stage of backbone "
+                f"'{spec.name}': one of {', '.join(stage_names(spec))} (or all, none, auto, "
+                f"a layer name). Got {word!r} instead."
+            )
+        boundary = stage_boundary(model, spec, stage)
+    else:
+        try:
+            layer = model.get_layer(word)
+        except ValueError:
+            raise TlpipeError(
+                f"params.yaml: The 'freeze' parameter {word!r} is neither all, none, auto, "
+                f"{', '.join(stage_names(spec))} nor a layer of backbone '{spec.name}' "
+                f"(e.g. {model.layers[len(model.layers) // 2].name!r})."
+            ) from None
+        boundary = layer.input
+    frozen = upstream_layers(boundary)
+    return Plan(word, boundary, frozen)
+
+
+def apply(model: keras.Model, p: Plan) -> None:
+    """Set ``trainable`` on every backbone layer; BatchNormalization always False."""
+    model.trainable = not p.trains_nothing
+    for layer in model.layers:
+        is_bn = isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = not (is_bn or layer.name in p.frozen)

@@ -1,0 +1,355 @@
+"""params.yaml, parsed once into typed, validated objects.
+
+``load()`` reads the whole file and checks every key, so a typo anywhere
+stops the stage before any work is done. Errors read like scikit-learn's:
+
+    params.yaml: The 'head.dropout' parameter must be a float in the range
+    [0.0, 1.0). Got 1.5 instead.
+
+params.yaml is the one place defaults live: a missing key is an error too,
+which also keeps dvc.yaml's exact-key ``params:`` lists honest.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tlpipe import paths
+from tlpipe.errors import TlpipeError
+
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+SCHEDULES = ("constant", "cosine", "plateau")
+FREEZE_WORDS = ("auto", "all", "none")
+_BLOCK = re.compile(r"block([1-9][0-9]*)")
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+
+
+@dataclass(frozen=True)
+class DataParams:
+    source: str
+    sha256: str | None
+
+
+@dataclass(frozen=True)
+class SplitParams:
+    val_fraction: float
+    test_fraction: float
+    test_from_val: float
+
+
+@dataclass(frozen=True)
+class ExtractParams:
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class HeadParams:
+    hidden: tuple[int, ...]
+    dropout: float
+    batchnorm: bool
+    l2: float
+    optimizer: str
+    learning_rate: float
+    epochs: int
+    batch_size: int
+    patience: int
+    label_smoothing: float
+    class_weight: str
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    flip: bool
+    rotation: float
+    zoom: float
+    translation: float
+    contrast: float
+    crop: float
+
+    @property
+    def any(self) -> bool:
+        return self.flip or any(
+            v > 0 for v in (self.rotation, self.zoom, self.translation, self.contrast, self.crop)
+        )
+
+
+@dataclass(frozen=True)
+class FinetuneParams:
+    epochs: int
+    batch_size: int
+    optimizer: str
+    learning_rate: float
+    schedule: str
+    warmup_epochs: int
+    patience: int
+    label_smoothing: float
+    augment: AugmentParams
+    mixed_precision: str
+    xla: bool
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    batch_size: int
+    top_k: int
+    gallery: int
+
+
+@dataclass(frozen=True)
+class Params:
+    backbone: str
+    image_size: int
+    weights: str
+    freeze: str
+    seed: int
+    data: DataParams
+    split: SplitParams
+    extract: ExtractParams
+    head: HeadParams
+    finetune: FinetuneParams
+    evaluate: EvaluateParams
+
+    def with_overrides(self, **changes: Any) -> Params:
+        return replace(self, **changes)
+
+
+class _Section:
+    """Reads one mapping of params.yaml, tracking which keys were used so that
+    leftovers can be reported as unknown (with a close-match suggestion)."""
+
+    def __init__(self, source: str, mapping: Any, prefix: str):
+        self.source = source
+        self.prefix = prefix
+        if not isinstance(mapping, dict):
+            where = f"The '{prefix[:-1]}' section" if prefix else "The file"
+            self.fail(f"{where} must be a mapping of keys to values. Got {mapping!r} instead.")
+        self.mapping = mapping
+        self.used: set[str] = set()
+
+    def fail(self, message: str):
+        raise TlpipeError(f"{self.source}: {message}")
+
+    def name(self, key: str) -> str:
+        return f"{self.prefix}{key}"
+
+    def get(self, key: str) -> Any:
+        self.used.add(key)
+        if key not in self.mapping:
+            self.fail(f"The '{self.name(key)}' parameter is missing.")
+        return self.mapping[key]
+
+    def section(self, key: str) -> _Section:
+        return _Section(self.source, self.get(key), self.name(key) + ".")
+
+    def bad(self, key: str, rule: str, value: Any):
+        self.fail(f"The '{self.name(key)}' parameter must be {rule}. Got {value!r} instead.")
+
+    def integer(self, key: str, low: int | None = None, high: int | None = None) -> int:
+        value = self.get(key)
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        ok = ok and (low is None or value >= low) and (high is None or value <= high)
+        if not ok:
+            self.bad(key, "an int" + _range_text(low, high, True, True), value)
+        return value
+
+    def real(
+        self, key: str, low: float, high: float | None, low_closed=True, high_closed=False
+    ) -> float:
+        value = self.get(key)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok:
+            value = float(value)
+            ok = (value >= low if low_closed else value > low) and (
+                high is None or (value <= high if high_closed else value < high)
+            )
+        if not ok:
+            self.bad(key, "a float" + _range_text(low, high, low_closed, high_closed), value)
+        return value
+
+    def boolean(self, key: str) -> bool:
+        value = self.get(key)
+        if not isinstance(value, bool):
+            self.bad(key, "a bool (true or false)", value)
+        return value
+
+    def choice(self, key: str, options: tuple[str, ...]) -> str:
+        value = self.get(key)
+        if value not in options:
+            self.bad(key, "one of " + ", ".join(repr(o) for o in options), value)
+        return value
+
+    def text(self, key: str, allow_null=False) -> str | None:
+        value = self.get(key)
+        if value is None and allow_null:
+            return None
+        if not isinstance(value, str) or not value.strip():
+            self.bad(key, "a non-empty string" + (" or null" if allow_null else ""), value)
+        return value
+
+    def finish(self):
+        unknown = sorted(set(self.mapping) - self.used, key=str)
+        if unknown:
+            key = unknown[0]
+            close = difflib.get_close_matches(str(key), sorted(self.used), n=1)
+            hint = f" Did you mean '{self.name(close[0])}'?" if close else ""
+            valid = ", ".join(sorted(self.used))
+            self.fail(f"Unknown parameter '{self.name(key)}'.{hint} Valid keys here: {valid}.")
+
+
+def _range_text(low, high, low_closed, high_closed) -> str:
+    if low is None and high is None:
+        return ""
+    if high is None:
+        return f" {'>=' if low_closed else '>'} {low}"
+    if low is None:
+        return f" {'<=' if high_closed else '<'} {high}"
+    return f" in the range {'[' if low_closed else '('}{low}, {high}{']' if high_closed else ')'}"
+
+
+def parse(raw: Any, source: str = str(paths.PARAMS)) -> Params:
+    """Validate a params mapping (as read from YAML) into a Params object."""
+    from tlpipe import backbones  # light: the registry imports Keras lazily
+
+    top = _Section(source, raw, "")
+    backbone = top.get("backbone")
+    if not isinstance(backbone, str) or backbone not in backbones.names():
+        valid = backbones.names()
+        close = difflib.get_close_matches(str(backbone), valid, n=1, cutoff=0.5)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        top.fail(
+            f"The 'backbone' parameter must be one of the registry's names. Got {backbone!r} "
+            f"instead.{hint} Valid names: {', '.join(valid)}."
+        )
+    spec = backbones.get(backbone)
+    image_size = top.integer("image_size", spec.min_size, 1024)
+    weights = top.text("weights")
+    freeze = top.text("freeze")
+    if freeze not in FREEZE_WORDS and not _BLOCK.fullmatch(freeze):
+        # Anything else is taken as an exact Keras layer name, checked against
+        # the built backbone by the finetune stage.
+        if not re.fullmatch(r"[A-Za-z0-9_./-]+", freeze):
+            top.bad(
+                "freeze",
+                "'auto', 'all', 'none', 'blockN' (N = 1, 2, ...) or a layer name",
+                freeze,
+            )
+    seed = top.integer("seed", 0, 2**31 - 1)
+
+    d = top.section("data")
+    data = DataParams(source=d.text("source"), sha256=d.text("sha256", allow_null=True))
+    if data.sha256 is not None and not _SHA256.fullmatch(data.sha256):
+        d.bad("sha256", "null or a 64-digit hex SHA-256", data.sha256)
+    d.finish()
+
+    s = top.section("split")
+    split = SplitParams(
+        val_fraction=s.real("val_fraction", 0.0, 1.0, low_closed=False),
+        test_fraction=s.real("test_fraction", 0.0, 1.0, low_closed=False),
+        test_from_val=s.real("test_from_val", 0.0, 1.0, low_closed=False),
+    )
+    if split.val_fraction + split.test_fraction >= 1.0:
+        s.fail(
+            "The 'split.val_fraction' and 'split.test_fraction' parameters must add up to less "
+            f"than 1.0 so that some images are left to train on. Got "
+            f"{split.val_fraction} + {split.test_fraction} instead."
+        )
+    s.finish()
+
+    e = top.section("extract")
+    extract = ExtractParams(batch_size=e.integer("batch_size", 1, 4096))
+    e.finish()
+
+    h = top.section("head")
+    hidden = h.get("hidden")
+    if not isinstance(hidden, list) or not all(
+        isinstance(u, int) and not isinstance(u, bool) and u >= 1 for u in hidden
+    ):
+        h.bad("hidden", "a list of layer widths (ints >= 1); [] for a linear head", hidden)
+    head = HeadParams(
+        hidden=tuple(hidden),
+        dropout=h.real("dropout", 0.0, 1.0),
+        batchnorm=h.boolean("batchnorm"),
+        l2=h.real("l2", 0.0, None),
+        optimizer=h.choice("optimizer", OPTIMIZERS),
+        learning_rate=h.real("learning_rate", 0.0, 10.0, low_closed=False),
+        epochs=h.integer("epochs", 1, 100_000),
+        batch_size=h.integer("batch_size", 1, 65_536),
+        patience=h.integer("patience", 0, 100_000),
+        label_smoothing=h.real("label_smoothing", 0.0, 1.0),
+        class_weight=h.choice("class_weight", ("auto", "none")),
+    )
+    h.finish()
+
+    f = top.section("finetune")
+    a = f.section("augment")
+    augment = AugmentParams(
+        flip=a.boolean("flip"),
+        rotation=a.real("rotation", 0.0, 0.5, high_closed=True),
+        zoom=a.real("zoom", 0.0, 1.0),
+        translation=a.real("translation", 0.0, 1.0),
+        contrast=a.real("contrast", 0.0, 1.0),
+        crop=a.real("crop", 0.0, 1.0),
+    )
+    a.finish()
+    mixed = f.get("mixed_precision")
+    if mixed not in ("auto", True, False):
+        f.bad("mixed_precision", "'auto', true or false", mixed)
+    finetune = FinetuneParams(
+        epochs=f.integer("epochs", 0, 100_000),
+        batch_size=f.integer("batch_size", 1, 65_536),
+        optimizer=f.choice("optimizer", OPTIMIZERS),
+        learning_rate=f.real("learning_rate", 0.0, 10.0, low_closed=False),
+        schedule=f.choice("schedule", SCHEDULES),
+        warmup_epochs=f.integer("warmup_epochs", 0, 100_000),
+        patience=f.integer("patience", 0, 100_000),
+        label_smoothing=f.real("label_smoothing", 0.0, 1.0),
+        augment=augment,
+        mixed_precision={True: "on", False: "off"}.get(mixed, "auto"),
+        xla=f.boolean("xla"),
+    )
+    f.finish()
+
+    v = top.section("evaluate")
+    evaluate = EvaluateParams(
+        batch_size=v.integer("batch_size", 1, 65_536),
+        top_k=v.integer("top_k", 2, 100),
+        gallery=v.integer("gallery", 0, 1000),
+    )
+    v.finish()
+    top.finish()
+
+    return Params(
+        backbone=backbone,
+        image_size=image_size,
+        weights=weights,
+        freeze=freeze,
+        seed=seed,
+        data=data,
+        split=split,
+        extract=extract,
+        head=head,
+        finetune=finetune,
+        evaluate=evaluate,
+    )
+
+
+def read_yaml(path: Path | str = paths.PARAMS) -> Any:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise TlpipeError(f"{path}: file not found; run from the repository root.") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise TlpipeError(f"{path}: not valid YAML: {err}".replace("\n", " ")) from None
+
+
+def load(path: Path | str = paths.PARAMS) -> Params:
+    return parse(read_yaml(path), str(path))

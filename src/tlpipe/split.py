@@ -1,0 +1,242 @@
+"""split: data/raw/ -> data/split/{train,val,test}.csv, classes.json, rejected.csv.
+
+Rules (also in the README):
+
+* Without split folders, each class is split by ``split.val_fraction`` and
+  ``split.test_fraction``; the rest is train.
+* With split folders (``train/``, ``validation/`` or ``val/``, ``test/``),
+  what the source calls train stays train. A missing test split is carved from
+  the validation folder (``split.test_from_val`` of it, per class); a missing
+  validation split is carved from train (``split.val_fraction``).
+* Every file under a class folder belongs to that class, at any depth. Hidden
+  files and folders are skipped silently; anything else that is not a
+  decodable image goes to rejected.csv with the reason.
+* Each class gets at least one image in every split, or the stage stops.
+
+Shuffles are seeded by ``seed`` and the class name, so adding a class does
+not reshuffle the others.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import random
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from tlpipe import atomic, paths
+from tlpipe.errors import TlpipeError
+from tlpipe.fetch import SPLIT_FOLDERS
+from tlpipe.images import inspect, is_hidden
+from tlpipe.params import SplitParams
+
+SPLITS = ("train", "val", "test")
+CANONICAL = {"train": "train", "validation": "val", "val": "val", "test": "test"}
+
+
+@dataclass(frozen=True)
+class Row:
+    path: str  # relative to data/raw, POSIX separators
+    label: str  # class name
+    decoder: str  # "tf" or "pil", see tlpipe.images
+
+
+@dataclass
+class SplitResult:
+    classes: list[str]
+    rows: dict[str, list[Row]]
+    rejected: list[tuple[str, str]]
+
+
+def _files_under(folder: Path, raw: Path) -> list[Path]:
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if not name.startswith("."):
+                found.append(Path(dirpath, name).relative_to(raw))
+    return found
+
+
+def scan(raw: Path) -> tuple[dict[str, dict[str, list[Path]]], list[tuple[str, str]]]:
+    """-> {source split or "": {class: [files]}}, plus stray files to reject."""
+    if not raw.is_dir():
+        raise TlpipeError(f"{raw} does not exist; run the fetch stage first (dvc repro fetch).")
+    top = sorted(p for p in raw.iterdir() if not is_hidden(p.relative_to(raw)))
+    dirs = [p for p in top if p.is_dir()]
+    stray = [(p.relative_to(raw).as_posix(), "not inside a class folder") for p in top if p.is_file()]
+    predefined = [d for d in dirs if d.name.lower() in SPLIT_FOLDERS]
+    if predefined and len(predefined) != len(dirs):
+        others = sorted(d.name for d in dirs if d not in predefined)
+        raise TlpipeError(
+            f"{raw} mixes split folders ({', '.join(d.name for d in predefined)}) with other "
+            f"folders ({', '.join(others)}). Use either class folders only, or split folders "
+            "(train/, validation/ or val/, test/) that each hold class folders."
+        )
+    groups = {d.name: d for d in predefined} if predefined else {"": raw}
+    found: dict[str, dict[str, list[Path]]] = {}
+    for group, folder in groups.items():
+        key = CANONICAL[group.lower()] if group else ""
+        if key in found:
+            raise TlpipeError(f"{raw} has both 'validation/' and 'val/'; keep one of them.")
+        classes = {}
+        for entry in sorted(folder.iterdir()):
+            rel = entry.relative_to(raw)
+            if is_hidden(rel):
+                continue
+            if entry.is_dir():
+                classes[entry.name] = _files_under(entry, raw)
+            elif group:
+                stray.append((rel.as_posix(), "not inside a class folder"))
+        found[key] = classes
+    return found, stray
+
+
+def _take(n: int, fraction: float, what: str, label: str, total_needed: int) -> int:
+    k = max(1, round(n * fraction))
+    if n - k < 1 or n < total_needed:
+        raise TlpipeError(
+            f"Class '{label}' has {n} valid images, too few to give {what} at least one image "
+            f"and keep the rest (fraction {fraction}). Add images or remove the class."
+        )
+    return k
+
+
+def assign(found, inspected: dict[str, tuple[bool, str, str]], params: SplitParams, seed: int) -> SplitResult:
+    """Pure split logic over scanned files and their inspection results."""
+    rejected = []
+    pools: dict[str, dict[str, list[Row]]] = {}
+    for group, classes in found.items():
+        for label, files in classes.items():
+            for rel in files:
+                ok, reason, decoder = inspected[rel.as_posix()]
+                if ok:
+                    pools.setdefault(group, {}).setdefault(label, []).append(
+                        Row(rel.as_posix(), label, decoder)
+                    )
+                else:
+                    rejected.append((rel.as_posix(), reason))
+    class_names = sorted({label for classes in found.values() for label in classes})
+    for label in class_names:
+        if not any(label in pool for pool in pools.values()):
+            raise TlpipeError(
+                f"Class folder '{label}' has no valid image (see {paths.REJECTED} after a rerun, or "
+                "the files' formats). Add images or remove the folder."
+            )
+    if len(class_names) < 2:
+        raise TlpipeError(
+            f"Found a single class ({', '.join(class_names) or 'none'}); a classifier needs at least "
+            "two class folders, each holding that class's images."
+        )
+
+    def shuffled(rows: list[Row], label: str, what: str) -> list[Row]:
+        rows = sorted(rows, key=lambda r: r.path)
+        random.Random(f"{seed}:{what}:{label}").shuffle(rows)
+        return rows
+
+    out: dict[str, list[Row]] = {s: [] for s in SPLITS}
+    for label in class_names:
+        if "" in pools or "" in found:
+            rows = shuffled(pools.get("", {}).get(label, []), label, "all")
+            n = len(rows)
+            n_test = _take(n, params.test_fraction, "the test split", label, 3)
+            n_val = _take(n - n_test, params.val_fraction / (1 - params.test_fraction), "the val split", label, 2)
+            out["test"] += rows[:n_test]
+            out["val"] += rows[n_test : n_test + n_val]
+            out["train"] += rows[n_test + n_val :]
+            continue
+        train = pools.get("train", {}).get(label, [])
+        val = pools.get("val", {}).get(label, [])
+        test = pools.get("test", {}).get(label, [])
+        if "test" not in found and "val" in found:
+            val = shuffled(val, label, "val")
+            k = _take(len(val), params.test_from_val, "the test split (from validation/)", label, 2)
+            test, val = val[:k], val[k:]
+        elif "test" not in found:
+            train = shuffled(train, label, "test")
+            k = _take(len(train), params.test_fraction, "the test split (from train/)", label, 3)
+            test, train = train[:k], train[k:]
+        if "val" not in found:
+            train = shuffled(train, label, "val")
+            k = _take(len(train), params.val_fraction, "the val split (from train/)", label, 2)
+            val, train = train[:k], train[k:]
+        for name, rows in (("train", train), ("val", val), ("test", test)):
+            if not rows:
+                raise TlpipeError(
+                    f"Class '{label}' has no valid image in the {name} split of {paths.RAW}. "
+                    "Every class needs images in every split."
+                )
+            out[name] += rows
+    for name in SPLITS:
+        out[name].sort(key=lambda r: r.path)
+    return SplitResult(class_names, out, sorted(rejected))
+
+
+def inspect_all(raw: Path, files: list[Path]) -> dict[str, tuple[bool, str, str]]:
+    from tqdm import tqdm
+
+    def one(rel: Path):
+        result = inspect(raw / rel)
+        return rel.as_posix(), (result.ok, result.reason, result.decoder)
+
+    workers = min(8, (os.cpu_count() or 1) * 2)  # Pillow releases the GIL while decoding
+    with ThreadPoolExecutor(workers) as pool:
+        results = list(
+            tqdm(pool.map(one, files), total=len(files), desc="split: decoding", unit="img", mininterval=1)
+        )
+    return dict(results)
+
+
+def _csv(header: tuple[str, ...], rows) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def run(params: SplitParams, seed: int, raw: Path = paths.RAW) -> SplitResult:
+    found, stray = scan(raw)
+    files = [f for classes in found.values() for fs in classes.values() for f in fs]
+    result = assign(found, inspect_all(raw, files), params, seed)
+    result.rejected = sorted(result.rejected + stray)
+    with atomic.atomic_dir(paths.SPLIT) as tmp:
+        for name in SPLITS:
+            rows = [(r.path, r.label, r.decoder) for r in result.rows[name]]
+            (tmp / f"{name}.csv").write_text(_csv(("path", "label", "decoder"), rows))
+        (tmp / paths.CLASSES.name).write_text(json.dumps(result.classes, indent=2) + "\n")
+        (tmp / paths.REJECTED.name).write_text(_csv(("path", "reason"), result.rejected))
+    counts = {
+        name: dict(sorted(Counter(r.label for r in result.rows[name]).items())) for name in SPLITS
+    }
+    atomic.write_json(
+        paths.DATA_METRICS,
+        {
+            "classes": len(result.classes),
+            "images": {name: len(result.rows[name]) for name in SPLITS},
+            "per_class": counts,
+            "rejected": len(result.rejected),
+        },
+    )
+    summary = ", ".join(f"{name} {len(result.rows[name])}" for name in SPLITS)
+    print(f"split: {len(result.classes)} classes; {summary}; rejected {len(result.rejected)}")
+    for path, reason in result.rejected[:10]:
+        print(f"split: rejected {path}: {reason}")
+    return result
+
+
+# ---------------------------------------------------------------- readers
+
+
+def read_split(name: str, split_dir: Path = paths.SPLIT) -> list[Row]:
+    with open(split_dir / f"{name}.csv", newline="") as f:
+        return [Row(r["path"], r["label"], r["decoder"]) for r in csv.DictReader(f)]
+
+
+def read_classes(split_dir: Path = paths.SPLIT) -> list[str]:
+    return json.loads((split_dir / paths.CLASSES.name).read_text())

@@ -1,0 +1,119 @@
+"""Shared by the training stages: seeding, optimizers, schedules, DVCLive logging."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import keras
+import numpy as np
+
+
+def seed_everything(seed: int) -> None:
+    """Same params and data -> same metrics on CPU."""
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+def optimizer(name: str, learning_rate):
+    if name == "adam":
+        return keras.optimizers.Adam(learning_rate)
+    if name == "adamw":
+        return keras.optimizers.AdamW(learning_rate, weight_decay=1e-4)
+    if name == "sgd":
+        return keras.optimizers.SGD(learning_rate, momentum=0.9, nesterov=True)
+    if name == "rmsprop":
+        return keras.optimizers.RMSprop(learning_rate)
+    raise ValueError(name)  # params validation makes this unreachable
+
+
+def learning_rate(base: float, schedule: str, epochs: int, steps_per_epoch: int, warmup_epochs: int):
+    """A constant, or cosine decay with linear warmup, per optimizer step.
+
+    'plateau' is a constant here; the ReduceLROnPlateau callback lowers it.
+    """
+    total = max(1, epochs * steps_per_epoch)
+    warmup = min(warmup_epochs * steps_per_epoch, total - 1)
+    if schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=base / 10 if warmup else base,
+            decay_steps=total - warmup,
+            warmup_target=base if warmup else None,
+            warmup_steps=warmup,
+        )
+    if warmup:
+        return _Warmup(base, warmup)
+    return base
+
+
+@keras.saving.register_keras_serializable(package="tlpipe")
+class _Warmup(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warmup from base/10 to base, then constant."""
+
+    def __init__(self, base: float, warmup_steps: int):
+        self.base = base
+        self.warmup_steps = warmup_steps
+
+    def __call__(self, step):
+        frac = keras.ops.minimum(1.0, keras.ops.cast(step, "float32") / self.warmup_steps)
+        return self.base * (0.1 + 0.9 * frac)
+
+    def get_config(self):
+        return {"base": self.base, "warmup_steps": self.warmup_steps}
+
+
+def callbacks(patience: int, schedule: str, log_dir: Path) -> list:
+    out: list = [LiveLogger(log_dir)]
+    if patience:
+        out.append(
+            keras.callbacks.EarlyStopping(
+                monitor="val_loss", patience=patience, restore_best_weights=True, verbose=1
+            )
+        )
+    if schedule == "plateau":
+        out.append(
+            keras.callbacks.ReduceLROnPlateau(
+                monitor="val_loss", factor=0.3, patience=max(1, patience // 2), verbose=1
+            )
+        )
+    return out
+
+
+def best_epoch(history: keras.callbacks.History) -> int:
+    """Index of the epoch whose weights the model holds after early stopping."""
+    return int(np.argmin(history.history["val_loss"]))
+
+
+class LiveLogger(keras.callbacks.Callback):
+    """Per-epoch train/val loss and accuracy to DVCLive, laid out so that one
+    plot in dvc.yaml overlays train and val (plots/metrics/{train,val}/*.tsv)."""
+
+    def __init__(self, directory: Path):
+        super().__init__()
+        self.directory = Path(directory)
+        self.live = None
+
+    def on_train_begin(self, logs=None):
+        from dvclive import Live
+
+        # dvcyaml=False: our dvc.yaml declares the plots; DVCLive must not edit it.
+        self.live = Live(str(self.directory), dvcyaml=False, save_dvc_exp=False, report=None)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        for key in ("loss", "accuracy"):
+            if key in logs:
+                self.live.log_metric(f"train/{key}", float(logs[key]))
+            if f"val_{key}" in logs:
+                self.live.log_metric(f"val/{key}", float(logs[f"val_{key}"]))
+        self.live.next_step()
+
+    def on_train_end(self, logs=None):
+        if self.live is not None:
+            self.live.end()
+
+
+def steps(n: int, batch_size: int) -> int:
+    return max(1, math.ceil(n / batch_size))
