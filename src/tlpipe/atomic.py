@@ -17,6 +17,12 @@ from pathlib import Path
 from typing import Any
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _remove_leftovers(target: Path) -> None:
     """Delete temporaries that a killed earlier run left beside ``target``."""
     for stale in target.parent.glob(f".{target.name}.*.tmp*"):
@@ -31,6 +37,7 @@ def _temp_name(target: Path, suffix: str = "") -> Path:
     _remove_leftovers(target)
     fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp" + suffix, dir=target.parent)
     os.close(fd)
+    os.chmod(name, 0o666 & ~_umask())
     return Path(name)
 
 
@@ -80,6 +87,7 @@ def atomic_dir(target: Path | str) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; outputs get normal permissions
     try:
         yield tmp
         if target.exists():

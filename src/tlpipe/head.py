@@ -77,7 +77,7 @@ def run(p: Params) -> dict:
             verbose=2,
         )
     seconds = time.perf_counter() - start
-    best = best_epoch(history) if hp.patience else len(history.history["val_loss"]) - 1
+    best = best_epoch(history.history)
     metrics = {
         "val_accuracy": round(float(history.history["val_accuracy"][best]), 4),
         "val_loss": round(float(history.history["val_loss"][best]), 4),

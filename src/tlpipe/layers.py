@@ -48,3 +48,68 @@ class Preprocess(keras.layers.Layer):
 def load_model(path):
     """Load a tlpipe ``.keras`` file (custom layers registered by this import)."""
     return keras.saving.load_model(path)
+
+
+@keras.saving.register_keras_serializable(package="tlpipe")
+class RandomResizedCrop(keras.layers.Layer):
+    """Crop a random box (``min_area``..1 of the image, aspect 3/4..4/3) and
+    resize it back to the input size; the identity at inference.
+
+    Keras 3 has no such layer; this is the Inception-style crop that fastai and
+    torchvision use by default.
+    """
+
+    def __init__(self, min_area: float, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.min_area = min_area
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, images, training=None):
+        if not training:
+            return images
+        import tensorflow as tf
+
+        n = ops.shape(images)[0]
+        size = ops.shape(images)[1:3]
+        area = keras.random.uniform((n,), self.min_area, 1.0, seed=self.seed_generator)
+        log_ratio = keras.random.uniform((n,), -0.2877, 0.2877, seed=self.seed_generator)  # ln(4/3)
+        ratio = ops.exp(log_ratio)
+        height = ops.minimum(1.0, ops.sqrt(area / ratio))
+        width = ops.minimum(1.0, ops.sqrt(area * ratio))
+        top = keras.random.uniform((n,), seed=self.seed_generator) * (1.0 - height)
+        left = keras.random.uniform((n,), seed=self.seed_generator) * (1.0 - width)
+        boxes = ops.stack([top, left, top + height, left + width], axis=1)
+        crops = tf.image.crop_and_resize(
+            ops.cast(images, "float32"), boxes, tf.range(n), size
+        )
+        return ops.cast(crops, images.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "min_area": self.min_area, "seed": self.seed}
+
+
+def augmentation(augment, seed: int) -> list:
+    """The augmentation layers switched on in ``finetune.augment`` (random only
+    while training: Keras runs them as the identity at inference)."""
+    layers = []
+    if augment.crop:
+        layers.append(RandomResizedCrop(augment.crop, seed=seed, name="aug_crop"))
+    if augment.flip:
+        layers.append(keras.layers.RandomFlip("horizontal", seed=seed, name="aug_flip"))
+    if augment.rotation:
+        layers.append(keras.layers.RandomRotation(augment.rotation, seed=seed, name="aug_rotation"))
+    if augment.zoom:
+        layers.append(keras.layers.RandomZoom(augment.zoom, seed=seed, name="aug_zoom"))
+    if augment.translation:
+        t = augment.translation
+        layers.append(keras.layers.RandomTranslation(t, t, seed=seed, name="aug_translation"))
+    if augment.contrast:
+        # value_range: our pixels are 0..255 (Keras 3 assumes 0..255 by default too).
+        layers.append(
+            keras.layers.RandomContrast(augment.contrast, value_range=(0, 255), seed=seed, name="aug_contrast")
+        )
+    return layers

@@ -40,11 +40,25 @@ def train_head(p: Params) -> None:
     run(p)
 
 
+def finetune(p: Params) -> None:
+    from tlpipe.finetune import run
+
+    run(p)
+
+
+def evaluate(p: Params) -> None:
+    from tlpipe.evaluate import run
+
+    run(p)
+
+
 STAGES: dict[str, Callable[[Params], None]] = {
     "fetch": fetch,
     "split": split,
     "extract": extract,
     "train_head": train_head,
+    "finetune": finetune,
+    "evaluate": evaluate,
 }
 
 

@@ -65,13 +65,16 @@ class _Warmup(keras.optimizers.schedules.LearningRateSchedule):
 
 
 def callbacks(patience: int, schedule: str, log_dir: Path) -> list:
-    out: list = [LiveLogger(log_dir)]
-    if patience:
-        out.append(
-            keras.callbacks.EarlyStopping(
-                monitor="val_loss", patience=patience, restore_best_weights=True, verbose=1
-            )
-        )
+    # Always end on the best epoch's weights; stop early only when asked to.
+    out: list = [
+        LiveLogger(log_dir),
+        keras.callbacks.EarlyStopping(
+            monitor="val_loss",
+            patience=patience or 1_000_000,
+            restore_best_weights=True,
+            verbose=1,
+        ),
+    ]
     if schedule == "plateau":
         out.append(
             keras.callbacks.ReduceLROnPlateau(
@@ -81,9 +84,10 @@ def callbacks(patience: int, schedule: str, log_dir: Path) -> list:
     return out
 
 
-def best_epoch(history: keras.callbacks.History) -> int:
-    """Index of the epoch whose weights the model holds after early stopping."""
-    return int(np.argmin(history.history["val_loss"]))
+def best_epoch(history: dict) -> int:
+    """Index of the epoch whose weights the model holds after training (the
+    EarlyStopping callback restores the lowest val loss)."""
+    return int(np.argmin(history["val_loss"]))
 
 
 class LiveLogger(keras.callbacks.Callback):

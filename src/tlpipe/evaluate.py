@@ -1,0 +1,159 @@
+"""evaluate: the test split only, never used for any choice -> metrics/eval.json, plots/.
+
+The head alone (on cached test features) and the fine-tuned model (on test
+images) are scored side by side with the same arithmetic (scikit-learn), so
+``dvc metrics diff`` reads ``finetuned.accuracy``, ``head.accuracy``,
+``finetuned.per_class.cats.f1``...
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import Counter
+
+import numpy as np
+from sklearn import metrics as skm
+
+from tlpipe import atomic, extract, images, paths
+from tlpipe.errors import TlpipeError
+from tlpipe.params import Params
+from tlpipe.split import read_classes, read_split
+
+MODELS = ("finetuned", "head")
+
+
+def scores(y_true: np.ndarray, probs: np.ndarray, classes: list[str], top_k: int = 5) -> dict:
+    """Every number in eval.json for one model, from true labels and probabilities."""
+    k = len(classes)
+    labels = list(range(k))
+    y_pred = probs.argmax(axis=1)
+    out = {
+        "accuracy": skm.accuracy_score(y_true, y_pred),
+        "balanced_accuracy": skm.balanced_accuracy_score(y_true, y_pred),
+    }
+    for avg in ("macro", "weighted"):
+        p, r, f, _ = skm.precision_recall_fscore_support(
+            y_true, y_pred, labels=labels, average=avg, zero_division=0
+        )
+        out.update({f"precision_{avg}": p, f"recall_{avg}": r, f"f1_{avg}": f})
+    clipped = np.clip(probs, 1e-7, 1.0)
+    out["log_loss"] = skm.log_loss(y_true, clipped / clipped.sum(axis=1, keepdims=True), labels=labels)
+    present = np.unique(y_true)
+    if len(present) == k:  # ROC-AUC needs every class among the true labels
+        if k == 2:
+            out["roc_auc"] = skm.roc_auc_score(y_true, probs[:, 1])
+        else:
+            out["roc_auc"] = skm.roc_auc_score(y_true, probs, multi_class="ovr", average="macro", labels=labels)
+    if k > 5:
+        out[f"top_{top_k}_accuracy"] = skm.top_k_accuracy_score(y_true, probs, k=top_k, labels=labels)
+    p, r, f, s = skm.precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, average=None, zero_division=0
+    )
+    out = {key: round(float(v), 4) for key, v in out.items()}
+    out["per_class"] = {
+        name: {"precision": round(float(p[i]), 4), "recall": round(float(r[i]), 4),
+               "f1": round(float(f[i]), 4), "support": int(s[i])}
+        for i, name in enumerate(classes)
+    }
+    return out
+
+
+def most_confused(y_true, y_pred, classes: list[str]) -> list[tuple[str, str, int]]:
+    """(actual, predicted, count) over the mistakes, most frequent first."""
+    pairs = Counter((classes[a], classes[b]) for a, b in zip(y_true, y_pred) if a != b)
+    return sorted(((a, b, n) for (a, b), n in pairs.items()), key=lambda t: (-t[2], t[0], t[1]))
+
+
+def curves(y_true: np.ndarray, probs: np.ndarray) -> tuple[list[tuple], list[tuple]]:
+    """ROC (fpr, tpr) and precision-recall (recall, precision) points.
+
+    Binary: the positive class (index 1). Several classes: micro-averaged over
+    one-vs-rest, one curve that stays readable for any number of classes.
+    """
+    k = probs.shape[1]
+    if k == 2:
+        truth, score = (y_true == 1).astype(int), probs[:, 1]
+    else:
+        truth = np.eye(k, dtype=int)[y_true].ravel()
+        score = probs.ravel()
+    fpr, tpr, _ = skm.roc_curve(truth, score)
+    precision, recall, _ = skm.precision_recall_curve(truth, score)
+    roc = [(round(float(a), 5), round(float(b), 5)) for a, b in zip(fpr, tpr)]
+    pr = [(round(float(a), 5), round(float(b), 5)) for a, b in zip(recall, precision)]
+    return roc, pr
+
+
+def _csv(header, rows) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def predict_images(model, rows, batch_size: int) -> np.ndarray:
+    """Probabilities of ``model`` on image rows, read exactly as in training."""
+    import tensorflow as tf
+
+    image_size = int(model.input_shape[1])
+    ds = images.dataset([paths.RAW / r.path for r in rows], [r.decoder for r in rows], image_size, batch_size)
+    forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    return np.concatenate([forward(batch).numpy() for batch in ds]).astype(np.float64)
+
+
+def run(p: Params) -> dict:
+    from tlpipe import report
+    from tlpipe.layers import load_model
+
+    classes = read_classes()
+    rows = read_split("test")
+    index = {name: i for i, name in enumerate(classes)}
+    y_true = np.array([index[r.label] for r in rows])
+    x_test, y_feat = extract.load("test")
+    if not np.array_equal(y_feat, y_true):
+        raise TlpipeError(
+            f"{paths.FEATURES} does not match {paths.SPLIT_CSV['test']}; run `dvc repro` so "
+            "that extract reruns on the current split."
+        )
+    probs = {
+        "finetuned": predict_images(load_model(paths.MODEL), rows, p.evaluate.batch_size),
+        "head": load_model(paths.HEAD_MODEL).predict(x_test, verbose=0).astype(np.float64),
+    }
+    results = {name: scores(y_true, probs[name], classes, p.evaluate.top_k) for name in MODELS}
+    with atomic.atomic_dir(paths.PLOTS) as tmp:
+        for name in MODELS:
+            y_pred = probs[name].argmax(axis=1)
+            for sub in ("confusion", "roc", "pr"):
+                (tmp / sub).mkdir(exist_ok=True)
+            (tmp / "confusion" / f"{name}.csv").write_text(
+                _csv(("actual", "predicted"), [(classes[a], classes[b]) for a, b in zip(y_true, y_pred)])
+            )
+            roc, pr = curves(y_true, probs[name])
+            (tmp / "roc" / f"{name}.csv").write_text(_csv(("fpr", "tpr"), roc))
+            (tmp / "pr" / f"{name}.csv").write_text(_csv(("recall", "precision"), pr))
+            (tmp / f"most_confused_{name}.csv").write_text(
+                _csv(("actual", "predicted", "count"), most_confused(y_true, y_pred, classes))
+            )
+        ft = probs["finetuned"]
+        (tmp / "predictions.csv").write_text(
+            _csv(
+                ("path", "actual", "predicted", "probability", "head_predicted"),
+                [
+                    (r.path, r.label, classes[int(ft[i].argmax())], round(float(ft[i].max()), 5),
+                     classes[int(probs["head"][i].argmax())])
+                    for i, r in enumerate(rows)
+                ],
+            )
+        )
+        report.confusion_png(tmp / "confusion.png", y_true, ft.argmax(axis=1), classes)
+        report.mistakes_png(tmp / "mistakes.png", rows, y_true, ft, classes, p.evaluate.gallery)
+        report.per_class_f1_png(tmp / "per_class_f1.png", results, classes)
+    atomic.write_json(paths.EVAL_METRICS, results)
+    for name in MODELS:
+        r = results[name]
+        print(f"evaluate: {name:9s} test accuracy {r['accuracy']:.4f}  macro F1 {r['f1_macro']:.4f}  "
+              f"log loss {r['log_loss']:.4f}")
+    for a, b, n in most_confused(y_true, ft.argmax(axis=1), classes)[:5]:
+        print(f"evaluate: most confused: {n} x {a} predicted as {b}")
+    return results

@@ -1,0 +1,88 @@
+"""PNG pictures a person opens directly: confusion heatmap, top-mistakes gallery,
+per-class F1 bars. Rendered with matplotlib's file-only Agg backend."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.metrics import confusion_matrix  # noqa: E402
+
+from tlpipe import images, paths  # noqa: E402
+
+
+def confusion_png(path: Path, y_true, y_pred, classes: list[str]) -> None:
+    """Counts and row-normalised percentages, class names on both axes."""
+    k = len(classes)
+    cm = confusion_matrix(y_true, y_pred, labels=list(range(k)))
+    rows = cm.sum(axis=1, keepdims=True)
+    pct = np.divide(cm, rows, out=np.zeros_like(cm, dtype=float), where=rows > 0)
+    side = max(4.0, 0.7 * k + 2)
+    fig, ax = plt.subplots(figsize=(side, side * 0.9))
+    ax.imshow(pct, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(k), classes, rotation=45, ha="right")
+    ax.set_yticks(range(k), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual")
+    ax.set_title(f"Fine-tuned model, test split\naccuracy {np.trace(cm) / max(cm.sum(), 1):.1%}")
+    if k <= 30:
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, f"{cm[i, j]}\n{pct[i, j]:.0%}", ha="center", va="center",
+                        fontsize=8, color="white" if pct[i, j] > 0.5 else "black")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def mistakes_png(path: Path, rows, y_true, probs, classes: list[str], count: int) -> None:
+    """The most confident mistakes: image, true class, predicted class, probability."""
+    y_pred = probs.argmax(axis=1)
+    wrong = np.flatnonzero(y_pred != y_true)
+    wrong = wrong[np.argsort(-probs[wrong, y_pred[wrong]], kind="stable")][:count]
+    cols = 4
+    n_rows = max(1, int(np.ceil(len(wrong) / cols)))
+    fig, axes = plt.subplots(n_rows, cols, figsize=(cols * 3, n_rows * 3.3), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    if len(wrong) == 0:
+        axes[0, 0].text(0, 0.5, "No mistakes on the test split.", fontsize=14)
+    for ax, i in zip(axes.ravel(), wrong):
+        ax.imshow(_thumbnail(paths.RAW / rows[i].path))
+        ax.set_title(
+            f"true: {classes[y_true[i]]}\npred: {classes[y_pred[i]]} ({probs[i, y_pred[i]]:.0%})",
+            fontsize=9,
+        )
+    fig.suptitle("Most confident mistakes (fine-tuned model, test split)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=72)
+    plt.close(fig)
+
+
+def _thumbnail(path: Path, side: int = 240) -> np.ndarray:
+    from PIL import Image
+
+    img = Image.fromarray(images.read_rgb(path))
+    img.thumbnail((side, side))
+    return np.asarray(img)
+
+
+def per_class_f1_png(path: Path, results: dict, classes: list[str]) -> None:
+    k = len(classes)
+    x = np.arange(k)
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.5 * k + 3), 4))
+    for offset, name in ((-0.2, "head"), (0.2, "finetuned")):
+        f1 = [results[name]["per_class"][c]["f1"] for c in classes]
+        ax.bar(x + offset, f1, width=0.4, label=f"{name} (macro {results[name]['f1_macro']:.3f})")
+    ax.set_xticks(x, classes, rotation=45 if k > 6 else 0, ha="right" if k > 6 else "center")
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("F1 (test)")
+    ax.set_title("Per-class F1: head alone vs fine-tuned")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
