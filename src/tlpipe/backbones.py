@@ -10,8 +10,9 @@ A stage is given by where it starts:
 * ``"conv3"`` -- the first layer whose name is ``conv3`` or starts with
   ``conv3`` followed by a non-digit (``conv3_block1_1_conv``, not ``conv30``);
 * ``"after:mixed7"`` -- right after the layer ``mixed7``;
-* ``"pool:2"`` -- at the 2nd MaxPooling2D layer (for stems with unstable,
-  auto-generated layer names).
+* ``"pool:1"`` -- at the 2nd MaxPooling2D layer (for stems with unstable,
+  auto-generated layer names);
+* ``"start"`` -- the model's input.
 
 The stage's *boundary* is the tensor entering that point. Freezing is decided
 on the graph: every layer upstream of the boundary is frozen and every other
@@ -166,7 +167,7 @@ def _entries() -> list[Backbone]:
             "tf",
             299,
             75,
-            ("pool:0", "pool:1", "pool:2", "after:mixed2", "after:mixed7"),
+            ("start", "pool:0", "pool:1", "after:mixed2", "after:mixed7"),
         ),
         Backbone(
             "inception_resnet_v2",
@@ -174,7 +175,7 @@ def _entries() -> list[Backbone]:
             "tf",
             299,
             75,
-            ("pool:0", "pool:1", "pool:2", "after:block35_10_ac", "after:block17_20_ac"),
+            ("start", "pool:0", "pool:1", "after:block35_10_ac", "after:block17_20_ac"),
         ),
     ]
     for size in ("tiny", "small"):

@@ -46,6 +46,8 @@ def _matches(name: str, prefix: str) -> bool:
 def stage_boundary(model: keras.Model, spec: Backbone, stage: int):
     """The tensor entering resolution stage ``stage`` (1-based) of ``model``."""
     where = spec.stages[stage - 1]
+    if where == "start":
+        return model.inputs[0]
     if where.startswith("after:"):
         return model.get_layer(where[len("after:"):]).output
     if where.startswith("pool:"):

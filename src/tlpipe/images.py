@@ -92,7 +92,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16-bit grey: scale to 8 bits (convert() would clip instead).
         arr = np.asarray(img, dtype=np.float64) / 257.0
-        img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L")
+        img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         # Drop alpha the way TensorFlow's decoder does (no compositing).
         img = img.convert("RGBA")
@@ -105,8 +105,10 @@ def read_rgb(path: Path | str) -> np.ndarray:
         return np.asarray(to_rgb(img), dtype=np.uint8)
 
 
-def _read_rgb_bytes(path: bytes) -> np.ndarray:
-    return read_rgb(path.decode())
+def _read_rgb_bytes(path) -> np.ndarray:
+    # tf.numpy_function passes bytes in a graph, a 0-d bytes array when eager.
+    path = np.asarray(path).item()
+    return read_rgb(path.decode() if isinstance(path, bytes) else path)
 
 
 def load_tensor(path, decoder, image_size: int):

@@ -1,0 +1,55 @@
+"""Helpers shared by the benchmarks: run from the repository root, print figures."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ["DVC_NO_ANALYTICS"] = "1"
+SHARED_KERAS = REPO.parent / "shared" / "keras"
+
+
+def require_keras_home() -> None:
+    home = os.environ.get("KERAS_HOME")
+    if not home and SHARED_KERAS.is_dir():
+        os.environ["KERAS_HOME"] = str(SHARED_KERAS)
+    elif not home:
+        print("note: KERAS_HOME not set; ImageNet weights and data will be downloaded")
+
+
+def tool_env() -> dict:
+    env = dict(os.environ)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env["PATH"]
+    return env
+
+
+def copy_pipeline(target: Path) -> Path:
+    """A fresh git+DVC repo with this checkout's pipeline and an empty DVC cache."""
+    if target.exists():
+        shutil.rmtree(target)
+    target.mkdir(parents=True)
+    for name in ("dvc.yaml", "params.yaml", ".gitignore"):
+        shutil.copy(REPO / name, target / name)
+    for folder in ("stages", "src"):
+        shutil.copytree(REPO / folder, target / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    env = tool_env()
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=bench", "-c", "user.email=bench@tlpipe.invalid", "commit", "-qm", "bench"]):
+        subprocess.run(cmd, cwd=target, env=env, check=True)
+    return target
+
+
+def timed(cmd: list[str], cwd: Path) -> float:
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=cwd, env=tool_env(), capture_output=True, text=True)
+    if proc.returncode:
+        print(proc.stdout[-3000:], proc.stderr[-3000:])
+        raise SystemExit(f"{' '.join(cmd)} failed")
+    return time.perf_counter() - start

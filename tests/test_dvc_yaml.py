@@ -1,0 +1,73 @@
+"""dvc.yaml declares the paths of tlpipe.paths, its stages' own code, and
+exactly the params keys each stage reads (so DVC reruns only what it must)."""
+
+import yaml
+
+from tlpipe import paths
+
+from conftest import REPO
+
+DVC = yaml.safe_load((REPO / "dvc.yaml").read_text())
+PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
+STAGES = DVC["stages"]
+
+# The table in DESIGN.md / README: which stage reads which params.
+READS = {
+    "fetch": {"data.source", "data.sha256"},
+    "split": {"seed", "split"},
+    "extract": {"backbone", "image_size", "weights", "extract"},
+    "train_head": {"seed", "head"},
+    "finetune": {"backbone", "image_size", "weights", "freeze", "seed", "finetune"},
+    "evaluate": {"evaluate"},
+}
+
+
+def names(entries):
+    return {next(iter(e)) if isinstance(e, dict) else e for e in entries}
+
+
+def test_stage_names_are_fixed():
+    assert list(STAGES) == ["fetch", "split", "extract", "train_head", "finetune", "evaluate"]
+
+
+def test_each_stage_reads_exactly_its_params_and_they_exist():
+    for stage, keys in READS.items():
+        assert set(STAGES[stage]["params"]) == keys, stage
+        for key in keys:
+            node = PARAMS
+            for part in key.split("."):
+                node = node[part]
+
+
+def test_each_stage_depends_on_its_own_script_and_runs_it():
+    for stage, spec in STAGES.items():
+        script = f"stages/{stage}.py"
+        assert spec["cmd"] == f"python {script}"
+        assert script in spec["deps"]
+        for dep in spec["deps"]:
+            assert (REPO / dep).exists() or dep.startswith("data/") or dep.startswith("models/"), dep
+
+
+def test_paths_match_the_paths_module():
+    outs = {stage: names(spec.get("outs", [])) | names(spec.get("metrics", [])) for stage, spec in STAGES.items()}
+    assert outs["fetch"] == {str(paths.RAW)}
+    assert outs["split"] == {str(paths.SPLIT), str(paths.DATA_METRICS)}
+    assert outs["extract"] == {str(paths.FEATURES)}
+    assert outs["train_head"] == {str(paths.HEAD_MODEL), str(paths.HEAD_LOGS), str(paths.HEAD_METRICS)}
+    assert outs["finetune"] == {str(paths.MODEL), str(paths.FINETUNE_LOGS), str(paths.FINETUNE_METRICS)}
+    assert outs["evaluate"] == {str(paths.PLOTS), str(paths.EVAL_METRICS)}
+    produced = set().union(*outs.values())
+    for stage, spec in STAGES.items():
+        for dep in spec["deps"]:
+            if dep.startswith(("data/", "models/")):
+                assert dep in produced, f"{stage} depends on {dep}, which no stage writes"
+
+
+def test_plots_point_at_files_the_pipeline_writes():
+    for entry in DVC["plots"]:
+        if isinstance(entry, str):
+            assert entry.startswith(str(paths.PLOTS) + "/")
+            continue
+        (_, spec), = entry.items()
+        for path in spec["y"]:
+            assert path.startswith((str(paths.PLOTS) + "/", str(paths.HEAD_LOGS), str(paths.FINETUNE_LOGS)))

@@ -1,0 +1,163 @@
+"""fetch: local folders and archives, unwrapping, checksums, and archive safety."""
+
+import io
+import tarfile
+import zipfile
+
+import pytest
+
+from tlpipe import fetch as fetch_module
+from tlpipe.errors import TlpipeError
+from tlpipe.params import DataParams
+
+from conftest import make_class_folders
+
+
+def fetch(source, target, sha256=None):
+    return fetch_module.fetch(DataParams(str(source), sha256), target)
+
+
+def zip_folder(folder, archive, prefix=""):
+    with zipfile.ZipFile(archive, "w") as zf:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                zf.write(path, prefix + path.relative_to(folder).as_posix())
+    return archive
+
+
+def test_local_folder_is_copied_without_hidden_files(images_dir, tmp_path):
+    (images_dir / "red" / ".DS_Store").write_bytes(b"junk")
+    (images_dir / ".hidden").mkdir()
+    out = fetch(images_dir, tmp_path / "raw")
+    assert sorted(p.name for p in out.iterdir()) == ["blue", "red"]
+    assert not (out / "red" / ".DS_Store").exists()
+    assert len(list((out / "red").iterdir())) == 12
+
+
+def test_zip_with_wrapping_folder_and_split_folders_is_unwrapped(tmp_path):
+    src = tmp_path / "src"
+    make_class_folders(src / "train", per_class=3)
+    make_class_folders(src / "validation", per_class=2)
+    archive = zip_folder(src, tmp_path / "cats.zip", prefix="cats_and_dogs_filtered/")
+    out = fetch(archive, tmp_path / "raw")
+    assert sorted(p.name for p in out.iterdir()) == ["train", "validation"]
+    assert sorted(p.name for p in (out / "train").iterdir()) == ["blue", "red"]
+
+
+def test_tar_gz_archive(tmp_path):
+    src = make_class_folders(tmp_path / "src", per_class=2)
+    archive = tmp_path / "data.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(src, arcname="dataset")
+    out = fetch(archive, tmp_path / "raw")
+    assert sorted(p.name for p in out.iterdir()) == ["blue", "red"]
+
+
+def test_checksum_is_verified_before_extracting(images_dir, tmp_path):
+    archive = zip_folder(images_dir, tmp_path / "d.zip")
+    good = fetch_module.sha256_of(archive)
+    assert fetch(archive, tmp_path / "ok", sha256=good).is_dir()
+    with pytest.raises(TlpipeError, match="Checksum mismatch .* Nothing was extracted"):
+        fetch(archive, tmp_path / "bad", sha256="0" * 64)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_failed_fetch_keeps_the_previous_output(images_dir, tmp_path):
+    target = fetch(images_dir, tmp_path / "raw")
+    with pytest.raises(TlpipeError):
+        fetch(tmp_path / "missing.zip", target)
+    assert sorted(p.name for p in target.iterdir()) == ["blue", "red"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".raw.")]
+
+
+def _zip_with(tmp_path, name, data=b"x", symlink=False):
+    archive = tmp_path / "evil.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        info = zipfile.ZipInfo(name)
+        if symlink:
+            info.external_attr = (0o120777 << 16)
+        zf.writestr(info, data)
+    return archive
+
+
+@pytest.mark.parametrize("member", ["../escape.jpg", "/etc/evil.jpg", "a/../../escape.jpg"])
+def test_zip_members_escaping_the_target_are_refused(tmp_path, member):
+    with pytest.raises(TlpipeError, match="Refusing to extract .* would land outside"):
+        fetch(_zip_with(tmp_path, member), tmp_path / "raw")
+    assert not (tmp_path / "escape.jpg").exists()
+    assert not (tmp_path / "raw").exists()
+
+
+def test_zip_symlink_member_is_refused(tmp_path):
+    archive = _zip_with(tmp_path, "cats/link.jpg", data=b"/etc/passwd", symlink=True)
+    with pytest.raises(TlpipeError, match="is a link or special file"):
+        fetch(archive, tmp_path / "raw")
+
+
+def _tar_with(tmp_path, member: tarfile.TarInfo, data=b""):
+    archive = tmp_path / "evil.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.addfile(member, io.BytesIO(data) if data else None)
+    return archive
+
+
+@pytest.mark.parametrize(
+    "kind, expected",
+    [
+        ("traversal", "would land outside"),
+        ("absolute", "would land outside"),
+        ("symlink", "is a link"),
+        ("hardlink", "is a link"),
+        ("device", "is a device or pipe"),
+    ],
+)
+def test_tar_unsafe_members_are_refused(tmp_path, kind, expected):
+    info = tarfile.TarInfo({"traversal": "../x.jpg", "absolute": "/tmp/x.jpg"}.get(kind, "cats/x.jpg"))
+    data = b""
+    if kind == "symlink":
+        info.type, info.linkname = tarfile.SYMTYPE, "../../etc/passwd"
+    elif kind == "hardlink":
+        info.type, info.linkname = tarfile.LNKTYPE, "/etc/passwd"
+    elif kind == "device":
+        info.type = tarfile.CHRTYPE
+    else:
+        data = b"abc"
+        info.size = 3
+    with pytest.raises(TlpipeError, match=expected):
+        fetch(_tar_with(tmp_path, info, data), tmp_path / "raw")
+    assert not (tmp_path / "raw").exists()
+
+
+def test_archive_that_is_not_what_its_name_says(tmp_path):
+    fake = tmp_path / "data.zip"
+    fake.write_text("<html>not found</html>")
+    with pytest.raises(TlpipeError, match="is not a zip archive"):
+        fetch(fake, tmp_path / "raw")
+    fake_tar = tmp_path / "data.tgz"
+    fake_tar.write_text("nope")
+    with pytest.raises(TlpipeError, match="is not a readable tar archive"):
+        fetch(fake_tar, tmp_path / "raw")
+
+
+def test_missing_source_says_what_is_valid(tmp_path):
+    with pytest.raises(TlpipeError, match="'data.source' parameter must be an http"):
+        fetch(tmp_path / "nowhere", tmp_path / "raw")
+
+
+def test_unreachable_url_points_to_offline_use(tmp_path, monkeypatch):
+    from keras.src.backend import config
+
+    monkeypatch.setattr(config, "keras_home", lambda: str(tmp_path / "empty-cache"))
+    with pytest.raises(TlpipeError, match="Could not download .*KERAS_HOME"):
+        fetch("http://127.0.0.1:9/cats.zip", tmp_path / "raw")
+
+
+def test_url_is_served_from_the_keras_cache(tmp_path, monkeypatch, images_dir):
+    from keras.src.backend import config
+
+    cache = tmp_path / "keras-home"
+    (cache / "datasets").mkdir(parents=True)
+    zip_folder(images_dir, cache / "datasets" / "pets.zip", prefix="pets/")
+    monkeypatch.setattr(config, "keras_home", lambda: str(cache))
+    out = fetch("https://example.invalid/data/pets.zip", tmp_path / "raw")
+    assert sorted(p.name for p in out.iterdir()) == ["blue", "red"]

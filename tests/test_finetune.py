@@ -1,0 +1,128 @@
+"""Freezing and assembling the fine-tune model, on several backbones with random
+weights at small sizes: the trainable set matches the freeze word exactly, BN
+never trains, one step changes exactly the trainable weights."""
+
+import keras
+import numpy as np
+import pytest
+
+from tlpipe import backbones, freeze, head, params
+from tlpipe.errors import TlpipeError
+from tlpipe.finetune import assemble
+from tlpipe.head import compile_model
+
+from conftest import tiny_params
+
+CASES = [
+    ("mobilenet_0.25", 32),
+    ("vgg16", 32),
+    ("resnet50", 32),
+    ("efficientnet_b0", 32),
+    ("mobilenet_v3_small", 32),
+]
+
+
+def build(raw_params, name, size, word, n_classes=3):
+    keras.backend.clear_session()
+    p = params.parse(tiny_params(raw_params, "unused", backbone=name, image_size=size, freeze=word))
+    dim = backbones.get(name).build(size, "none").output.shape[-1]
+    trained_head = head.build(dim, n_classes, p.head)
+    # Stand-in for trained weights: recognisable values (random, since equal
+    # weights would cancel every gradient into the backbone).
+    rng = np.random.default_rng(123)
+    for w in trained_head.weights:
+        w.assign(rng.normal(0, 0.5, w.shape).astype("float32"))
+    model, backbone, plan = assemble(p, trained_head)
+    return p, model, backbone, plan
+
+
+def head_reference(raw_params, name, size, n_classes=3):
+    """The values build() put into the head, rebuilt independently."""
+    rng = np.random.default_rng(123)
+    p = params.parse(tiny_params(raw_params, "unused", backbone=name, image_size=size))
+    dim = backbones.get(name).build(size, "none").output.shape[-1]
+    reference = head.build(dim, n_classes, p.head)
+    return [rng.normal(0, 0.5, w.shape).astype("float32") for w in reference.weights]
+
+
+def weights_by_layer(layers):
+    return {l.name: [keras.ops.convert_to_numpy(w) for w in l.weights] for l in layers}
+
+
+@pytest.mark.parametrize("name, size", CASES)
+def test_block5_trains_exactly_the_layers_past_the_boundary(raw_params, name, size):
+    _, model, backbone, plan = build(raw_params, name, size, "block5")
+    spec = backbones.get(name)
+    boundary = freeze.stage_boundary(backbone, spec, 5)
+    upstream = freeze.upstream_layers(boundary)
+    for layer in backbone.layers:
+        expected = layer.name not in upstream and not isinstance(layer, keras.layers.BatchNormalization)
+        assert layer.trainable == expected, layer.name
+    assert any(l.trainable and l.weights for l in backbone.layers)
+    assert model.get_layer("head").trainable
+
+
+@pytest.mark.parametrize("name, size", CASES)
+def test_batchnorm_never_trainable_even_with_everything_unfrozen(raw_params, name, size):
+    _, model, backbone, _ = build(raw_params, name, size, "none")
+    bns = [l for l in backbone.layers if isinstance(l, keras.layers.BatchNormalization)]
+    if name == "vgg16":
+        assert not bns
+    else:
+        assert bns and not any(l.trainable for l in bns)
+    assert all(l.trainable for l in backbone.layers if not isinstance(l, keras.layers.BatchNormalization))
+
+
+# Random-init MobileNets and EfficientNets shrink activations to ~1e-10 (BN at
+# its initial statistics, no residual path), so their gradients cannot move
+# float32 weights; VGG16 and ResNet50 pass real gradients at random init.
+@pytest.mark.parametrize("name, size", [("vgg16", 32), ("resnet50", 32)])
+def test_one_step_changes_trainable_weights_only(raw_params, name, size):
+    p, model, backbone, _ = build(raw_params, name, size, "block4")
+    compile_model(model, keras.optimizers.SGD(0.5), 0.0)
+    frozen = [l for l in backbone.layers if not l.trainable and l.weights]
+    trainable = [l for l in backbone.layers if l.trainable and l.trainable_weights]
+    before_frozen, before_trainable = weights_by_layer(frozen), weights_by_layer(trainable)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (4, size, size, 3)).astype("float32")
+    y = keras.utils.to_categorical([0, 1, 2, 0], 3)
+    model.train_on_batch(x, y)
+    for name_, arrays in weights_by_layer(frozen).items():
+        for a, b in zip(arrays, before_frozen[name_]):
+            np.testing.assert_array_equal(a, b, err_msg=f"frozen {name_} changed")
+    changed = [
+        n for n, arrays in weights_by_layer(trainable).items()
+        if any(not np.array_equal(a, b) for a, b in zip(arrays, before_trainable[n]))
+    ]
+    assert changed, "no trainable backbone weight moved"
+
+
+def test_trained_head_weights_are_in_the_assembled_model(raw_params):
+    _, model, _, _ = build(raw_params, "mobilenet_0.25", 32, "block5")
+    expected = head_reference(raw_params, "mobilenet_0.25", 32)
+    for w, e in zip(model.get_layer("head").weights, expected):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(w), e)
+
+
+def test_freeze_all_trains_nothing(raw_params):
+    _, model, backbone, plan = build(raw_params, "mobilenet_0.25", 32, "all")
+    assert plan.trains_nothing
+    assert model.trainable_weights == []
+
+
+def test_freeze_auto_uses_the_registry_default(raw_params):
+    _, _, _, plan = build(raw_params, "mobilenet_0.25", 32, "auto")
+    assert plan.word == backbones.get("mobilenet_0.25").default_freeze
+
+
+def test_exact_layer_name(raw_params):
+    _, _, backbone, plan = build(raw_params, "mobilenet_0.25", 32, "conv_dw_13")
+    assert not backbone.get_layer("conv_pw_12").trainable
+    assert backbone.get_layer("conv_dw_13").trainable
+
+
+def test_unknown_stage_or_layer_is_a_clear_error(raw_params):
+    with pytest.raises(TlpipeError, match="one of block1, block2, block3, block4, block5 .* Got 'block6'"):
+        build(raw_params, "mobilenet_0.25", 32, "block6")
+    with pytest.raises(TlpipeError, match="'nope' is neither all, none, auto"):
+        build(raw_params, "mobilenet_0.25", 32, "nope")

@@ -1,0 +1,119 @@
+"""params.yaml validation: one clear line naming the key, the rule and the value."""
+
+import copy
+
+import pytest
+
+from tlpipe import params
+from tlpipe.errors import TlpipeError
+
+
+def parse(raw):
+    return params.parse(raw, "params.yaml")
+
+
+def with_change(raw, dotted, value):
+    raw = copy.deepcopy(raw)
+    *parents, key = dotted.split(".")
+    node = raw
+    for part in parents:
+        node = node[part]
+    node[key] = value
+    return raw
+
+
+def error_of(raw) -> str:
+    with pytest.raises(TlpipeError) as info:
+        parse(raw)
+    message = str(info.value)
+    assert "\n" not in message, "errors are one line"
+    return message
+
+
+def test_repo_params_are_valid(raw_params):
+    p = parse(raw_params)
+    assert p.backbone == "mobilenet_0.25" and p.image_size == 224
+    assert p.head.hidden == () and p.finetune.augment.any is False
+
+
+@pytest.mark.parametrize(
+    "key, value, expected",
+    [
+        ("head.dropout", 1.5, "The 'head.dropout' parameter must be a float in the range [0.0, 1.0). Got 1.5"),
+        ("head.dropout", "high", "'head.dropout' parameter must be a float"),
+        ("head.epochs", 0, "'head.epochs' parameter must be an int in the range [1, 100000]. Got 0"),
+        ("head.epochs", 2.5, "'head.epochs' parameter must be an int"),
+        ("head.epochs", True, "'head.epochs' parameter must be an int"),
+        ("head.hidden", [64, -1], "'head.hidden' parameter must be a list of layer widths"),
+        ("head.batchnorm", "yes", "'head.batchnorm' parameter must be a bool"),
+        ("head.optimizer", "adagrad", "one of 'adam', 'adamw', 'sgd', 'rmsprop'. Got 'adagrad'"),
+        ("head.class_weight", "balanced", "'head.class_weight' parameter must be one of 'auto', 'none'"),
+        ("finetune.learning_rate", 0, "'finetune.learning_rate' parameter must be a float in the range (0.0, 10.0)"),
+        ("finetune.schedule", "step", "'finetune.schedule' parameter must be one of 'constant', 'cosine', 'plateau'"),
+        ("finetune.augment.rotation", 0.9, "'finetune.augment.rotation' parameter must be a float in the range [0.0, 0.5]"),
+        ("finetune.augment.flip", 1, "'finetune.augment.flip' parameter must be a bool"),
+        ("finetune.mixed_precision", "maybe", "'finetune.mixed_precision' parameter must be 'auto', true or false"),
+        ("finetune.xla", "on", "'finetune.xla' parameter must be a bool"),
+        ("evaluate.top_k", 1, "'evaluate.top_k' parameter must be an int in the range [2, 100]"),
+        ("split.test_from_val", 1.0, "'split.test_from_val' parameter must be a float in the range (0.0, 1.0)"),
+        ("seed", -1, "'seed' parameter must be an int in the range [0, 2147483647]"),
+        ("data.sha256", "abc", "'data.sha256' parameter must be null or a 64-digit hex SHA-256"),
+        ("data.source", "", "'data.source' parameter must be a non-empty string"),
+        ("freeze", "block 5", "'freeze' parameter must be 'auto', 'all', 'none', 'blockN'"),
+        ("image_size", 16, "'image_size' parameter must be an int in the range [32, 1024]. Got 16"),
+        ("head", [1, 2], "The 'head' section must be a mapping"),
+    ],
+)
+def test_bad_values_name_key_rule_and_value(raw_params, key, value, expected):
+    message = error_of(with_change(raw_params, key, value))
+    assert message.startswith("params.yaml: ")
+    assert expected in message
+
+
+def test_image_size_minimum_is_the_backbones(raw_params):
+    raw = with_change(raw_params, "backbone", "xception")
+    raw["image_size"] = 64
+    assert "'image_size' parameter must be an int in the range [71, 1024]. Got 64" in error_of(raw)
+
+
+def test_unknown_key_suggests_the_close_one(raw_params):
+    raw = copy.deepcopy(raw_params)
+    raw["head"]["dropuot"] = 0.3
+    message = error_of(raw)
+    assert "Unknown parameter 'head.dropuot'. Did you mean 'head.dropout'?" in message
+
+
+def test_unknown_top_level_key(raw_params):
+    raw = copy.deepcopy(raw_params)
+    raw["backbones"] = "vgg16"
+    assert "Unknown parameter 'backbones'. Did you mean 'backbone'?" in error_of(raw)
+
+
+def test_missing_key_is_named(raw_params):
+    raw = copy.deepcopy(raw_params)
+    del raw["finetune"]["augment"]["zoom"]
+    assert "The 'finetune.augment.zoom' parameter is missing." in error_of(raw)
+
+
+def test_unknown_backbone_lists_valid_names_with_suggestion(raw_params):
+    message = error_of(with_change(raw_params, "backbone", "resnet5"))
+    assert "Got 'resnet5' instead. Did you mean 'resnet50'?" in message
+    assert "vgg16" in message and "efficientnet_b0" in message
+
+
+def test_split_fractions_must_leave_training_data(raw_params):
+    raw = with_change(raw_params, "split.val_fraction", 0.5)
+    raw["split"]["test_fraction"] = 0.5
+    assert "must add up to less than 1.0" in error_of(raw)
+
+
+def test_freeze_accepts_words_blocks_and_layer_names(raw_params):
+    for word in ("auto", "all", "none", "block3", "conv_pw_13"):
+        assert parse(with_change(raw_params, "freeze", word)).freeze == word
+
+
+def test_load_reports_bad_yaml(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("backbone: [unclosed\n")
+    with pytest.raises(TlpipeError, match="params.yaml: not valid YAML"):
+        params.load(path)

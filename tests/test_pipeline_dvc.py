@@ -1,0 +1,117 @@
+"""The whole pipeline in a real temporary git+DVC repository: synthetic images,
+a random-weight backbone, tiny sizes. One repo is shared by the tests of this
+module (in order), since every `dvc repro` starts TensorFlow per stage."""
+
+import copy
+import json
+
+import pytest
+
+from conftest import make_class_folders, new_dvc_repo, tiny_params
+
+STAGES = ["fetch", "split", "extract", "train_head", "finetune", "evaluate"]
+
+
+def ran(output: str) -> list[str]:
+    return [s for s in STAGES if f"Running stage '{s}'" in output]
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory, request):
+    import yaml
+
+    from conftest import REPO
+
+    root = tmp_path_factory.mktemp("pipeline")
+    source = make_class_folders(root / "images", per_class=10, classes=("red", "green", "blue"))
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    repo = new_dvc_repo(root / "repo", tiny_params(raw, source))
+    result = repo.dvc("repro")
+    repo.first_run = result.stdout
+    repo.commit("first run")
+    return repo
+
+
+def test_full_repro_writes_every_output(repo):
+    assert ran(repo.first_run) == STAGES
+    root = repo.root
+    for path in ("data/raw/red", "data/split/train.csv", "data/features/train.npy", "models/head.keras",
+                 "models/model.keras", "plots/confusion.png", "plots/mistakes.png", "plots/per_class_f1.png",
+                 "dvclive/head/plots/metrics/train/loss.tsv", "dvclive/finetune/plots/metrics/val/accuracy.tsv"):
+        assert (root / path).exists(), path
+    ev = json.loads((root / "metrics/eval.json").read_text())
+    for model in ("finetuned", "head"):
+        assert 0 <= ev[model]["accuracy"] <= 1
+        assert set(ev[model]["per_class"]) == {"blue", "green", "red"}
+    assert "frozen_prefix_cached" in json.loads((root / "metrics/finetune.json").read_text())
+    assert repo.dvc("status").stdout.strip().endswith("Data and pipelines are up to date.")
+
+
+# What changing one key touches directly; downstream stages follow through their
+# data dependencies (the table in the README).
+DIRECT = [
+    ("data.source", "elsewhere", {"fetch"}),
+    ("split.val_fraction", 0.3, {"split"}),
+    ("seed", 7, {"split", "train_head", "finetune"}),
+    ("backbone", "mobilenet_0.5", {"extract", "finetune"}),
+    ("image_size", 40, {"extract", "finetune"}),
+    ("extract.batch_size", 4, {"extract"}),
+    ("head.dropout", 0.3, {"train_head"}),
+    ("freeze", "block4", {"finetune"}),
+    ("finetune.learning_rate", 0.01, {"finetune"}),
+    ("evaluate.gallery", 2, {"evaluate"}),
+]
+
+
+@pytest.mark.parametrize("key, value, stages", DIRECT, ids=[k for k, _, _ in DIRECT])
+def test_a_params_change_touches_only_the_stages_that_read_it(repo, key, value, stages):
+    original = repo.params()
+    changed = copy.deepcopy(original)
+    node = changed
+    *parents, leaf = key.split(".")
+    for part in parents:
+        node = node[part]
+    node[leaf] = value
+    repo.write_params(changed)
+    try:
+        status = json.loads(repo.dvc("status", "--json").stdout)
+    finally:
+        repo.write_params(original)
+    assert {name.split(":")[-1] for name in status} == stages
+
+
+def test_exp_run_freeze_reruns_only_finetune_and_evaluate(repo):
+    result = repo.dvc("exp", "run", "-n", "block4", "-S", "freeze=block4")
+    assert ran(result.stdout) == ["finetune", "evaluate"]
+    shown = json.loads(repo.dvc("exp", "show", "--json").stdout)
+    assert "block4" in json.dumps(shown)
+    diff = repo.dvc("metrics", "diff", "--json").stdout
+    assert "trainable_params" in diff  # block4 trains more of the backbone
+    again = repo.dvc("exp", "run", "-S", "freeze=block5")
+    assert ran(again.stdout) == []  # both stages restored from the run-cache
+    assert "Stage 'finetune' is cached" in again.stdout
+
+
+def test_plots_show_renders_every_plot(repo):
+    repo.dvc("plots", "show", "-o", "plots_html")
+    html = (repo.root / "plots_html" / "index.html").read_text()
+    for plot_id in ("Confusion matrix (fine-tuned, test)", "ROC (test)", "Head loss",
+                    "Fine-tune accuracy", "plots/mistakes.png"):
+        assert plot_id in html, plot_id
+    metrics = repo.dvc("metrics", "show").stdout
+    assert "finetuned.accuracy" in metrics and "head.per_class.red.f1" in metrics
+
+
+def test_bad_param_stops_with_one_line_and_keeps_outputs(repo):
+    original = repo.params()
+    bad = copy.deepcopy(original)
+    bad["evaluate"]["top_k"] = 1
+    repo.write_params(bad)
+    try:
+        result = repo.dvc("repro", check=False)
+    finally:
+        repo.write_params(original)
+    assert result.returncode != 0
+    assert "evaluate: error: params.yaml: The 'evaluate.top_k' parameter must be an int" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert (repo.root / "models/model.keras").exists()

@@ -1,0 +1,169 @@
+"""split: determinism, stratification, predefined splits, rejected files, odd formats."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tlpipe import images, paths
+from tlpipe import split as split_module
+from tlpipe.errors import TlpipeError
+from tlpipe.params import SplitParams
+
+from conftest import COLOURS, draw_image, make_class_folders
+
+PARAMS = SplitParams(val_fraction=0.25, test_fraction=0.25, test_from_val=0.5)
+
+
+def run_split(params=PARAMS, seed=42):
+    return split_module.run(params, seed, paths.RAW)
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_stratified_and_deterministic(in_tmp_cwd):
+    make_class_folders(paths.RAW, per_class=20, classes=("red", "green", "blue"))
+    first = run_split()
+    snapshot = {s: paths.SPLIT_CSV[s].read_text() for s in split_module.SPLITS}
+    run_split()
+    assert {s: paths.SPLIT_CSV[s].read_text() for s in split_module.SPLITS} == snapshot
+    for name in ("red", "green", "blue"):
+        assert [sum(r.label == name for r in first.rows[s]) for s in ("train", "val", "test")] == [10, 5, 5]
+    assert json.loads(paths.CLASSES.read_text()) == ["blue", "green", "red"]
+    all_paths = [r.path for s in split_module.SPLITS for r in first.rows[s]]
+    assert len(all_paths) == len(set(all_paths)) == 60
+    other_seed = split_module.run(PARAMS, 7, paths.RAW)
+    assert other_seed.rows["test"] != first.rows["test"]
+    metrics = json.loads(paths.DATA_METRICS.read_text())
+    assert metrics["per_class"]["test"] == {"blue": 5, "green": 5, "red": 5}
+    assert metrics["rejected"] == 0
+
+
+def test_predefined_train_stays_train_and_test_comes_from_validation(in_tmp_cwd):
+    make_class_folders(paths.RAW / "train", per_class=8)
+    make_class_folders(paths.RAW / "validation", per_class=6)
+    result = run_split()
+    assert all(r.path.startswith("train/") for r in result.rows["train"])
+    assert len(result.rows["train"]) == 16
+    for s in ("val", "test"):
+        assert all(r.path.startswith("validation/") for r in result.rows[s])
+        assert sorted({r.label for r in result.rows[s]}) == ["blue", "red"]
+    assert len(result.rows["test"]) == 6 and len(result.rows["val"]) == 6
+
+
+def test_predefined_test_folder_is_kept_and_val_carved_from_train(in_tmp_cwd):
+    make_class_folders(paths.RAW / "train", per_class=8)
+    make_class_folders(paths.RAW / "test", per_class=3)
+    result = run_split()
+    assert all(r.path.startswith("test/") for r in result.rows["test"])
+    assert all(r.path.startswith("train/") for r in result.rows["val"])
+    assert len(result.rows["val"]) == 4  # 25 % of 8, per class
+
+
+def test_mixing_split_and_class_folders_is_an_error(in_tmp_cwd):
+    make_class_folders(paths.RAW / "train", per_class=4)
+    make_class_folders(paths.RAW, per_class=4, classes=("green",))
+    with pytest.raises(TlpipeError, match="mixes split folders"):
+        run_split()
+
+
+def test_bad_files_are_rejected_with_reasons_and_hidden_ones_ignored(in_tmp_cwd):
+    make_class_folders(paths.RAW, per_class=8)
+    red = paths.RAW / "red"
+    (red / "empty.jpg").write_bytes(b"")
+    (red / "notes.jpg").write_text("this is not a jpeg")
+    good = (red / "red_000.jpg").read_bytes()
+    (red / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    (red / ".DS_Store").write_bytes(b"\0\1")
+    (red / "._red_000.jpg").write_bytes(b"\0\1")
+    (paths.RAW / "README.txt").write_text("about this data")
+    nested = red / "more" / "deeper"
+    nested.mkdir(parents=True)
+    draw_image(COLOURS["red"], 99).save(nested / "nested image ü.png")
+    result = run_split()
+    rejected = dict(result.rejected)
+    assert rejected["red/empty.jpg"] == "empty file"
+    assert rejected["red/notes.jpg"].startswith("not an image")
+    assert rejected["red/truncated.jpg"].startswith("cannot decode")
+    assert rejected["README.txt"] == "not inside a class folder"
+    assert len(rejected) == 4
+    used = {r.path for s in split_module.SPLITS for r in result.rows[s]}
+    assert "red/more/deeper/nested image ü.png" in used
+    assert not any(".DS_Store" in p or "/._" in p for p in used | set(rejected))
+    assert {row["path"] for row in read_csv(paths.REJECTED)} == set(rejected)
+
+
+def test_decompression_bomb_is_rejected(in_tmp_cwd, monkeypatch):
+    make_class_folders(paths.RAW, per_class=6)
+    Image.new("RGB", (400, 300)).save(paths.RAW / "red" / "huge.png")
+    monkeypatch.setattr(images, "MAX_PIXELS", 100_000)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100_000)
+    rejected = dict(run_split().rejected)
+    assert rejected["red/huge.png"].startswith("too large")
+
+
+def test_single_class_and_empty_class_are_errors(in_tmp_cwd):
+    make_class_folders(paths.RAW, per_class=6, classes=("red",))
+    with pytest.raises(TlpipeError, match="single class"):
+        run_split()
+    (paths.RAW / "blue").mkdir()
+    (paths.RAW / "blue" / "broken.jpg").write_text("no")
+    with pytest.raises(TlpipeError, match="Class folder 'blue' has no valid image"):
+        run_split()
+
+
+def test_too_small_class_is_an_error(in_tmp_cwd):
+    make_class_folders(paths.RAW, per_class=6)
+    for f in sorted((paths.RAW / "blue").iterdir())[2:]:
+        f.unlink()
+    with pytest.raises(TlpipeError, match="Class 'blue' has 2 valid images, too few"):
+        run_split()
+
+
+def _save_variants(folder):
+    folder.mkdir(parents=True, exist_ok=True)
+    base = draw_image(COLOURS["red"], 5, size=(40, 30))
+    base.convert("CMYK").save(folder / "cmyk.jpg")
+    base.convert("L").save(folder / "grey.jpg")
+    base.convert("RGBA").save(folder / "rgba.png")
+    base.convert("P").save(folder / "palette.png")
+    base.save(folder / "anim.gif")
+    base.save(folder / "bitmap.bmp")
+    base.save(folder / "photo.webp")
+    grey16 = (np.asarray(base.convert("L"), dtype=np.uint16) * 257)
+    Image.fromarray(grey16).save(folder / "deep.png")  # a 16-bit greyscale PNG
+    exif = Image.Exif()
+    exif[images.EXIF_ORIENTATION] = 6  # rotate 90 degrees clockwise to view
+    base.save(folder / "rotated.jpg", exif=exif.tobytes())
+    base.save(folder / "plain.jpg")
+    return base
+
+
+def test_odd_formats_are_valid_and_routed_to_the_right_decoder(tmp_path):
+    _save_variants(tmp_path)
+    decoders = {p.name: images.inspect(p).decoder for p in tmp_path.iterdir()}
+    assert decoders == {
+        "cmyk.jpg": "pil", "grey.jpg": "tf", "rgba.png": "tf", "palette.png": "tf",
+        "anim.gif": "pil", "bitmap.bmp": "pil", "photo.webp": "pil", "deep.png": "pil",
+        "rotated.jpg": "pil", "plain.jpg": "tf",
+    }
+
+
+def test_every_decoder_path_gives_upright_rgb(tmp_path):
+    import tensorflow as tf
+
+    base = _save_variants(tmp_path)
+    for path in sorted(tmp_path.iterdir()):
+        info = images.inspect(path)
+        tensor = images.load_tensor(tf.constant(str(path)), tf.constant(info.decoder), 24).numpy()
+        assert tensor.shape == (24, 24, 3), path.name
+        assert 0 <= tensor.min() and tensor.max() <= 255
+    rotated = images.read_rgb(tmp_path / "rotated.jpg")
+    assert rotated.shape == (base.width, base.height, 3)  # portrait after EXIF rotation
+    deep = images.read_rgb(tmp_path / "deep.png")
+    assert abs(float(deep.mean()) - float(np.asarray(base.convert("L")).mean())) < 1.0
