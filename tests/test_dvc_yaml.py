@@ -19,6 +19,7 @@ READS = {
     "train_head": {"seed", "head"},
     "finetune": {"backbone", "image_size", "weights", "freeze", "seed", "finetune"},
     "evaluate": {"evaluate"},
+    "scratch": {"image_size", "seed", "scratch", "evaluate.top_k"},
 }
 
 
@@ -27,7 +28,7 @@ def names(entries):
 
 
 def test_stage_names_are_fixed():
-    assert list(STAGES) == ["fetch", "split", "extract", "train_head", "finetune", "evaluate"]
+    assert list(STAGES) == ["fetch", "split", "extract", "train_head", "finetune", "evaluate", "scratch"]
 
 
 def test_each_stage_reads_exactly_its_params_and_they_exist():
@@ -56,6 +57,7 @@ def test_paths_match_the_paths_module():
     assert outs["train_head"] == {str(paths.HEAD_MODEL), str(paths.HEAD_LOGS), str(paths.HEAD_METRICS)}
     assert outs["finetune"] == {str(paths.MODEL), str(paths.FINETUNE_LOGS), str(paths.FINETUNE_METRICS)}
     assert outs["evaluate"] == {str(paths.PLOTS), str(paths.EVAL_METRICS)}
+    assert outs["scratch"] == {str(paths.SCRATCH_LOGS), str(paths.SCRATCH_METRICS)}
     produced = set().union(*outs.values())
     for stage, spec in STAGES.items():
         for dep in spec["deps"]:
@@ -70,4 +72,6 @@ def test_plots_point_at_files_the_pipeline_writes():
             continue
         (_, spec), = entry.items()
         for path in spec["y"]:
-            assert path.startswith((str(paths.PLOTS) + "/", str(paths.HEAD_LOGS), str(paths.FINETUNE_LOGS)))
+            assert path.startswith(
+                (str(paths.PLOTS) + "/", str(paths.HEAD_LOGS), str(paths.FINETUNE_LOGS), str(paths.SCRATCH_LOGS))
+            )

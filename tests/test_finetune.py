@@ -126,3 +126,35 @@ def test_unknown_stage_or_layer_is_a_clear_error(raw_params):
         build(raw_params, "mobilenet_0.25", 32, "block6")
     with pytest.raises(TlpipeError, match="'nope' is neither all, none, auto"):
         build(raw_params, "mobilenet_0.25", 32, "nope")
+
+
+def test_finetune_stage_with_every_augmentation_on(in_tmp_cwd, raw_params):
+    """The uncached path: augmentation layers run each epoch under op determinism,
+    and the saved model is the best epoch with the augmentation inactive at inference."""
+    import json
+
+    from tlpipe import extract, finetune as finetune_module, paths
+    from tlpipe import split as split_module
+    from tlpipe.layers import load_model
+
+    from conftest import make_class_folders
+
+    make_class_folders(paths.RAW, per_class=8)
+    raw = tiny_params(raw_params, paths.RAW, backbone="resnet50", freeze="block5")
+    raw["finetune"]["augment"] = {
+        "flip": True, "rotation": 0.1, "zoom": 0.1, "translation": 0.1, "contrast": 0.2, "crop": 0.5
+    }
+    raw["finetune"].update({"schedule": "plateau", "warmup_epochs": 1, "optimizer": "adamw"})
+    p = params.parse(raw)
+    split_module.run(p.split, p.seed)
+    extract.run(p)
+    head.run(p)
+    metrics = finetune_module.run(p)
+    assert metrics["frozen_prefix_cached"] is False and metrics["epochs_run"] == 2
+    model = load_model(paths.MODEL)
+    assert {"aug_crop", "aug_flip", "aug_rotation", "aug_zoom", "aug_translation", "aug_contrast"} <= {
+        l.name for l in model.layers
+    }
+    x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    np.testing.assert_array_equal(model.predict(x, verbose=0), model.predict(x, verbose=0))
+    assert json.loads(paths.FINETUNE_METRICS.read_text())["trainable_params"] > 0

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import make_class_folders, new_dvc_repo, tiny_params
 
-STAGES = ["fetch", "split", "extract", "train_head", "finetune", "evaluate"]
+STAGES = ["fetch", "split", "extract", "train_head", "finetune", "evaluate", "scratch"]
 
 
 def ran(output: str) -> list[str]:
@@ -44,6 +44,7 @@ def test_full_repro_writes_every_output(repo):
         assert 0 <= ev[model]["accuracy"] <= 1
         assert set(ev[model]["per_class"]) == {"blue", "green", "red"}
     assert "frozen_prefix_cached" in json.loads((root / "metrics/finetune.json").read_text())
+    assert json.loads((root / "metrics/scratch.json").read_text()) == {"enabled": False}
     assert repo.dvc("status").stdout.strip().endswith("Data and pipelines are up to date.")
 
 
@@ -52,14 +53,16 @@ def test_full_repro_writes_every_output(repo):
 DIRECT = [
     ("data.source", "elsewhere", {"fetch"}),
     ("split.val_fraction", 0.3, {"split"}),
-    ("seed", 7, {"split", "train_head", "finetune"}),
+    ("seed", 7, {"split", "train_head", "finetune", "scratch"}),
     ("backbone", "mobilenet_0.5", {"extract", "finetune"}),
-    ("image_size", 40, {"extract", "finetune"}),
+    ("image_size", 40, {"extract", "finetune", "scratch"}),
     ("extract.batch_size", 4, {"extract"}),
     ("head.dropout", 0.3, {"train_head"}),
     ("freeze", "block4", {"finetune"}),
     ("finetune.learning_rate", 0.01, {"finetune"}),
     ("evaluate.gallery", 2, {"evaluate"}),
+    ("evaluate.top_k", 3, {"evaluate", "scratch"}),
+    ("scratch.enabled", True, {"scratch"}),
 ]
 
 

@@ -81,21 +81,10 @@ def trainable_count(model: keras.Model) -> int:
 
 
 def _materialize(rows, p: Params, transform=None, desc="") -> np.ndarray:
-    """Decode every image once into one array: uint8 pixels, or, with
-    ``transform``, its float16 output (the frozen prefix's activations)."""
-    from tqdm import tqdm
-
-    files = [paths.RAW / r.path for r in rows]
-    ds = images.dataset(files, [r.decoder for r in rows], p.image_size, p.finetune.batch_size)
-    parts = []
-    with tqdm(total=len(rows), desc=desc, unit="img", mininterval=1) as bar:
-        for batch in ds:
-            if transform is None:
-                parts.append(np.clip(np.rint(batch.numpy()), 0, 255).astype(np.uint8))
-            else:
-                parts.append(np.asarray(transform(batch), dtype=np.float16))
-            bar.update(len(parts[-1]))
-    return np.concatenate(parts)
+    return images.decode_all(
+        [paths.RAW / r.path for r in rows], [r.decoder for r in rows], p.image_size,
+        p.finetune.batch_size, transform, desc,
+    )
 
 
 def _streamed(rows, labels, p: Params, batch_size: int, shuffle: bool):

@@ -142,3 +142,19 @@ def dataset(files, decoders, image_size: int, batch_size: int, labels=None):
 
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def decode_all(files, decoders, image_size: int, batch_size: int, transform=None, desc="") -> np.ndarray:
+    """Decode every image once into one array: uint8 pixels, or, with
+    ``transform`` (a batch function), its float16 output."""
+    from tqdm import tqdm
+
+    parts = []
+    with tqdm(total=len(files), desc=desc, unit="img", mininterval=1) as bar:
+        for batch in dataset(files, decoders, image_size, batch_size):
+            if transform is None:
+                parts.append(np.clip(np.rint(batch.numpy()), 0, 255).astype(np.uint8))
+            else:
+                parts.append(np.asarray(transform(batch), dtype=np.float16))
+            bar.update(len(parts[-1]))
+    return np.concatenate(parts)

@@ -102,6 +102,15 @@ class EvaluateParams:
 
 
 @dataclass(frozen=True)
+class ScratchParams:
+    enabled: bool
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    patience: int
+
+
+@dataclass(frozen=True)
 class Params:
     backbone: str
     image_size: int
@@ -114,6 +123,7 @@ class Params:
     head: HeadParams
     finetune: FinetuneParams
     evaluate: EvaluateParams
+    scratch: ScratchParams
 
     def with_overrides(self, **changes: Any) -> Params:
         return replace(self, **changes)
@@ -322,6 +332,16 @@ def parse(raw: Any, source: str = str(paths.PARAMS)) -> Params:
         gallery=v.integer("gallery", 0, 1000),
     )
     v.finish()
+
+    c = top.section("scratch")
+    scratch = ScratchParams(
+        enabled=c.boolean("enabled"),
+        epochs=c.integer("epochs", 1, 100_000),
+        batch_size=c.integer("batch_size", 1, 65_536),
+        learning_rate=c.real("learning_rate", 0.0, 10.0, low_closed=False),
+        patience=c.integer("patience", 0, 100_000),
+    )
+    c.finish()
     top.finish()
 
     return Params(
@@ -336,6 +356,7 @@ def parse(raw: Any, source: str = str(paths.PARAMS)) -> Params:
         head=head,
         finetune=finetune,
         evaluate=evaluate,
+        scratch=scratch,
     )
 
 

@@ -29,8 +29,10 @@ FINETUNE_METRICS = METRICS / "finetune.json"
 EVAL_METRICS = METRICS / "eval.json"
 
 PLOTS = Path("plots")
+SCRATCH_METRICS = METRICS / "scratch.json"
 HEAD_LOGS = Path("dvclive/head")
 FINETUNE_LOGS = Path("dvclive/finetune")
+SCRATCH_LOGS = Path("dvclive/scratch")
 
 
 def features_file(split: str) -> Path:

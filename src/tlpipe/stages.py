@@ -52,6 +52,12 @@ def evaluate(p: Params) -> None:
     run(p)
 
 
+def scratch(p: Params) -> None:
+    from tlpipe.scratch import run
+
+    run(p)
+
+
 STAGES: dict[str, Callable[[Params], None]] = {
     "fetch": fetch,
     "split": split,
@@ -59,6 +65,7 @@ STAGES: dict[str, Callable[[Params], None]] = {
     "train_head": train_head,
     "finetune": finetune,
     "evaluate": evaluate,
+    "scratch": scratch,
 }
 
 

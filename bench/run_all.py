@@ -1,0 +1,13 @@
+"""Run every benchmark in turn (`make bench`); each prints its figures last.
+
+Offline on this project's machines: KERAS_HOME=$PWD/../shared/keras make bench
+"""
+
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).parent
+for script in ("extract_limit.py", "pipeline.py", "scaling.py", "classic.py"):
+    print(f"==> python bench/{script}", flush=True)
+    subprocess.run([sys.executable, str(HERE / script)], check=True)

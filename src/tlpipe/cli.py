@@ -1,0 +1,229 @@
+"""The ``tlpipe`` command: use the trained model.
+
+    tlpipe predict PATH...        classify image files, folders (recursively) and globs
+    tlpipe export --format F      write the model as keras | saved_model | tflite, then check it
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import json
+import os
+import sys
+from pathlib import Path
+
+from tlpipe import paths
+from tlpipe.errors import TlpipeError
+from tlpipe.images import IMAGE_SUFFIXES, is_hidden
+
+# Largest probability difference accepted between the Keras model and an
+# exported artifact, per format.
+# Quantised TFLite models are judged by their decisions instead (same top class).
+TOLERANCE = {"keras": 1e-6, "saved_model": 1e-5, "tflite": 1e-4}
+
+
+def _collect(args: list[str]) -> list[Path]:
+    """Files named, files under folders (recursively, image suffixes), glob matches."""
+    found: list[Path] = []
+    for arg in args:
+        matches = [Path(m) for m in sorted(glob.glob(arg, recursive=True))] if glob.has_magic(arg) else [Path(arg)]
+        if not matches:
+            raise TlpipeError(f"No file matches {arg!r}.")
+        for path in matches:
+            if path.is_dir():
+                found += sorted(
+                    p for p in path.rglob("*")
+                    if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not is_hidden(p.relative_to(path))
+                )
+            else:
+                found.append(path)  # a missing or broken file gets an error row
+    return found
+
+
+def _load(model_path: Path, classes_path: Path):
+    if not model_path.is_file():
+        raise TlpipeError(f"No model at {model_path}; run `dvc repro` first or pass --model PATH.")
+    if not classes_path.is_file():
+        raise TlpipeError(f"No class list at {classes_path}; pass --classes PATH (a JSON list of names).")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from tlpipe.layers import load_model
+
+    return load_model(model_path), json.loads(classes_path.read_text())
+
+
+def predict(args) -> int:
+    import numpy as np
+    from tqdm import tqdm
+
+    from tlpipe import images
+
+    model, classes = _load(Path(args.model), Path(args.classes))
+    size = int(model.input_shape[1])
+    files = _collect(args.paths)
+    top_k = min(args.top_k, len(classes))
+    out = open(args.out, "w", newline="") if args.out else sys.stdout
+    writer = csv.writer(out, lineterminator="\n") if args.format == "csv" else None
+    if writer:
+        writer.writerow(["path", "predicted", "probability", "top_k", "error"])
+    failed = 0
+
+    def emit(path, probs=None, error=""):
+        if probs is None:
+            row = {"path": str(path), "predicted": None, "probability": None, "top_k": [], "error": error}
+        else:
+            order = np.argsort(-probs, kind="stable")[:top_k]
+            row = {
+                "path": str(path),
+                "predicted": classes[order[0]],
+                "probability": round(float(probs[order[0]]), 6),
+                "top_k": [[classes[i], round(float(probs[i]), 6)] for i in order],
+                "error": "",
+            }
+        if writer:
+            top = ";".join(f"{c}:{p}" for c, p in row["top_k"])
+            writer.writerow([row["path"], row["predicted"] or "", row["probability"] or "", top, row["error"]])
+        else:
+            out.write(json.dumps(row) + "\n")
+
+    with tqdm(total=len(files), desc="predict", unit="img", disable=len(files) < 100 or None) as bar:
+        for start in range(0, len(files), args.batch_size):
+            chunk = files[start : start + args.batch_size]
+            checks = [(p, images.inspect(p) if p.is_file() else None) for p in chunk]
+            good = [(p, c) for p, c in checks if c is not None and c.ok]
+            probs = {}
+            if good:
+                ds = images.dataset([p for p, _ in good], [c.decoder for _, c in good], size, len(good))
+                batch = next(iter(ds))
+                for (p, _), row in zip(good, model.predict_on_batch(batch)):
+                    probs[p] = row
+            for p, c in checks:  # in input order
+                if c is None or not c.ok:
+                    failed += 1
+                    emit(p, error="no such file" if c is None else c.reason)
+                else:
+                    emit(p, probs[p])
+            bar.update(len(chunk))
+    if args.out:
+        out.close()
+    if failed:
+        print(f"predict: {failed} of {len(files)} files could not be read", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _check_images(n: int = 8):
+    """A few real test images, read exactly as in training."""
+    from tlpipe import images
+    from tlpipe.split import read_split
+
+    rows = read_split("test")[:n]
+    return [paths.RAW / r.path for r in rows], [r.decoder for r in rows], images
+
+
+def export(args) -> int:
+    import numpy as np
+    import tensorflow as tf
+
+    model, _ = _load(Path(args.model), Path(args.classes))
+    size = int(model.input_shape[1])
+    files, decoders, images = _check_images()
+    if not files:
+        raise TlpipeError("The test split is empty; nothing to check the export against.")
+    x = next(iter(images.dataset(files, decoders, size, len(files)))).numpy()
+    expected = model.predict_on_batch(x)
+    fmt = args.format
+    out = Path(args.out or {"keras": "models/export.keras", "saved_model": "models/saved_model",
+                            "tflite": "models/model.tflite"}[fmt])
+    if args.quantize and fmt != "tflite":
+        raise TlpipeError("--quantize applies to --format tflite only.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "keras":
+        from tlpipe import atomic
+        from tlpipe.layers import load_model
+
+        atomic.save_keras(out, model)
+        got = load_model(out).predict_on_batch(x)
+        size_bytes = out.stat().st_size
+    elif fmt == "saved_model":
+        from tlpipe import atomic
+
+        with atomic.atomic_dir(out) as tmp_dir:
+            model.export(str(tmp_dir), format="tf_saved_model", verbose=False)
+        loaded = tf.saved_model.load(str(out))  # keep a reference: its variables die with it
+        got = loaded.serve(tf.constant(x)).numpy()
+        size_bytes = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    else:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            model.export(tmp, format="tf_saved_model", verbose=False)
+            converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
+            if args.quantize:
+                converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            if args.quantize == "float16":
+                converter.target_spec.supported_types = [tf.float16]
+            data = converter.convert()
+        from tlpipe import atomic
+
+        with atomic.atomic_path(out, ".tflite") as tmp_path:
+            tmp_path.write_bytes(data)
+        interpreter = tf.lite.Interpreter(model_path=str(out))
+        inp, outp = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+        interpreter.resize_tensor_input(inp["index"], x.shape)
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(inp["index"], x.astype(inp["dtype"]))
+        interpreter.invoke()
+        got = interpreter.get_tensor(outp["index"])
+        size_bytes = out.stat().st_size
+    got = np.asarray(got, dtype=np.float64)
+    diff = float(np.abs(got - expected).max())
+    agree = int((got.argmax(axis=1) == expected.argmax(axis=1)).sum())
+    print(f"export: wrote {out} ({size_bytes / 1e6:.2f} MB)")
+    print(f"export: on {len(files)} test images: largest probability difference {diff:.2e}, "
+          f"same top class {agree}/{len(files)}")
+    if args.quantize:
+        # Quantisation changes probabilities by design; what must hold is the decision.
+        ok = agree == len(files)
+        print(f"export: {'OK' if ok else 'FAILED'}: quantised model must pick the same class on every check image")
+    else:
+        tolerance = TOLERANCE[fmt]
+        ok = diff <= tolerance
+        print(f"export: {'OK' if ok else 'FAILED'}: tolerance {tolerance:g}")
+    return 0 if ok else 1
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="tlpipe", description="Use the classifier that `dvc repro` trained.")
+    sub = top.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--model", default=str(paths.MODEL), help="a tlpipe .keras model (default: %(default)s)")
+    common.add_argument("--classes", default=str(paths.CLASSES), help="class names, JSON (default: %(default)s)")
+
+    p = sub.add_parser("predict", parents=[common], help="classify images",
+                       description="Classify image files, folders (recursively) and globs. Exit status 1 "
+                                   "if any file could not be read (it gets a row with the error).")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image file, folder or glob ('**' recurses)")
+    p.add_argument("--out", help="write here instead of stdout")
+    p.add_argument("--format", choices=("csv", "jsonl"), default="csv", help="output format (default: csv)")
+    p.add_argument("--top-k", type=int, default=3, help="classes listed per image (default: 3)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per batch (default: 32)")
+    p.set_defaults(func=predict)
+
+    e = sub.add_parser("export", parents=[common], help="export the model and check the export",
+                       description="Write the model in another format, reload it and compare its predictions "
+                                   "with the Keras model's on real test images.")
+    e.add_argument("--format", choices=("keras", "saved_model", "tflite"), required=True)
+    e.add_argument("--quantize", choices=("dynamic", "float16"), help="TFLite post-training quantisation")
+    e.add_argument("--out", help="output path (default: under models/)")
+    e.set_defaults(func=export)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except TlpipeError as err:
+        print(f"tlpipe {args.command}: error: {err}", file=sys.stderr)
+        return 2

@@ -1,0 +1,120 @@
+"""`tlpipe predict` and `tlpipe export` on a small model trained by the pipeline's
+own code (synthetic images, random-weight backbone)."""
+
+import csv
+import io
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tlpipe import cli, evaluate, extract, finetune, head, params, paths
+from tlpipe import split as split_module
+
+from conftest import COLOURS, draw_image, make_class_folders, tiny_params, tool_env
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, raw_params_module):
+    root = tmp_path_factory.mktemp("cli")
+    import os
+
+    old = os.getcwd()
+    os.chdir(root)
+    try:
+        make_class_folders(paths.RAW, per_class=8)
+        p = params.parse(tiny_params(raw_params_module, paths.RAW, backbone="resnet50", freeze="block5"))
+        split_module.run(p.split, p.seed)
+        extract.run(p)
+        head.run(p)
+        finetune.run(p)
+        yield root
+    finally:
+        os.chdir(old)
+
+
+@pytest.fixture(scope="module")
+def raw_params_module():
+    import yaml
+
+    from conftest import REPO
+
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def run_cli(root, *args):
+    return subprocess.run(
+        [sys.executable, "-m", "tlpipe", *args], cwd=root, env=tool_env(), capture_output=True, text=True
+    )
+
+
+def test_predict_folder_with_good_and_broken_images(trained, tmp_path):
+    folder = tmp_path / "in"
+    (folder / "nested").mkdir(parents=True)
+    draw_image(COLOURS["red"], 1).save(folder / "red one.jpg")
+    draw_image(COLOURS["blue"], 2).convert("RGBA").save(folder / "nested" / "blue.png")
+    (folder / "broken.jpg").write_text("not an image")
+    (folder / ".hidden.jpg").write_text("skipped")
+    result = run_cli(trained, "predict", str(folder), str(tmp_path / "missing.jpg"))
+    assert result.returncode == 1, result.stderr
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    by_name = {r["path"].rsplit("/", 1)[-1]: r for r in rows}
+    assert set(by_name) == {"broken.jpg", "blue.png", "red one.jpg", "missing.jpg"}
+    assert by_name["broken.jpg"]["error"].startswith("not an image")
+    assert by_name["missing.jpg"]["error"] == "no such file"
+    for name in ("blue.png", "red one.jpg"):
+        row = by_name[name]
+        assert row["error"] == "" and row["predicted"] in ("red", "blue")
+        assert 0.5 <= float(row["probability"]) <= 1.0
+        assert row["top_k"].startswith(row["predicted"] + ":")
+    assert "2 of 4 files could not be read" in result.stderr
+
+
+def test_predict_matches_evaluate_and_writes_jsonl(trained, tmp_path):
+    import numpy as np
+
+    from tlpipe.layers import load_model
+
+    rows = split_module.read_split("test", trained / paths.SPLIT)
+    files = [str(trained / paths.RAW / r.path) for r in rows]
+    out = tmp_path / "p.jsonl"
+    result = run_cli(trained, "predict", *files, "--format", "jsonl", "--out", str(out), "--top-k", "2")
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    import os
+
+    old = os.getcwd()
+    os.chdir(trained)
+    try:
+        probs = evaluate.predict_images(load_model(paths.MODEL), rows, 8)
+    finally:
+        os.chdir(old)
+    classes = json.loads((trained / paths.CLASSES).read_text())
+    for line, p in zip(lines, probs):
+        assert line["predicted"] == classes[int(p.argmax())]
+        assert abs(line["probability"] - float(p.max())) < 1e-4
+        assert len(line["top_k"]) == 2
+
+
+@pytest.mark.parametrize("fmt", [["keras"], ["saved_model"], ["tflite"], ["tflite", "--quantize", "float16"]])
+def test_export_round_trips(trained, fmt):
+    result = run_cli(trained, "export", "--format", *fmt)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "largest probability difference" in result.stdout and "OK" in result.stdout
+
+
+def test_usage_errors_are_one_line(trained, tmp_path):
+    result = run_cli(tmp_path, "predict", "x.jpg")
+    assert result.returncode == 2
+    assert "tlpipe predict: error: No model at models/model.keras" in result.stderr
+    result = run_cli(trained, "export", "--format", "keras", "--quantize", "dynamic")
+    assert result.returncode == 2 and "--quantize applies to --format tflite only" in result.stderr
+
+
+def test_help_is_complete():
+    text = cli.parser().format_help()
+    assert "predict" in text and "export" in text
+    sub = run_cli(".", "predict", "--help").stdout
+    for flag in ("--model", "--classes", "--out", "--format", "--top-k", "--batch-size"):
+        assert flag in sub

@@ -1,0 +1,94 @@
+"""Interruptions and determinism, in real temporary git+DVC repos.
+
+`kill -9` lands while a stage is writing (its temporary output exists); the next
+`dvc repro` completes, leaves no temporary behind, and gives metrics identical
+to an uninterrupted run: same params and data, same metrics on CPU.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import REPO, make_class_folders, new_dvc_repo, tiny_params, tool_env
+
+# Timings differ run to run by nature; everything else must be identical.
+TIMING_KEYS = {"train_seconds", "images_per_second"}
+
+
+def metrics_without_timings(root):
+    out = {}
+    for path in sorted((root / "metrics").glob("*.json")):
+        data = json.loads(path.read_text())
+        out[path.name] = {k: v for k, v in data.items() if k not in TIMING_KEYS}
+    return out
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    return make_class_folders(tmp_path_factory.mktemp("src") / "images", per_class=24)
+
+
+@pytest.fixture(scope="module")
+def params_(source):
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    # resnet50: a random-init backbone whose fine-tuning really moves weights
+    return tiny_params(raw, source, backbone="resnet50", freeze="block5")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, params_):
+    repo = new_dvc_repo(tmp_path_factory.mktemp("ref") / "repo", params_)
+    repo.dvc("repro")
+    return metrics_without_timings(repo.root)
+
+
+def kill_while_writing(root, pattern: str, timeout=300):
+    """Start `dvc repro`; SIGKILL its whole process group once ``pattern`` exists."""
+    proc = subprocess.Popen(
+        ["dvc", "repro"], cwd=root, env=tool_env(), start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if list(root.glob(pattern)):
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                return True
+            time.sleep(0.02)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return False
+
+
+@pytest.mark.parametrize(
+    "stage, pattern, final",
+    [
+        ("extract", "data/.features.*.tmp", "data/features"),
+        ("finetune", "dvclive/.finetune.*.tmp", "models/model.keras"),
+    ],
+)
+def test_kill_9_then_repro_completes_with_valid_identical_outputs(
+    tmp_path, params_, reference, stage, pattern, final
+):
+    repo = new_dvc_repo(tmp_path / "repo", params_)
+    assert kill_while_writing(repo.root, pattern), f"never saw {stage} writing"
+    assert not (repo.root / final).exists(), "a half-written output sits under its final name"
+    repo.dvc("repro")
+    assert not list(repo.root.glob(pattern)), "a temporary output was left behind"
+    for split in ("train", "val", "test"):
+        feats = np.load(repo.root / f"data/features/{split}.npy")
+        assert feats.shape[0] == len(np.load(repo.root / f"data/features/{split}_labels.npy"))
+        assert np.isfinite(feats).all()
+    from tlpipe.layers import load_model
+
+    assert load_model(repo.root / "models/model.keras").count_params() > 0
+    assert metrics_without_timings(repo.root) == reference

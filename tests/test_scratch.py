@@ -1,0 +1,29 @@
+"""The opt-in from-scratch baseline."""
+
+import json
+
+from tlpipe import params, paths
+from tlpipe import scratch as scratch_module
+from tlpipe import split as split_module
+
+from conftest import make_class_folders, tiny_params
+
+
+def test_disabled_records_only_that(in_tmp_cwd, raw_params):
+    p = params.parse(tiny_params(raw_params, "unused"))
+    assert scratch_module.run(p) == {"enabled": False}
+    assert json.loads(paths.SCRATCH_METRICS.read_text()) == {"enabled": False}
+
+
+def test_enabled_trains_and_scores_the_test_split(in_tmp_cwd, raw_params):
+    make_class_folders(paths.RAW, per_class=12)
+    raw = tiny_params(raw_params, paths.RAW)
+    raw["scratch"].update({"enabled": True, "epochs": 3, "batch_size": 8})
+    p = params.parse(raw)
+    split_module.run(p.split, p.seed)
+    metrics = scratch_module.run(p)
+    saved = json.loads(paths.SCRATCH_METRICS.read_text())
+    assert saved == json.loads(json.dumps(metrics))
+    assert saved["enabled"] and saved["epochs_run"] == 3
+    assert set(saved["test"]["per_class"]) == {"blue", "red"}
+    assert (paths.SCRATCH_LOGS / "plots/metrics/val/accuracy.tsv").is_file()
