@@ -163,7 +163,9 @@ def run(p: Params) -> dict:
                 *train_data,
                 validation_data=val_data,
                 epochs=fp.epochs,
-                callbacks=callbacks(fp.patience, fp.schedule, log_dir),
+                callbacks=callbacks(
+                    fp.patience, fp.schedule, log_dir, (fp.learning_rate, fp.warmup_epochs * steps_per_epoch)
+                ),
                 verbose=2,
                 **kwargs,
             ).history

@@ -30,41 +30,38 @@ def optimizer(name: str, learning_rate):
 
 
 def learning_rate(base: float, schedule: str, epochs: int, steps_per_epoch: int, warmup_epochs: int):
-    """A constant, or cosine decay with linear warmup, per optimizer step.
-
-    'plateau' is a constant here; the ReduceLROnPlateau callback lowers it.
-    """
+    """What the optimizer is built with: cosine decay (with its own linear
+    warmup) as a schedule; otherwise the float ``base``, which the Warmup and
+    ReduceLROnPlateau callbacks can then adjust."""
+    if schedule != "cosine":
+        return base
     total = max(1, epochs * steps_per_epoch)
     warmup = min(warmup_epochs * steps_per_epoch, total - 1)
-    if schedule == "cosine":
-        return keras.optimizers.schedules.CosineDecay(
-            initial_learning_rate=base / 10 if warmup else base,
-            decay_steps=total - warmup,
-            warmup_target=base if warmup else None,
-            warmup_steps=warmup,
-        )
-    if warmup:
-        return _Warmup(base, warmup)
-    return base
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=base / 10 if warmup else base,
+        decay_steps=total - warmup,
+        warmup_target=base if warmup else None,
+        warmup_steps=warmup,
+    )
 
 
-@keras.saving.register_keras_serializable(package="tlpipe")
-class _Warmup(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warmup from base/10 to base, then constant."""
+class Warmup(keras.callbacks.Callback):
+    """Linear warmup from base/10 to base over the first steps (for the
+    constant and plateau schedules; cosine warms up inside its schedule)."""
 
-    def __init__(self, base: float, warmup_steps: int):
-        self.base = base
-        self.warmup_steps = warmup_steps
+    def __init__(self, base: float, steps: int):
+        super().__init__()
+        self.base, self.steps, self.step = base, steps, 0
 
-    def __call__(self, step):
-        frac = keras.ops.minimum(1.0, keras.ops.cast(step, "float32") / self.warmup_steps)
-        return self.base * (0.1 + 0.9 * frac)
-
-    def get_config(self):
-        return {"base": self.base, "warmup_steps": self.warmup_steps}
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.step <= self.steps:
+            self.model.optimizer.learning_rate = self.base * (0.1 + 0.9 * min(1.0, self.step / self.steps))
+        self.step += 1
 
 
-def callbacks(patience: int, schedule: str, log_dir: Path) -> list:
+def callbacks(patience: int, schedule: str, log_dir: Path, warmup: tuple[float, int] | None = None) -> list:
+    """DVCLive logging, best-epoch restore, early stopping, and the callback
+    side of the schedule. ``warmup``: (base learning rate, warmup steps)."""
     # Always end on the best epoch's weights; stop early only when asked to.
     out: list = [
         LiveLogger(log_dir),
@@ -75,6 +72,8 @@ def callbacks(patience: int, schedule: str, log_dir: Path) -> list:
             verbose=1,
         ),
     ]
+    if warmup and warmup[1] and schedule != "cosine":
+        out.append(Warmup(*warmup))
     if schedule == "plateau":
         out.append(
             keras.callbacks.ReduceLROnPlateau(
