@@ -13,6 +13,7 @@ def test_disabled_records_only_that(in_tmp_cwd, raw_params):
     p = params.parse(tiny_params(raw_params, "unused"))
     assert scratch_module.run(p) == {"enabled": False}
     assert json.loads(paths.SCRATCH_METRICS.read_text()) == {"enabled": False}
+    assert (paths.SCRATCH_LOGS / "plots/metrics/val/accuracy.tsv").read_text() == "step\taccuracy\n"
 
 
 def test_enabled_trains_and_scores_the_test_split(in_tmp_cwd, raw_params):

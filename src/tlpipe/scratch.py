@@ -38,6 +38,10 @@ def run(p: Params) -> dict:
     if not sp.enabled:
         with atomic.atomic_dir(paths.SCRATCH_LOGS) as log_dir:
             (log_dir / "metrics.json").write_text("{}\n")
+            for split in ("train", "val"):  # empty curves: `dvc plots show` loads cleanly
+                curve = log_dir / "plots" / "metrics" / split / "accuracy.tsv"
+                curve.parent.mkdir(parents=True)
+                curve.write_text("step\taccuracy\n")
         atomic.write_json(paths.SCRATCH_METRICS, {"enabled": False})
         print("scratch: disabled (set scratch.enabled: true for the from-scratch baseline)")
         return {"enabled": False}
