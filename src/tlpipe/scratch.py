@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import time
 
-import keras
-import numpy as np
-
-from tlpipe import atomic, images, paths
+from tlpipe import atomic, paths
 from tlpipe.params import Params
 
 
-def build(image_size: int, n_classes: int, seed: int) -> keras.Model:
+def build(image_size: int, n_classes: int, seed: int):
+    import keras
+
     pixels = keras.Input((image_size, image_size, 3), name="pixels")
     x = keras.layers.RandomFlip("horizontal", seed=seed)(pixels)
     x = keras.layers.Rescaling(1 / 255)(x)
@@ -46,6 +45,11 @@ def run(p: Params) -> dict:
         print("scratch: disabled (set scratch.enabled: true for the from-scratch baseline)")
         return {"enabled": False}
 
+    # Imported here: the disabled stage finishes without starting TensorFlow.
+    import keras
+    import numpy as np
+
+    from tlpipe import images
     from tlpipe.evaluate import scores
     from tlpipe.head import compile_model
     from tlpipe.split import read_classes, read_split
