@@ -27,7 +27,6 @@ def classic(workdir: Path) -> tuple[float, float]:
     os.chdir(workdir)
     start = time.perf_counter()
     import keras
-    import numpy as np
     import tensorflow as tf
 
     from tlpipe import backbones, images, params, paths

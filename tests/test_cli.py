@@ -72,8 +72,6 @@ def test_predict_folder_with_good_and_broken_images(trained, tmp_path):
 
 
 def test_predict_matches_evaluate_and_writes_jsonl(trained, tmp_path):
-    import numpy as np
-
     from tlpipe.layers import load_model
 
     rows = split_module.read_split("test", trained / paths.SPLIT)

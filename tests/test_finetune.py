@@ -158,3 +158,47 @@ def test_finetune_stage_with_every_augmentation_on(in_tmp_cwd, raw_params):
     x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
     np.testing.assert_array_equal(model.predict(x, verbose=0), model.predict(x, verbose=0))
     assert json.loads(paths.FINETUNE_METRICS.read_text())["trainable_params"] > 0
+
+
+def test_finetune_streams_from_files_when_data_does_not_fit(in_tmp_cwd, raw_params, monkeypatch):
+    """Data over the memory budget: no prefix cache, no in-memory decode; images
+    stream from the files with a seeded per-epoch shuffle, so reruns agree."""
+    import json
+
+    from tlpipe import extract, finetune as finetune_module, paths
+    from tlpipe import split as split_module
+
+    from conftest import make_class_folders
+
+    make_class_folders(paths.RAW, per_class=8)
+    p = params.parse(tiny_params(raw_params, paths.RAW, backbone="resnet50", freeze="block5"))
+    split_module.run(p.split, p.seed)
+    extract.run(p)
+    head.run(p)
+    monkeypatch.setattr(finetune_module, "MEMORY_BUDGET_BYTES", 0)
+    runs = []
+    for _ in range(2):
+        metrics = finetune_module.run(p)
+        assert metrics["frozen_prefix_cached"] is False and metrics["epochs_run"] == 2
+        runs.append({k: v for k, v in metrics.items() if k != "train_seconds"})
+    assert runs[0] == runs[1]
+    assert json.loads(paths.FINETUNE_METRICS.read_text())["val_loss"] == runs[0]["val_loss"]
+
+
+def test_image_dataset_shuffle_is_seeded_and_reshuffles_each_epoch(tmp_path):
+    from tlpipe import images
+
+    from conftest import make_class_folders
+
+    files = sorted(make_class_folders(tmp_path, per_class=6).rglob("*.jpg"))
+    labels = np.arange(len(files))
+
+    def epochs(seed):
+        ds = images.dataset(files, ["tf"] * len(files), 8, 4, labels=labels, shuffle_seed=seed)
+        return [np.concatenate([y.numpy() for _, y in ds]).tolist() for _ in range(2)]
+
+    first, again = epochs(1), epochs(1)
+    assert first == again
+    assert first[0] != first[1] and sorted(first[0]) == labels.tolist()
+    plain = images.dataset(files, ["tf"] * len(files), 8, 4, labels=labels)
+    assert np.concatenate([y.numpy() for _, y in plain]).tolist() == labels.tolist()

@@ -12,7 +12,7 @@ from tlpipe import split as split_module
 from tlpipe.errors import TlpipeError
 from tlpipe.params import SplitParams
 
-from conftest import COLOURS, draw_image, make_class_folders
+from conftest import COLOURS, SHARED_KERAS, draw_image, make_class_folders
 
 PARAMS = SplitParams(val_fraction=0.25, test_fraction=0.25, test_from_val=0.5)
 
@@ -167,3 +167,27 @@ def test_every_decoder_path_gives_upright_rgb(tmp_path):
     assert rotated.shape == (base.width, base.height, 3)  # portrait after EXIF rotation
     deep = images.read_rgb(tmp_path / "deep.png")
     assert abs(float(deep.mean()) - float(np.asarray(base.convert("L")).mean())) < 1.0
+
+
+@pytest.mark.skipif(
+    not (SHARED_KERAS / "datasets" / "sign_language_digits.zip").is_file(),
+    reason="needs the pre-seeded Keras cache in ../shared/keras",
+)
+def test_real_ten_class_archive_without_split_folders(in_tmp_cwd):
+    """The shared sign-language digits archive: 10 class folders, no predefined
+    split, real JPEGs (a few EXIF-rotated, read by Pillow)."""
+    from tlpipe.fetch import fetch
+    from tlpipe.params import DataParams
+
+    fetch(DataParams(str(SHARED_KERAS / "datasets" / "sign_language_digits.zip"), None))
+    params = SplitParams(val_fraction=0.1, test_fraction=0.1, test_from_val=0.5)
+    result = run_split(params)
+    assert result.classes == [str(d) for d in range(10)] and not result.rejected
+    sizes = {s: len(rows) for s, rows in result.rows.items()}
+    assert sum(sizes.values()) == 2062
+    for label in result.classes:
+        per_split = {s: sum(r.label == label for r in rows) for s, rows in result.rows.items()}
+        total = sum(per_split.values())
+        assert per_split["test"] == round(total * params.test_fraction)
+        assert per_split["val"] >= 1 and per_split["train"] > 0.75 * total
+    assert {r.decoder for rows in result.rows.values() for r in rows} == {"tf", "pil"}

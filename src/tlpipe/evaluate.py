@@ -18,7 +18,7 @@ from sklearn import metrics as skm
 from tlpipe import atomic, extract, images, paths
 from tlpipe.errors import TlpipeError
 from tlpipe.params import Params
-from tlpipe.split import read_classes, read_split
+from tlpipe.split import label_indices, read_classes, read_split, sources
 
 MODELS = ("finetuned", "head")
 
@@ -92,14 +92,11 @@ def _csv(header, rows) -> str:
     return buf.getvalue()
 
 
-def predict_images(model, rows, batch_size: int) -> np.ndarray:
+def predict_images(model, rows, batch_size: int, desc: str = "") -> np.ndarray:
     """Probabilities of ``model`` on image rows, read exactly as in training."""
-    import tensorflow as tf
-
     image_size = int(model.input_shape[1])
-    ds = images.dataset([paths.RAW / r.path for r in rows], [r.decoder for r in rows], image_size, batch_size)
-    forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
-    return np.concatenate([forward(batch).numpy() for batch in ds]).astype(np.float64)
+    batches = images.predict(model, *sources(rows), image_size, batch_size, desc)
+    return np.concatenate(list(batches)).astype(np.float64)
 
 
 def run(p: Params) -> dict:
@@ -108,8 +105,7 @@ def run(p: Params) -> dict:
 
     classes = read_classes()
     rows = read_split("test")
-    index = {name: i for i, name in enumerate(classes)}
-    y_true = np.array([index[r.label] for r in rows])
+    y_true = label_indices(rows, classes)
     x_test, y_feat = extract.load("test")
     if not np.array_equal(y_feat, y_true):
         raise TlpipeError(
@@ -117,7 +113,7 @@ def run(p: Params) -> dict:
             "that extract reruns on the current split."
         )
     probs = {
-        "finetuned": predict_images(load_model(paths.MODEL), rows, p.evaluate.batch_size),
+        "finetuned": predict_images(load_model(paths.MODEL), rows, p.evaluate.batch_size, "evaluate: test images"),
         "head": load_model(paths.HEAD_MODEL).predict(x_test, verbose=0).astype(np.float64),
     }
     results = {name: scores(y_true, probs[name], classes, p.evaluate.top_k) for name in MODELS}

@@ -16,7 +16,7 @@ import numpy as np
 
 from tlpipe import atomic, backbones, images, paths
 from tlpipe.params import Params
-from tlpipe.split import SPLITS, read_classes, read_split
+from tlpipe.split import SPLITS, label_indices, read_classes, read_split, sources
 
 
 def feature_model(spec: backbones.Backbone, image_size: int, weights: str):
@@ -37,20 +37,10 @@ def feature_model(spec: backbones.Backbone, image_size: int, weights: str):
 
 def stream_features(model, rows, image_size: int, batch_size: int, out, desc: str) -> float:
     """Run ``rows`` through ``model`` into the array ``out``; return images/s."""
-    import tensorflow as tf
-    from tqdm import tqdm
-
-    ds = images.dataset(
-        [paths.RAW / r.path for r in rows], [r.decoder for r in rows], image_size, batch_size
-    )
-    forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
     start, done = time.perf_counter(), 0
-    with tqdm(total=len(rows), desc=desc, unit="img", mininterval=1) as bar:
-        for batch in ds:
-            feats = forward(batch).numpy()
-            out[done : done + len(feats)] = feats
-            done += len(feats)
-            bar.update(len(feats))
+    for feats in images.predict(model, *sources(rows), image_size, batch_size, desc):
+        out[done : done + len(feats)] = feats
+        done += len(feats)
     return len(rows) / max(time.perf_counter() - start, 1e-9)
 
 
@@ -62,7 +52,6 @@ def run(p: Params) -> dict:
     model, backbone = feature_model(spec, p.image_size, p.weights)
     dim = int(model.output.shape[-1])
     classes = read_classes()
-    index = {name: i for i, name in enumerate(classes)}
     meta = {
         "backbone": p.backbone,
         "image_size": p.image_size,
@@ -84,8 +73,7 @@ def run(p: Params) -> dict:
             )
             out.flush()
             del out
-            labels = np.array([index[r.label] for r in rows], dtype=np.int32)
-            np.save(tmp / paths.labels_file(split).name, labels)
+            np.save(tmp / paths.labels_file(split).name, label_indices(rows, classes))
             meta["images"][split] = len(rows)
             meta["images_per_second"][split] = round(rate, 1)
             print(f"extract: {split}: {len(rows)} images, {rate:.0f} img/s", flush=True)

@@ -23,7 +23,7 @@ from tlpipe import atomic, backbones, freeze, images, paths
 from tlpipe.head import compile_model
 from tlpipe.layers import Preprocess, augmentation, load_model
 from tlpipe.params import Params
-from tlpipe.split import read_classes, read_split
+from tlpipe.split import label_indices, read_classes, read_split, sources
 from tlpipe.training import (
     best_epoch,
     callbacks,
@@ -80,27 +80,49 @@ def trainable_count(model: keras.Model) -> int:
     return int(sum(np.prod(w.shape) for w in model.trainable_weights))
 
 
-def _materialize(rows, p: Params, transform=None, desc="") -> np.ndarray:
-    return images.decode_all(
-        [paths.RAW / r.path for r in rows], [r.decoder for r in rows], p.image_size,
-        p.finetune.batch_size, transform, desc,
-    )
+def _frozen_prefix_model(model: keras.Model, backbone: keras.Model, plan: freeze.Plan, p: Params, n_train: int):
+    """When the frozen prefix can be computed once: -> (pixels -> prefix outputs,
+    prefix outputs -> class probabilities), else None.
+
+    Only when nothing random runs before the prefix (augmentation off) and its
+    outputs for the training images fit in memory. The second model reuses the
+    full model's trainable layers, so training it trains ``model``.
+    """
+    if plan.trains_nothing or p.finetune.augment.any or plan.boundary is None:
+        return None
+    prefix_shape = tuple(plan.boundary.shape[1:])
+    if n_train * int(np.prod(prefix_shape)) * 2 >= MEMORY_BUDGET_BYTES:  # float16
+        return None
+    pixels = keras.Input((p.image_size, p.image_size, 3), name="pixels")
+    spec = backbones.get(p.backbone)
+    prefix = keras.Model(backbone.input, plan.boundary)
+    encoder = keras.Model(pixels, prefix(Preprocess(spec.preprocess)(pixels), training=False))
+    prefix_input = keras.Input(prefix_shape, name="frozen_prefix")
+    top = keras.Model(plan.boundary, backbone.output)
+    head = model.get_layer("head")
+    return encoder, keras.Model(prefix_input, head(top(prefix_input, training=False)))
 
 
-def _streamed(rows, labels, p: Params, batch_size: int, shuffle: bool):
-    """Images straight from the files each epoch (data too big for memory)."""
-    import tensorflow as tf
+def _data(rows, labels, p: Params, batch_size: int, encoder=None, shuffle=False):
+    """What one split feeds to fit/evaluate: ``(x, y)`` arrays in memory when
+    they fit (frozen-prefix outputs with ``encoder``, else uint8 pixels), or
+    a tf.data stream of (image, label) batches from the files."""
+    what = "frozen prefix" if encoder is not None else "decoding"
+    desc = f"finetune: {what} ({len(rows)} images)"
+    if encoder is not None:
+        batches = images.predict(encoder, *sources(rows), p.image_size, p.finetune.batch_size, desc)
+        return np.concatenate([b.astype(np.float16) for b in batches]), labels
+    if len(rows) * p.image_size**2 * 3 < MEMORY_BUDGET_BYTES:
+        return images.decode_all(*sources(rows), p.image_size, p.finetune.batch_size, desc), labels
+    seed = p.seed if shuffle else None
+    return images.dataset(*sources(rows), p.image_size, batch_size, labels=labels, shuffle_seed=seed)
 
-    files = [str(paths.RAW / r.path) for r in rows]
-    ds = tf.data.Dataset.from_tensor_slices((files, [r.decoder for r in rows], labels))
-    if shuffle:
-        ds = ds.shuffle(len(rows), seed=p.seed, reshuffle_each_iteration=True)
-    ds = ds.map(
-        lambda f, d, y: (images.load_tensor(f, d, p.image_size), y),
-        num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=True,
-    )
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+def _fit_args(data, batch_size: int) -> dict:
+    """Keras fit/evaluate arguments for in-memory (x, y) or a tf.data stream."""
+    if isinstance(data, tuple):
+        return {"x": data[0], "y": data[1], "batch_size": batch_size}
+    return {"x": data}
 
 
 def run(p: Params) -> dict:
@@ -112,71 +134,41 @@ def run(p: Params) -> dict:
     replicas = strategy.num_replicas_in_sync
     batch_size = fp.batch_size * replicas  # per-replica batch stays as configured
     classes = read_classes()
-    index = {name: i for i, name in enumerate(classes)}
     train_rows, val_rows = read_split("train"), read_split("val")
-    y_train = keras.utils.to_categorical([index[r.label] for r in train_rows], len(classes))
-    y_val = keras.utils.to_categorical([index[r.label] for r in val_rows], len(classes))
+    y_train = keras.utils.to_categorical(label_indices(train_rows, classes), len(classes))
+    y_val = keras.utils.to_categorical(label_indices(val_rows, classes), len(classes))
 
     with strategy.scope():
         model, backbone, plan = assemble(p, load_model(paths.HEAD_MODEL))
         trains = not plan.trains_nothing and fp.epochs > 0
-        # The frozen prefix can be cut off when nothing random runs before it.
-        prefix_shape = None if plan.boundary is None else tuple(plan.boundary.shape[1:])
-        cache_prefix = (
-            trains
-            and not fp.augment.any
-            and prefix_shape is not None
-            and len(train_rows) * int(np.prod(prefix_shape)) * 2 < MEMORY_BUDGET_BYTES
-        )
-        if cache_prefix:
-            prefix = keras.Model(backbone.input, plan.boundary)
-            top_input = keras.Input(prefix_shape, name="frozen_prefix")
-            top = keras.Model(plan.boundary, backbone.output)
-            fit_model = keras.Model(top_input, model.get_layer("head")(top(top_input, training=False)))
-        else:
-            fit_model = model
+        cached = _frozen_prefix_model(model, backbone, plan, p, len(train_rows)) if trains else None
+        encoder, fit_model = cached if cached else (None, model)
         steps_per_epoch = steps(len(train_rows), batch_size)
         lr = learning_rate(fp.learning_rate, fp.schedule, fp.epochs, steps_per_epoch, fp.warmup_epochs)
         compile_model(fit_model, optimizer(fp.optimizer, lr), fp.label_smoothing)
         fit_model.jit_compile = fp.xla
 
     start = time.perf_counter()
-    if cache_prefix:
-        spec = backbones.get(p.backbone)
-        preprocess = Preprocess(spec.preprocess)
-        to_prefix = lambda batch: prefix(preprocess(batch), training=False)  # noqa: E731
-        x_train = _materialize(train_rows, p, to_prefix, "finetune: frozen prefix (train)")
-        x_val = _materialize(val_rows, p, to_prefix, "finetune: frozen prefix (val)")
-        train_data, val_data = (x_train, y_train), (x_val, y_val)
-    elif len(train_rows) * p.image_size**2 * 3 < MEMORY_BUDGET_BYTES:
-        x_train = _materialize(train_rows, p, desc="finetune: decoding train")
-        x_val = _materialize(val_rows, p, desc="finetune: decoding val")
-        train_data, val_data = (x_train, y_train), (x_val, y_val)
-    else:
-        train_data = (_streamed(train_rows, y_train, p, batch_size, shuffle=True),)
-        val_data = _streamed(val_rows, y_val, p, batch_size, shuffle=False)
-
+    val_data = _data(val_rows, y_val, p, batch_size, encoder)
     with atomic.atomic_dir(paths.FINETUNE_LOGS) as log_dir:
         if trains:
-            kwargs = {"batch_size": batch_size} if len(train_data) == 2 else {}
+            train_data = _data(train_rows, y_train, p, batch_size, encoder, shuffle=True)
             history = fit_model.fit(
-                *train_data,
+                **_fit_args(train_data, batch_size),
+                shuffle=isinstance(train_data, tuple),  # a stream comes shuffled by images.dataset
                 validation_data=val_data,
                 epochs=fp.epochs,
                 callbacks=callbacks(
                     fp.patience, fp.schedule, log_dir, (fp.learning_rate, fp.warmup_epochs * steps_per_epoch)
                 ),
                 verbose=2,
-                **kwargs,
             ).history
             best = best_epoch(history)
             val_loss, val_accuracy = history["val_loss"][best], history["val_accuracy"][best]
             epochs_run = len(history["val_loss"])
         else:
             # Nothing to train (freeze: all, or epochs: 0): score what was assembled.
-            kw = {"batch_size": batch_size} if isinstance(val_data, tuple) else {}
-            args = val_data if isinstance(val_data, tuple) else (val_data,)
-            val_loss, val_accuracy = fit_model.evaluate(*args, verbose=0, **kw)
+            val_loss, val_accuracy = fit_model.evaluate(**_fit_args(val_data, batch_size), verbose=0)
             best, epochs_run = -1, 0
             log_dir.joinpath("metrics.json").write_text("{}\n")
     seconds = time.perf_counter() - start
@@ -190,7 +182,7 @@ def run(p: Params) -> dict:
         "train_seconds": round(seconds, 2),
         "trainable_params": trainable_count(model),
         "freeze": plan.word,
-        "frozen_prefix_cached": bool(cache_prefix),
+        "frozen_prefix_cached": encoder is not None,
         "replicas": replicas,
         "mixed_precision": keras.mixed_precision.global_policy().name == "mixed_float16",
     }

@@ -127,14 +127,21 @@ def load_tensor(path, decoder, image_size: int):
     return tf.image.resize(image, (image_size, image_size), antialias=True)
 
 
-def dataset(files, decoders, image_size: int, batch_size: int, labels=None):
-    """A batched, prefetched tf.data pipeline over image files (in the given order)."""
+def dataset(files, decoders, image_size: int, batch_size: int, labels=None, shuffle_seed=None):
+    """A batched, prefetched tf.data pipeline over image files.
+
+    In the given order, or reshuffled every epoch when ``shuffle_seed`` is set
+    (the same seed gives the same sequence of epochs).
+    """
     import tensorflow as tf
 
     files = [str(f) for f in files]
     decoders = list(decoders)
     items = (files, decoders) if labels is None else (files, decoders, np.asarray(labels))
     ds = tf.data.Dataset.from_tensor_slices(items)
+    if shuffle_seed is not None:
+        # Shuffling paths, before decoding, keeps the buffer small.
+        ds = ds.shuffle(len(files), seed=shuffle_seed, reshuffle_each_iteration=True)
 
     def load(path, decoder, *label):
         image = load_tensor(path, decoder, image_size)
@@ -144,17 +151,30 @@ def dataset(files, decoders, image_size: int, batch_size: int, labels=None):
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def decode_all(files, decoders, image_size: int, batch_size: int, transform=None, desc="") -> np.ndarray:
-    """Decode every image once into one array: uint8 pixels, or, with
-    ``transform`` (a batch function), its float16 output."""
+def predict(model, files, decoders, image_size: int, batch_size: int, desc: str = ""):
+    """Yield ``model``'s outputs batch by batch (NumPy), in file order, with a progress bar.
+
+    The one forward pass over image files that extract, fine-tuning's frozen
+    prefix and evaluate share, so every stage sees an image the same way.
+    """
+    import tensorflow as tf
+    from tqdm import tqdm
+
+    forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    with tqdm(total=len(files), desc=desc, unit="img", mininterval=1, disable=not desc) as bar:
+        for batch in dataset(files, decoders, image_size, batch_size):
+            out = forward(batch).numpy()
+            bar.update(len(out))
+            yield out
+
+
+def decode_all(files, decoders, image_size: int, batch_size: int, desc: str = "") -> np.ndarray:
+    """Decode every image once into one uint8 array (n, size, size, 3)."""
     from tqdm import tqdm
 
     parts = []
-    with tqdm(total=len(files), desc=desc, unit="img", mininterval=1) as bar:
+    with tqdm(total=len(files), desc=desc, unit="img", mininterval=1, disable=not desc) as bar:
         for batch in dataset(files, decoders, image_size, batch_size):
-            if transform is None:
-                parts.append(np.clip(np.rint(batch.numpy()), 0, 255).astype(np.uint8))
-            else:
-                parts.append(np.asarray(transform(batch), dtype=np.float16))
+            parts.append(np.clip(np.rint(batch.numpy()), 0, 255).astype(np.uint8))
             bar.update(len(parts[-1]))
     return np.concatenate(parts)

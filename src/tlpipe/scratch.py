@@ -52,18 +52,16 @@ def run(p: Params) -> dict:
     from tlpipe import images
     from tlpipe.evaluate import scores
     from tlpipe.head import compile_model
-    from tlpipe.split import read_classes, read_split
+    from tlpipe.split import label_indices, read_classes, read_split, sources
     from tlpipe.training import best_epoch, callbacks, optimizer, seed_everything
 
     seed_everything(p.seed)
     classes = read_classes()
-    index = {c: i for i, c in enumerate(classes)}
     data = {}
     for split in ("train", "val", "test"):
         rows = read_split(split)
-        x = images.decode_all([paths.RAW / r.path for r in rows], [r.decoder for r in rows],
-                              p.image_size, sp.batch_size, desc=f"scratch: decoding {split}")
-        data[split] = (x, np.array([index[r.label] for r in rows]))
+        x = images.decode_all(*sources(rows), p.image_size, sp.batch_size, desc=f"scratch: decoding {split}")
+        data[split] = (x, label_indices(rows, classes))
     model = build(p.image_size, len(classes), p.seed)
     compile_model(model, optimizer("adam", sp.learning_rate), 0.0)
     onehot = lambda y: keras.utils.to_categorical(y, len(classes))  # noqa: E731

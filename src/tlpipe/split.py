@@ -29,6 +29,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from tlpipe import atomic, paths
 from tlpipe.errors import TlpipeError
 from tlpipe.fetch import SPLIT_FOLDERS
@@ -236,6 +238,17 @@ def run(params: SplitParams, seed: int, raw: Path = paths.RAW) -> SplitResult:
 def read_split(name: str, split_dir: Path = paths.SPLIT) -> list[Row]:
     with open(split_dir / f"{name}.csv", newline="") as f:
         return [Row(r["path"], r["label"], r["decoder"]) for r in csv.DictReader(f)]
+
+
+def sources(rows: list[Row]) -> tuple[list[Path], list[str]]:
+    """The image files of ``rows`` and their decoders, as tlpipe.images takes them."""
+    return [paths.RAW / r.path for r in rows], [r.decoder for r in rows]
+
+
+def label_indices(rows: list[Row], classes: list[str]) -> np.ndarray:
+    """Each row's class as an index into ``classes``."""
+    index = {name: i for i, name in enumerate(classes)}
+    return np.array([index[r.label] for r in rows], dtype=np.int32)
 
 
 def read_classes(split_dir: Path = paths.SPLIT) -> list[str]:
