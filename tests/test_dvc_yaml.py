@@ -1,6 +1,8 @@
 """dvc.yaml declares the paths of tlpipe.paths, its stages' own code, and
 exactly the params keys each stage reads (so DVC reruns only what it must)."""
 
+import ast
+
 import yaml
 
 from tlpipe import paths
@@ -47,6 +49,34 @@ def test_each_stage_depends_on_its_own_script_and_runs_it():
         assert script in spec["deps"]
         for dep in spec["deps"]:
             assert (REPO / dep).exists() or dep.startswith("data/") or dep.startswith("models/"), dep
+
+
+# The module that does each stage's work (tlpipe.stages dispatches to it).
+RUNNERS = {"fetch": "fetch", "split": "split", "extract": "extract", "train_head": "head",
+           "finetune": "finetune", "evaluate": "evaluate", "scratch": "scratch"}
+# Imported everywhere and cannot change what a stage computes.
+PLUMBING = {"atomic", "errors", "params", "paths"}
+
+
+def tlpipe_imports(module: str) -> set[str]:
+    """The tlpipe modules ``module`` imports (anywhere in the file)."""
+    src = REPO / "src" / "tlpipe"
+    found = set()
+    for node in ast.walk(ast.parse((src / f"{module}.py").read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module == "tlpipe":
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tlpipe."):
+            found.add(node.module.split(".")[1])
+    return {name for name in found if (src / f"{name}.py").is_file()}
+
+
+def test_each_stage_depends_on_the_code_it_runs():
+    """Editing a module a stage calls must rerun that stage."""
+    assert set(RUNNERS) == set(STAGES)
+    for stage, module in RUNNERS.items():
+        code = {d for d in STAGES[stage]["deps"] if d.startswith("src/")}
+        wanted = {module} | tlpipe_imports(module)
+        assert code == {f"src/tlpipe/{m}.py" for m in wanted - PLUMBING}, stage
 
 
 def test_paths_match_the_paths_module():

@@ -110,10 +110,10 @@ def _data(rows, labels, p: Params, batch_size: int, encoder=None, shuffle=False)
     what = "frozen prefix" if encoder is not None else "decoding"
     desc = f"finetune: {what} ({len(rows)} images)"
     if encoder is not None:
-        batches = images.predict(encoder, *sources(rows), p.image_size, p.finetune.batch_size, desc)
+        batches = images.predict(encoder, *sources(rows), p.image_size, batch_size, desc)
         return np.concatenate([b.astype(np.float16) for b in batches]), labels
     if len(rows) * p.image_size**2 * 3 < MEMORY_BUDGET_BYTES:
-        return images.decode_all(*sources(rows), p.image_size, p.finetune.batch_size, desc), labels
+        return images.decode_all(*sources(rows), p.image_size, batch_size, desc), labels
     seed = p.seed if shuffle else None
     return images.dataset(*sources(rows), p.image_size, batch_size, labels=labels, shuffle_seed=seed)
 
