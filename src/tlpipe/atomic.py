@@ -76,8 +76,27 @@ def save_npy(target: Path | str, array) -> None:
 
 
 def save_keras(target: Path | str, model) -> None:
-    with atomic_path(target, ".keras") as tmp:
-        model.save(tmp)
+    """``model.save``, made reproducible: Keras stamps the save date and the
+    weights' zip time into the file; without them the same model gives the
+    same bytes, so DVC sees a retrained but identical model as unchanged and
+    reruns nothing after it."""
+    import zipfile
+
+    with tempfile.TemporaryDirectory() as scratch, atomic_path(target, ".keras") as tmp:
+        saved = Path(scratch) / "model.keras"
+        model.save(saved)
+        with zipfile.ZipFile(saved) as src, zipfile.ZipFile(tmp, "w") as dst:
+            for info in src.infolist():
+                fixed = zipfile.ZipInfo(info.filename, date_time=(1980, 1, 1, 0, 0, 0))
+                fixed.compress_type, fixed.external_attr = info.compress_type, info.external_attr
+                if info.filename == "metadata.json":
+                    metadata = json.loads(src.read(info))
+                    metadata.pop("date_saved", None)
+                    dst.writestr(fixed, json.dumps(metadata))
+                    continue
+                large = info.file_size >= zipfile.ZIP64_LIMIT
+                with src.open(info) as fin, dst.open(fixed, "w", force_zip64=large) as fout:
+                    shutil.copyfileobj(fin, fout, 1 << 20)
 
 
 @contextlib.contextmanager

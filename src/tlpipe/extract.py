@@ -59,8 +59,7 @@ def run(p: Params) -> dict:
         "weights_sha256": backbones.weights_fingerprint(backbone),
         "feature_dim": dim,
         "classes": classes,
-        "images": {},
-        "images_per_second": {},
+        "images": {},  # no timings here: a rerun must give a byte-identical output
     }
     with atomic.atomic_dir(paths.FEATURES) as tmp:
         for split in SPLITS:
@@ -75,7 +74,6 @@ def run(p: Params) -> dict:
             del out
             np.save(tmp / paths.labels_file(split).name, label_indices(rows, classes))
             meta["images"][split] = len(rows)
-            meta["images_per_second"][split] = round(rate, 1)
             print(f"extract: {split}: {len(rows)} images, {rate:.0f} img/s", flush=True)
         Path(tmp / paths.FEATURES_META.name).write_text(json.dumps(meta, indent=2) + "\n")
     return meta
