@@ -31,7 +31,7 @@ def classic(workdir: Path) -> tuple[float, float]:
 
     from tlpipe import backbones, images, params, paths
     from tlpipe.layers import Preprocess
-    from tlpipe.split import read_classes, read_split
+    from tlpipe.artifacts import read_classes, read_split
 
     p = params.load()
     keras.utils.set_random_seed(p.seed)

@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from tlpipe import backbones, extract, images, params, paths  # noqa: E402
-from tlpipe.split import read_split  # noqa: E402
+from tlpipe.artifacts import read_split  # noqa: E402
 
 p = params.load()
 rows = read_split("train")

@@ -52,5 +52,5 @@ for label, changes in ROWS:
     timed(["dvc", "repro"], work)
     ft = json.loads((work / "metrics/finetune.json").read_text())
     test = json.loads((work / "metrics/eval.json").read_text())["finetuned"]["accuracy"]
-    print(f"{label:34s} {ft['val_accuracy']:8.3f} {ft['val_loss']:9.4f} {test:9.3f} {ft['train_seconds']:8.1f}",
+    print(f"{label:34s} {ft['val_accuracy']:8.3f} {ft['val_loss']:9.4f} {test:9.3f} {ft['fit_seconds']:8.1f}",
           flush=True)

@@ -22,7 +22,7 @@ head = json.loads((work / "metrics/head.json").read_text())
 ft = json.loads((work / "metrics/finetune.json").read_text())
 print(f"full dvc repro (empty cache): {full:6.1f} s")
 print(f"  test accuracy: fine-tuned {ev['finetuned']['accuracy']:.4f}, head only {ev['head']['accuracy']:.4f}")
-print(f"  train_head training {head['train_seconds']} s; finetune training {ft['train_seconds']} s")
+print(f"  train_head training {head['fit_seconds']} s; finetune training {ft['fit_seconds']} s")
 
 base = yaml.safe_load((work / "params.yaml").read_text())
 changes = [

@@ -2,6 +2,7 @@
 
 import _src  # noqa: F401
 
-from tlpipe.stages import main
+from tlpipe import evaluate
+from tlpipe.stage import run_stage
 
-main("evaluate")
+run_stage("evaluate", lambda p: evaluate.run(p.evaluate))

@@ -2,6 +2,10 @@
 
 import _src  # noqa: F401
 
-from tlpipe.stages import main
+from tlpipe import extract
+from tlpipe.stage import run_stage
 
-main("extract")
+run_stage(
+    "extract",
+    lambda p: extract.run(p.extract, backbone=p.backbone, image_size=p.image_size, weights=p.weights, seed=p.seed),
+)

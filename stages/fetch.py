@@ -2,6 +2,7 @@
 
 import _src  # noqa: F401
 
-from tlpipe.stages import main
+from tlpipe import fetch
+from tlpipe.stage import run_stage
 
-main("fetch")
+run_stage("fetch", lambda p: fetch.run(p.data))

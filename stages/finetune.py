@@ -2,6 +2,15 @@
 
 import _src  # noqa: F401
 
-from tlpipe.stages import main
+from tlpipe import finetune
+from tlpipe.stage import run_stage
 
-main("finetune")
+run_stage(
+    "finetune",
+    lambda p: finetune.run(
+        p.finetune,
+        finetune.Setup(
+            backbone=p.backbone, image_size=p.image_size, weights=p.weights, freeze=p.freeze, seed=p.seed
+        ),
+    ),
+)

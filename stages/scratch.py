@@ -2,6 +2,10 @@
 
 import _src  # noqa: F401
 
-from tlpipe.stages import main
+from tlpipe import scratch
+from tlpipe.stage import run_stage
 
-main("scratch")
+run_stage(
+    "scratch",
+    lambda p: scratch.run(p.scratch, image_size=p.image_size, seed=p.seed, top_k=p.evaluate.top_k),
+)

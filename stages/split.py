@@ -2,6 +2,7 @@
 
 import _src  # noqa: F401
 
-from tlpipe.stages import main
+from tlpipe import split
+from tlpipe.stage import run_stage
 
-main("split")
+run_stage("split", lambda p: split.run(p.split, p.seed))

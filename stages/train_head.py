@@ -2,6 +2,7 @@
 
 import _src  # noqa: F401
 
-from tlpipe.stages import main
+from tlpipe import train_head
+from tlpipe.stage import run_stage
 
-main("train_head")
+run_stage("train_head", lambda p: train_head.run(p.head, seed=p.seed))

@@ -145,3 +145,31 @@ needs_shared = pytest.mark.skipif(
     not (SHARED_KERAS / "datasets" / "cats_and_dogs_filtered.zip").is_file(),
     reason="needs the pre-seeded Keras cache in ../shared/keras",
 )
+
+
+def run_stage_code(p, *names: str):
+    """Call stages' code in this process as their scripts in stages/ do, in order;
+    return the last one's result."""
+    from tlpipe import evaluate, extract, fetch, finetune, scratch, split, train_head
+
+    calls = {
+        "fetch": lambda: fetch.run(p.data),
+        "split": lambda: split.run(p.split, p.seed),
+        "extract": lambda: extract.run(
+            p.extract, backbone=p.backbone, image_size=p.image_size, weights=p.weights, seed=p.seed
+        ),
+        "train_head": lambda: train_head.run(p.head, seed=p.seed),
+        "finetune": lambda: finetune.run(p.finetune, finetune_setup(p)),
+        "evaluate": lambda: evaluate.run(p.evaluate),
+        "scratch": lambda: scratch.run(p.scratch, image_size=p.image_size, seed=p.seed, top_k=p.evaluate.top_k),
+    }
+    result = None
+    for name in names:
+        result = calls[name]()
+    return result
+
+
+def finetune_setup(p):
+    from tlpipe.finetune import Setup
+
+    return Setup(backbone=p.backbone, image_size=p.image_size, weights=p.weights, freeze=p.freeze, seed=p.seed)

@@ -9,10 +9,9 @@ import sys
 
 import pytest
 
-from tlpipe import cli, evaluate, extract, finetune, head, params, paths
-from tlpipe import split as split_module
+from tlpipe import artifacts, cli, evaluate, params, paths
 
-from conftest import COLOURS, draw_image, make_class_folders, tiny_params, tool_env
+from conftest import COLOURS, draw_image, make_class_folders, run_stage_code, tiny_params, tool_env
 
 
 @pytest.fixture(scope="module")
@@ -25,10 +24,7 @@ def trained(tmp_path_factory, raw_params_module):
     try:
         make_class_folders(paths.RAW, per_class=8)
         p = params.parse(tiny_params(raw_params_module, paths.RAW, backbone="resnet50", freeze="block5"))
-        split_module.run(p.split, p.seed)
-        extract.run(p)
-        head.run(p)
-        finetune.run(p)
+        run_stage_code(p, "split", "extract", "train_head", "finetune")
         yield root
     finally:
         os.chdir(old)
@@ -74,7 +70,7 @@ def test_predict_folder_with_good_and_broken_images(trained, tmp_path):
 def test_predict_matches_evaluate_and_writes_jsonl(trained, tmp_path):
     from tlpipe.layers import load_model
 
-    rows = split_module.read_split("test", trained / paths.SPLIT)
+    rows = artifacts.read_split("test", trained / paths.SPLIT)
     files = [str(trained / paths.RAW / r.path) for r in rows]
     out = tmp_path / "p.jsonl"
     result = run_cli(trained, "predict", *files, "--format", "jsonl", "--out", str(out), "--top-k", "2")

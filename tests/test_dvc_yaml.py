@@ -15,9 +15,9 @@ STAGES = DVC["stages"]
 
 # The table in DESIGN.md / README: which stage reads which params.
 READS = {
-    "fetch": {"data.source", "data.sha256"},
+    "fetch": {"data"},
     "split": {"seed", "split"},
-    "extract": {"backbone", "image_size", "weights", "extract"},
+    "extract": {"backbone", "image_size", "weights", "seed", "extract"},
     "train_head": {"seed", "head"},
     "finetune": {"backbone", "image_size", "weights", "freeze", "seed", "finetune"},
     "evaluate": {"evaluate"},
@@ -51,32 +51,67 @@ def test_each_stage_depends_on_its_own_script_and_runs_it():
             assert (REPO / dep).exists() or dep.startswith("data/") or dep.startswith("models/"), dep
 
 
-# The module that does each stage's work (tlpipe.stages dispatches to it).
-RUNNERS = {"fetch": "fetch", "split": "split", "extract": "extract", "train_head": "head",
-           "finetune": "finetune", "evaluate": "evaluate", "scratch": "scratch"}
 # Imported everywhere and cannot change what a stage computes.
-PLUMBING = {"atomic", "errors", "params", "paths"}
+PLUMBING = {"atomic", "errors", "params", "paths", "stage"}
+SRC = REPO / "src" / "tlpipe"
 
 
 def tlpipe_imports(module: str) -> set[str]:
-    """The tlpipe modules ``module`` imports (anywhere in the file)."""
-    src = REPO / "src" / "tlpipe"
+    """The tlpipe modules ``module`` imports directly (anywhere in the file)."""
     found = set()
-    for node in ast.walk(ast.parse((src / f"{module}.py").read_text())):
+    for node in ast.walk(ast.parse((SRC / f"{module}.py").read_text())):
         if isinstance(node, ast.ImportFrom) and node.module == "tlpipe":
             found |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tlpipe."):
             found.add(node.module.split(".")[1])
-    return {name for name in found if (src / f"{name}.py").is_file()}
+    return {name for name in found if (SRC / f"{name}.py").is_file()}
+
+
+def code_closure(module: str) -> set[str]:
+    """``module`` and every tlpipe module it reaches through imports, plumbing aside."""
+    seen, todo = set(), [module]
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo += tlpipe_imports(name) - PLUMBING
+    return seen
 
 
 def test_each_stage_depends_on_the_code_it_runs():
-    """Editing a module a stage calls must rerun that stage."""
-    assert set(RUNNERS) == set(STAGES)
-    for stage, module in RUNNERS.items():
-        code = {d for d in STAGES[stage]["deps"] if d.startswith("src/")}
-        wanted = {module} | tlpipe_imports(module)
-        assert code == {f"src/tlpipe/{m}.py" for m in wanted - PLUMBING}, stage
+    """Editing any module a stage's code reaches must rerun that stage, and
+    editing one it does not reach must not."""
+    for stage, spec in STAGES.items():
+        code = {d for d in spec["deps"] if d.startswith("src/")}
+        assert code == {f"src/tlpipe/{m}.py" for m in code_closure(stage)}, stage
+
+
+def test_stage_modules_never_import_each_other():
+    for stage in STAGES:
+        assert not (code_closure(stage) - {stage}) & set(STAGES), stage
+
+
+def params_read_by_script(stage: str) -> set[str]:
+    """The params keys a stage script hands its code: every ``p.a`` / ``p.a.b``
+    in the function it passes to run_stage."""
+    tree = ast.parse((REPO / "stages" / f"{stage}.py").read_text())
+    (body,) = [n for n in ast.walk(tree) if isinstance(n, ast.Lambda)]
+    arg = body.args.args[0].arg
+    keys = set()
+    for node in ast.walk(body.body):
+        chain = []
+        while isinstance(node, ast.Attribute):
+            chain.insert(0, node.attr)
+            node = node.value
+        if isinstance(node, ast.Name) and node.id == arg and chain:
+            keys.add(".".join(chain))
+    # p.evaluate.top_k also walks p.evaluate: keep the longest chains only
+    return {k for k in keys if not any(o.startswith(k + ".") for o in keys)}
+
+
+def test_each_stage_script_hands_its_code_exactly_the_params_dvc_yaml_lists():
+    for stage, spec in STAGES.items():
+        assert params_read_by_script(stage) == set(spec["params"]), stage
 
 
 def test_paths_match_the_paths_module():

@@ -6,13 +6,13 @@ import math
 import numpy as np
 from PIL import Image
 
-from tlpipe import evaluate, report
+from tlpipe import evaluate, report, scoring
 
 
 def test_binary_metrics_by_hand():
     y = np.array([0, 0, 0, 1, 1])
     p1 = np.array([0.1, 0.6, 0.2, 0.8, 0.4])
-    s = evaluate.scores(y, np.stack([1 - p1, p1], axis=1), ["cat", "dog"])
+    s = scoring.scores(y, np.stack([1 - p1, p1], axis=1), ["cat", "dog"])
     # predictions 0 1 0 1 0: 3 of 5 right; cat P=R=2/3, dog P=R=1/2
     assert s["accuracy"] == 0.6
     assert s["balanced_accuracy"] == round((2 / 3 + 1 / 2) / 2, 4)
@@ -37,7 +37,7 @@ def one_hotish(pred, k, hit=0.8):
 def test_three_class_metrics_by_hand():
     y = np.array([0, 0, 1, 1, 2, 2])
     pred = np.array([0, 1, 1, 1, 2, 0])
-    s = evaluate.scores(y, one_hotish(pred, 3), ["a", "b", "c"])
+    s = scoring.scores(y, one_hotish(pred, 3), ["a", "b", "c"])
     assert s["accuracy"] == round(4 / 6, 4)
     # a: P 1/2 R 1/2 F 1/2; b: P 2/3 R 1 F 0.8; c: P 1 R 1/2 F 2/3
     assert s["per_class"]["b"] == {"precision": 0.6667, "recall": 1.0, "f1": 0.8, "support": 2}
@@ -51,7 +51,7 @@ def test_top_k_accuracy_with_many_classes():
     k = 7
     y = np.arange(k)
     probs = np.tile(np.linspace(1, 0.1, k), (k, 1))  # class 0 always first, then 1, 2...
-    s = evaluate.scores(y, probs / probs.sum(1, keepdims=True), [str(i) for i in range(k)], top_k=3)
+    s = scoring.scores(y, probs / probs.sum(1, keepdims=True), [str(i) for i in range(k)], top_k=3)
     assert s["top_3_accuracy"] == round(3 / 7, 4)
     assert s["accuracy"] == round(1 / 7, 4)
 
@@ -76,7 +76,7 @@ def test_confusion_csv_round_trips(tmp_path):
 
 def test_pngs_are_written_with_the_expected_size(tmp_path, monkeypatch):
     from tlpipe import paths
-    from tlpipe.split import Row
+    from tlpipe.artifacts import Row
 
     from conftest import COLOURS, draw_image
 
@@ -90,7 +90,7 @@ def test_pngs_are_written_with_the_expected_size(tmp_path, monkeypatch):
     probs = one_hotish(np.array([0, 0, 1, 1]), 2, hit=0.9)
     report.confusion_png(tmp_path / "cm.png", y, probs.argmax(1), ["red", "blue"])
     report.mistakes_png(tmp_path / "m.png", rows, y, probs, ["red", "blue"], 16)
-    results = {n: evaluate.scores(y, probs, ["red", "blue"]) for n in ("head", "finetuned")}
+    results = {n: scoring.scores(y, probs, ["red", "blue"]) for n in ("head", "finetuned")}
     report.per_class_f1_png(tmp_path / "f1.png", results, ["red", "blue"])
     expected = {"cm.png": (400, 360), "m.png": (864, 237), "f1.png": (500, 400)}
     for name, size in expected.items():

@@ -14,7 +14,7 @@ from conftest import make_class_folders
 
 
 def fetch(source, target, sha256=None):
-    return fetch_module.fetch(DataParams(str(source), sha256), target)
+    return fetch_module.run(DataParams(str(source), sha256), target)
 
 
 def zip_folder(folder, archive, prefix=""):

@@ -6,12 +6,12 @@ import keras
 import numpy as np
 import pytest
 
-from tlpipe import backbones, freeze, head, params
+from tlpipe import backbones, freeze, params, train_head
 from tlpipe.errors import TlpipeError
 from tlpipe.finetune import assemble
-from tlpipe.head import compile_model
+from tlpipe.training import compile_model
 
-from conftest import tiny_params
+from conftest import finetune_setup, run_stage_code, tiny_params
 
 CASES = [
     ("mobilenet_0.25", 32),
@@ -26,13 +26,13 @@ def build(raw_params, name, size, word, n_classes=3):
     keras.backend.clear_session()
     p = params.parse(tiny_params(raw_params, "unused", backbone=name, image_size=size, freeze=word))
     dim = backbones.get(name).build(size, "none").output.shape[-1]
-    trained_head = head.build(dim, n_classes, p.head)
+    trained_head = train_head.build(dim, n_classes, p.head)
     # Stand-in for trained weights: recognisable values (random, since equal
     # weights would cancel every gradient into the backbone).
     rng = np.random.default_rng(123)
     for w in trained_head.weights:
         w.assign(rng.normal(0, 0.5, w.shape).astype("float32"))
-    model, backbone, plan = assemble(p, trained_head)
+    model, backbone, plan = assemble(finetune_setup(p), p.finetune, trained_head)
     return p, model, backbone, plan
 
 
@@ -41,7 +41,7 @@ def head_reference(raw_params, name, size, n_classes=3):
     rng = np.random.default_rng(123)
     p = params.parse(tiny_params(raw_params, "unused", backbone=name, image_size=size))
     dim = backbones.get(name).build(size, "none").output.shape[-1]
-    reference = head.build(dim, n_classes, p.head)
+    reference = train_head.build(dim, n_classes, p.head)
     return [rng.normal(0, 0.5, w.shape).astype("float32") for w in reference.weights]
 
 
@@ -122,9 +122,11 @@ def test_exact_layer_name(raw_params):
 
 
 def test_unknown_stage_or_layer_is_a_clear_error(raw_params):
-    with pytest.raises(TlpipeError, match="one of block1, block2, block3, block4, block5 .* Got 'block6'"):
+    # blockN out of range: rejected when params are read, before any stage works
+    with pytest.raises(TlpipeError, match=r"one of 'block1', .*'block5', or an exact Keras layer name .* Got 'block6'"):
         build(raw_params, "mobilenet_0.25", 32, "block6")
-    with pytest.raises(TlpipeError, match="'nope' is neither all, none, auto"):
+    # a layer name is checked on the built backbone, in the same words
+    with pytest.raises(TlpipeError, match=r"The 'freeze' parameter must be .* Got 'nope' instead. \(backbone 'mobilenet_0.25' has no such layer"):
         build(raw_params, "mobilenet_0.25", 32, "nope")
 
 
@@ -133,8 +135,7 @@ def test_finetune_stage_with_every_augmentation_on(in_tmp_cwd, raw_params):
     and the saved model is the best epoch with the augmentation inactive at inference."""
     import json
 
-    from tlpipe import extract, finetune as finetune_module, paths
-    from tlpipe import split as split_module
+    from tlpipe import paths
     from tlpipe.layers import load_model
 
     from conftest import make_class_folders
@@ -146,10 +147,7 @@ def test_finetune_stage_with_every_augmentation_on(in_tmp_cwd, raw_params):
     }
     raw["finetune"].update({"schedule": "plateau", "warmup_epochs": 1, "optimizer": "adamw"})
     p = params.parse(raw)
-    split_module.run(p.split, p.seed)
-    extract.run(p)
-    head.run(p)
-    metrics = finetune_module.run(p)
+    metrics = run_stage_code(p, "split", "extract", "train_head", "finetune")
     assert metrics["frozen_prefix_cached"] is False and metrics["epochs_run"] == 2
     model = load_model(paths.MODEL)
     assert {"aug_crop", "aug_flip", "aug_rotation", "aug_zoom", "aug_translation", "aug_contrast"} <= {
@@ -165,22 +163,19 @@ def test_finetune_streams_from_files_when_data_does_not_fit(in_tmp_cwd, raw_para
     stream from the files with a seeded per-epoch shuffle, so reruns agree."""
     import json
 
-    from tlpipe import extract, finetune as finetune_module, paths
-    from tlpipe import split as split_module
+    from tlpipe import finetune as finetune_module, paths
 
     from conftest import make_class_folders
 
     make_class_folders(paths.RAW, per_class=8)
     p = params.parse(tiny_params(raw_params, paths.RAW, backbone="resnet50", freeze="block5"))
-    split_module.run(p.split, p.seed)
-    extract.run(p)
-    head.run(p)
+    run_stage_code(p, "split", "extract", "train_head")
     monkeypatch.setattr(finetune_module, "MEMORY_BUDGET_BYTES", 0)
     runs = []
     for _ in range(2):
-        metrics = finetune_module.run(p)
+        metrics = run_stage_code(p, "finetune")
         assert metrics["frozen_prefix_cached"] is False and metrics["epochs_run"] == 2
-        runs.append({k: v for k, v in metrics.items() if k != "train_seconds"})
+        runs.append({k: v for k, v in metrics.items() if not k.endswith("_seconds")})
     assert runs[0] == runs[1]
     assert json.loads(paths.FINETUNE_METRICS.read_text())["val_loss"] == runs[0]["val_loss"]
 

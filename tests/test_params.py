@@ -59,7 +59,12 @@ def test_repo_params_are_valid(raw_params):
         ("seed", -1, "'seed' parameter must be an int in the range [0, 2147483647]"),
         ("data.sha256", "abc", "'data.sha256' parameter must be null or a 64-digit hex SHA-256"),
         ("data.source", "", "'data.source' parameter must be a non-empty string"),
-        ("freeze", "block 5", "'freeze' parameter must be 'auto', 'all', 'none', 'blockN'"),
+        ("freeze", "block 5", "'freeze' parameter must be 'auto', 'all', 'none', one of 'block1', "),
+        # wrong for every backbone: rejected when params are read, before any stage works
+        ("freeze", "block0", "'block5', or an exact Keras layer name of the backbone. Got 'block0'"),
+        ("freeze", "block6", "'block5', or an exact Keras layer name of the backbone. Got 'block6'"),
+        ("data.source", "https://example.com/data.html", "'data.source' parameter must be an http(s) URL of an archive"),
+        ("finetune.learning_rate", "3e-05", "'finetune.learning_rate' parameter must be a float"),
         ("image_size", 16, "'image_size' parameter must be an int in the range [32, 1024]. Got 16"),
         ("head", [1, 2], "The 'head' section must be a mapping"),
     ],
@@ -117,3 +122,25 @@ def test_load_reports_bad_yaml(tmp_path):
     path.write_text("backbone: [unclosed\n")
     with pytest.raises(TlpipeError, match="params.yaml: not valid YAML"):
         params.load(path)
+
+
+@pytest.mark.parametrize("text, value", [("1e-05", 1e-05), ("3e-05", 3e-05), ("1E-4", 1e-4), ("2e+1", 20.0),
+                                         ("-1.5e-3", -1.5e-3), ("0.0003", 0.0003), ("5", 5)])
+def test_numbers_are_read_as_dvc_writes_them(tmp_path, text, value):
+    """`dvc exp run -S lr=0.00003` writes 3e-05, a string to YAML 1.1 (PyYAML):
+    tlpipe reads it as the float it is (YAML 1.2, as DVC itself reads it)."""
+    path = tmp_path / "params.yaml"
+    path.write_text(f"lr: {text}\nname: '3e-05'\nversion: 1.2.3\n")
+    read = params.read_yaml(path)
+    assert read["lr"] == value and type(read["lr"]) is type(value)
+    assert read["name"] == "3e-05" and read["version"] == "1.2.3"  # quoted and non-numbers stay strings
+
+
+def test_local_checks_use_the_same_wording(tmp_path):
+    with pytest.raises(TlpipeError, match=r"The 'weights' parameter must be 'imagenet', 'none' or the path .* Got 'nope.h5'"):
+        params.check_weights("nope.h5")
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(TlpipeError, match=r"The 'data.source' parameter must be .* \(not an archive\)"):
+        params.check_source(params.DataParams(str(tmp_path / "notes.txt"), None))
+    with pytest.raises(TlpipeError, match=r"The 'data.sha256' parameter must be null when 'data.source' is a folder"):
+        params.check_source(params.DataParams(str(tmp_path), "a" * 64))

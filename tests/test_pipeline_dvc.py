@@ -62,7 +62,7 @@ def test_rerunning_a_stage_on_the_same_inputs_invalidates_nothing(repo, stage):
 DIRECT = [
     ("data.source", "elsewhere", {"fetch"}),
     ("split.val_fraction", 0.3, {"split"}),
-    ("seed", 7, {"split", "train_head", "finetune", "scratch"}),
+    ("seed", 7, {"split", "extract", "train_head", "finetune", "scratch"}),
     ("backbone", "mobilenet_0.5", {"extract", "finetune"}),
     ("image_size", 40, {"extract", "finetune", "scratch"}),
     ("extract.batch_size", 4, {"extract"}),

@@ -3,15 +3,13 @@
 import json
 
 from tlpipe import params, paths
-from tlpipe import scratch as scratch_module
-from tlpipe import split as split_module
 
-from conftest import make_class_folders, tiny_params
+from conftest import make_class_folders, run_stage_code, tiny_params
 
 
 def test_disabled_records_only_that(in_tmp_cwd, raw_params):
     p = params.parse(tiny_params(raw_params, "unused"))
-    assert scratch_module.run(p) == {"enabled": False}
+    assert run_stage_code(p, "scratch") == {"enabled": False}
     assert json.loads(paths.SCRATCH_METRICS.read_text()) == {"enabled": False}
     assert (paths.SCRATCH_LOGS / "plots/metrics/val/accuracy.tsv").read_text() == "step\taccuracy\n"
 
@@ -21,8 +19,7 @@ def test_enabled_trains_and_scores_the_test_split(in_tmp_cwd, raw_params):
     raw = tiny_params(raw_params, paths.RAW)
     raw["scratch"].update({"enabled": True, "epochs": 3, "batch_size": 8})
     p = params.parse(raw)
-    split_module.run(p.split, p.seed)
-    metrics = scratch_module.run(p)
+    metrics = run_stage_code(p, "split", "scratch")
     saved = json.loads(paths.SCRATCH_METRICS.read_text())
     assert saved == json.loads(json.dumps(metrics))
     assert saved["enabled"] and saved["epochs_run"] == 3

@@ -29,13 +29,13 @@ def read_csv(path):
 def test_stratified_and_deterministic(in_tmp_cwd):
     make_class_folders(paths.RAW, per_class=20, classes=("red", "green", "blue"))
     first = run_split()
-    snapshot = {s: paths.SPLIT_CSV[s].read_text() for s in split_module.SPLITS}
+    snapshot = {s: paths.split_csv(s).read_text() for s in paths.SPLITS}
     run_split()
-    assert {s: paths.SPLIT_CSV[s].read_text() for s in split_module.SPLITS} == snapshot
+    assert {s: paths.split_csv(s).read_text() for s in paths.SPLITS} == snapshot
     for name in ("red", "green", "blue"):
         assert [sum(r.label == name for r in first.rows[s]) for s in ("train", "val", "test")] == [10, 5, 5]
     assert json.loads(paths.CLASSES.read_text()) == ["blue", "green", "red"]
-    all_paths = [r.path for s in split_module.SPLITS for r in first.rows[s]]
+    all_paths = [r.path for s in paths.SPLITS for r in first.rows[s]]
     assert len(all_paths) == len(set(all_paths)) == 60
     other_seed = split_module.run(PARAMS, 7, paths.RAW)
     assert other_seed.rows["test"] != first.rows["test"]
@@ -92,7 +92,7 @@ def test_bad_files_are_rejected_with_reasons_and_hidden_ones_ignored(in_tmp_cwd)
     assert rejected["red/truncated.jpg"].startswith("cannot decode")
     assert rejected["README.txt"] == "not inside a class folder"
     assert len(rejected) == 4
-    used = {r.path for s in split_module.SPLITS for r in result.rows[s]}
+    used = {r.path for s in paths.SPLITS for r in result.rows[s]}
     assert "red/more/deeper/nested image ü.png" in used
     assert not any(".DS_Store" in p or "/._" in p for p in used | set(rejected))
     assert {row["path"] for row in read_csv(paths.REJECTED)} == set(rejected)
@@ -176,10 +176,10 @@ def test_every_decoder_path_gives_upright_rgb(tmp_path):
 def test_real_ten_class_archive_without_split_folders(in_tmp_cwd):
     """The shared sign-language digits archive: 10 class folders, no predefined
     split, real JPEGs (a few EXIF-rotated, read by Pillow)."""
-    from tlpipe.fetch import fetch
+    from tlpipe import fetch
     from tlpipe.params import DataParams
 
-    fetch(DataParams(str(SHARED_KERAS / "datasets" / "sign_language_digits.zip"), None))
+    fetch.run(DataParams(str(SHARED_KERAS / "datasets" / "sign_language_digits.zip"), None))
     params = SplitParams(val_fraction=0.1, test_fraction=0.1, test_from_val=0.5)
     result = run_split(params)
     assert result.classes == [str(d) for d in range(10)] and not result.rejected

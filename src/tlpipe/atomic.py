@@ -68,13 +68,6 @@ def write_json(target: Path | str, data: Any) -> None:
     write_text(target, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
-def save_npy(target: Path | str, array) -> None:
-    import numpy as np
-
-    with atomic_path(target, ".npy") as tmp:
-        np.save(tmp, array)
-
-
 def save_keras(target: Path | str, model) -> None:
     """``model.save``, made reproducible: Keras stamps the save date and the
     weights' zip time into the file; without them the same model gives the

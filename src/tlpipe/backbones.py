@@ -27,7 +27,6 @@ from __future__ import annotations
 import difflib
 import hashlib
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from tlpipe.errors import TlpipeError
 
@@ -55,8 +54,10 @@ class Backbone:
         """The backbone without its classifier top, global-average-pooled by default."""
         import keras
 
+        from tlpipe.params import check_weights, invalid
+
         constructor = getattr(keras.applications, self.constructor)
-        keras_weights = resolve_weights(weights)
+        keras_weights = check_weights(weights)
         try:
             return constructor(
                 include_top=False,

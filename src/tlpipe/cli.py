@@ -115,7 +115,7 @@ def predict(args) -> int:
 def _check_images(n: int = 8):
     """A few real test images, read exactly as in training."""
     from tlpipe import images
-    from tlpipe.split import read_split
+    from tlpipe.artifacts import read_split
 
     rows = read_split("test")[:n]
     return [paths.RAW / r.path for r in rows], [r.decoder for r in rows], images

@@ -15,48 +15,13 @@ from collections import Counter
 import numpy as np
 from sklearn import metrics as skm
 
-from tlpipe import atomic, extract, images, paths
+from tlpipe import atomic, images, paths
+from tlpipe.artifacts import label_indices, load_features, read_classes, read_split, sources
 from tlpipe.errors import TlpipeError
-from tlpipe.params import Params
-from tlpipe.split import label_indices, read_classes, read_split, sources
+from tlpipe.params import EvaluateParams
+from tlpipe.scoring import scores
 
 MODELS = ("finetuned", "head")
-
-
-def scores(y_true: np.ndarray, probs: np.ndarray, classes: list[str], top_k: int = 5) -> dict:
-    """Every number in eval.json for one model, from true labels and probabilities."""
-    k = len(classes)
-    labels = list(range(k))
-    y_pred = probs.argmax(axis=1)
-    out = {
-        "accuracy": skm.accuracy_score(y_true, y_pred),
-        "balanced_accuracy": skm.balanced_accuracy_score(y_true, y_pred),
-    }
-    for avg in ("macro", "weighted"):
-        p, r, f, _ = skm.precision_recall_fscore_support(
-            y_true, y_pred, labels=labels, average=avg, zero_division=0
-        )
-        out.update({f"precision_{avg}": p, f"recall_{avg}": r, f"f1_{avg}": f})
-    clipped = np.clip(probs, 1e-7, 1.0)
-    out["log_loss"] = skm.log_loss(y_true, clipped / clipped.sum(axis=1, keepdims=True), labels=labels)
-    present = np.unique(y_true)
-    if len(present) == k:  # ROC-AUC needs every class among the true labels
-        if k == 2:
-            out["roc_auc"] = skm.roc_auc_score(y_true, probs[:, 1])
-        else:
-            out["roc_auc"] = skm.roc_auc_score(y_true, probs, multi_class="ovr", average="macro", labels=labels)
-    if k > 5:
-        out[f"top_{top_k}_accuracy"] = skm.top_k_accuracy_score(y_true, probs, k=top_k, labels=labels)
-    p, r, f, s = skm.precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, average=None, zero_division=0
-    )
-    out = {key: round(float(v), 4) for key, v in out.items()}
-    out["per_class"] = {
-        name: {"precision": round(float(p[i]), 4), "recall": round(float(r[i]), 4),
-               "f1": round(float(f[i]), 4), "support": int(s[i])}
-        for i, name in enumerate(classes)
-    }
-    return out
 
 
 def most_confused(y_true, y_pred, classes: list[str]) -> list[tuple[str, str, int]]:
@@ -99,24 +64,25 @@ def predict_images(model, rows, batch_size: int, desc: str = "") -> np.ndarray:
     return np.concatenate(list(batches)).astype(np.float64)
 
 
-def run(p: Params) -> dict:
+def run(ep: EvaluateParams) -> dict:
+    """test split + both models -> metrics/eval.json, plots/; reads ``evaluate.*``."""
     from tlpipe import report
     from tlpipe.layers import load_model
 
     classes = read_classes()
     rows = read_split("test")
     y_true = label_indices(rows, classes)
-    x_test, y_feat = extract.load("test")
+    x_test, y_feat = load_features("test")
     if not np.array_equal(y_feat, y_true):
         raise TlpipeError(
-            f"{paths.FEATURES} does not match {paths.SPLIT_CSV['test']}; run `dvc repro` so "
+            f"{paths.FEATURES} does not match {paths.split_csv('test')}; run `dvc repro` so "
             "that extract reruns on the current split."
         )
     probs = {
-        "finetuned": predict_images(load_model(paths.MODEL), rows, p.evaluate.batch_size, "evaluate: test images"),
+        "finetuned": predict_images(load_model(paths.MODEL), rows, ep.batch_size, "evaluate: test images"),
         "head": load_model(paths.HEAD_MODEL).predict(x_test, verbose=0).astype(np.float64),
     }
-    results = {name: scores(y_true, probs[name], classes, p.evaluate.top_k) for name in MODELS}
+    results = {name: scores(y_true, probs[name], classes, ep.top_k) for name in MODELS}
     with atomic.atomic_dir(paths.PLOTS) as tmp:
         for name in MODELS:
             y_pred = probs[name].argmax(axis=1)
@@ -143,7 +109,7 @@ def run(p: Params) -> dict:
             )
         )
         report.confusion_png(tmp / "confusion.png", y_true, ft.argmax(axis=1), classes)
-        report.mistakes_png(tmp / "mistakes.png", rows, y_true, ft, classes, p.evaluate.gallery)
+        report.mistakes_png(tmp / "mistakes.png", rows, y_true, ft, classes, ep.gallery)
         report.per_class_f1_png(tmp / "per_class_f1.png", results, classes)
     atomic.write_json(paths.EVAL_METRICS, results)
     for name in MODELS:

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 
 from tlpipe import atomic, backbones, images, paths
-from tlpipe.params import Params
-from tlpipe.split import SPLITS, label_indices, read_classes, read_split, sources
+from tlpipe.artifacts import SPLITS, label_indices, read_classes, read_split, sources
+from tlpipe.params import ExtractParams
 
 
 def feature_model(spec: backbones.Backbone, image_size: int, weights: str):
@@ -26,12 +25,10 @@ def feature_model(spec: backbones.Backbone, image_size: int, weights: str):
     """
     import keras
 
-    from tlpipe.layers import Preprocess
+    from tlpipe.layers import on_pixels
 
     backbone = spec.build(image_size, weights, pooling="avg")
-    pixels = keras.Input((image_size, image_size, 3), name="pixels")
-    x = Preprocess(spec.preprocess, name="preprocess")(pixels)
-    features = backbone(x, training=False)
+    pixels, features = on_pixels(spec, image_size, backbone)
     return keras.Model(pixels, features, name=f"{spec.name}_features"), backbone
 
 
@@ -44,19 +41,21 @@ def stream_features(model, rows, image_size: int, batch_size: int, out, desc: st
     return len(rows) / max(time.perf_counter() - start, 1e-9)
 
 
-def run(p: Params) -> dict:
+def run(extract: ExtractParams, *, backbone: str, image_size: int, weights: str, seed: int) -> dict:
+    """data/split -> data/features; reads ``backbone``, ``image_size``, ``weights``,
+    ``seed`` (random init with ``weights: none``) and ``extract.*``."""
     from tlpipe.training import seed_everything
 
-    seed_everything(p.seed)
-    spec = backbones.get(p.backbone)
-    model, backbone = feature_model(spec, p.image_size, p.weights)
+    seed_everything(seed)
+    spec = backbones.get(backbone)
+    model, built = feature_model(spec, image_size, weights)
     dim = int(model.output.shape[-1])
     classes = read_classes()
     meta = {
-        "backbone": p.backbone,
-        "image_size": p.image_size,
-        "weights": p.weights,
-        "weights_sha256": backbones.weights_fingerprint(backbone),
+        "backbone": backbone,
+        "image_size": image_size,
+        "weights": weights,
+        "weights_sha256": backbones.weights_fingerprint(built),
         "feature_dim": dim,
         "classes": classes,
         "images": {},  # no timings here: a rerun must give a byte-identical output
@@ -65,26 +64,13 @@ def run(p: Params) -> dict:
         for split in SPLITS:
             rows = read_split(split)
             out = np.lib.format.open_memmap(
-                tmp / paths.features_file(split).name, mode="w+", dtype=np.float16, shape=(len(rows), dim)
+                paths.features_file(split, tmp), mode="w+", dtype=np.float16, shape=(len(rows), dim)
             )
-            rate = stream_features(
-                model, rows, p.image_size, p.extract.batch_size, out, f"extract {split}"
-            )
+            rate = stream_features(model, rows, image_size, extract.batch_size, out, f"extract {split}")
             out.flush()
             del out
-            np.save(tmp / paths.labels_file(split).name, label_indices(rows, classes))
+            np.save(paths.labels_file(split, tmp), label_indices(rows, classes))
             meta["images"][split] = len(rows)
             print(f"extract: {split}: {len(rows)} images, {rate:.0f} img/s", flush=True)
-        Path(tmp / paths.FEATURES_META.name).write_text(json.dumps(meta, indent=2) + "\n")
+        paths.features_meta(tmp).write_text(json.dumps(meta, indent=2) + "\n")
     return meta
-
-
-def load(split: str, features_dir: Path = paths.FEATURES) -> tuple[np.ndarray, np.ndarray]:
-    """Cached features (as float32) and labels of one split."""
-    x = np.load(features_dir / paths.features_file(split).name).astype(np.float32)
-    y = np.load(features_dir / paths.labels_file(split).name)
-    return x, y
-
-
-def read_meta(features_dir: Path = paths.FEATURES) -> dict:
-    return json.loads((features_dir / paths.FEATURES_META.name).read_text())

@@ -20,61 +20,28 @@ from pathlib import Path, PurePosixPath
 from tlpipe import atomic, paths
 from tlpipe.errors import TlpipeError
 from tlpipe.images import is_hidden
-from tlpipe.params import DataParams
+from tlpipe.params import DataParams, archive_kind, check_source
 
-ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
-SPLIT_FOLDERS = {"train", "validation", "val", "test"}
 # Folders that archivers add and that never hold a dataset.
 JUNK = {"__MACOSX"}
 
 
-def is_url(source: str) -> bool:
-    return urllib.parse.urlsplit(source).scheme in ("http", "https")
-
-
-def archive_kind(name: str) -> str | None:
-    lower = name.lower()
-    if lower.endswith(".zip"):
-        return "zip"
-    if lower.endswith((".tar", ".tar.gz", ".tgz")):
-        return "tar"
-    return None
-
-
-def fetch(data: DataParams, target: Path = paths.RAW) -> Path:
-    """Materialise the dataset under ``target`` atomically; return it."""
-    source = data.source
+def run(data: DataParams, target: Path = paths.RAW) -> Path:
+    """Materialise the dataset under ``target`` atomically; return it. Reads ``data.*``."""
+    local = check_source(data)
     with atomic.atomic_dir(target) as tmp:
-        if is_url(source):
-            _extract(_download(source), data.sha256, tmp, source)
+        if local is None:
+            _extract(_download(data.source), data.sha256, tmp)
+        elif local.is_dir():
+            _copy_folder(local, tmp)
         else:
-            local = Path(source).expanduser()
-            if local.is_dir():
-                if data.sha256:
-                    raise TlpipeError(
-                        f"params.yaml: 'data.sha256' is set but 'data.source' {source!r} is a "
-                        "folder; a checksum can only be verified for an archive. Set it to null."
-                    )
-                _copy_folder(local, tmp)
-            elif local.is_file():
-                _extract(local, data.sha256, tmp, source)
-            else:
-                raise TlpipeError(
-                    f"params.yaml: The 'data.source' parameter must be an http(s) URL of an "
-                    f"archive, a local archive ({', '.join(ARCHIVE_SUFFIXES)}) or a local folder. "
-                    f"Got {source!r} instead (no such file or folder)."
-                )
+            _extract(local, data.sha256, tmp)
         _unwrap(tmp)
     return target
 
 
 def _download(url: str) -> Path:
     fname = os.path.basename(urllib.parse.urlsplit(url).path)
-    if not archive_kind(fname):
-        raise TlpipeError(
-            f"params.yaml: The 'data.source' URL must name an archive ending in "
-            f"{', '.join(ARCHIVE_SUFFIXES)}. Got {url!r} instead."
-        )
     from keras.src.backend import config  # the same KERAS_HOME logic get_file uses
 
     # A pre-seeded cache may be read-only, and get_file falls back to /tmp when
@@ -103,7 +70,7 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _extract(archive: Path, sha256: str | None, target: Path, source: str) -> None:
+def _extract(archive: Path, sha256: str | None, target: Path) -> None:
     if sha256 is not None:
         actual = sha256_of(archive)
         if actual.lower() != sha256.lower():
@@ -112,11 +79,6 @@ def _extract(archive: Path, sha256: str | None, target: Path, source: str) -> No
                 f"SHA-256 is {actual}. Nothing was extracted; fix the checksum or the source."
             )
     kind = archive_kind(archive.name)
-    if kind is None:
-        raise TlpipeError(
-            f"params.yaml: The 'data.source' parameter must be an archive ending in "
-            f"{', '.join(ARCHIVE_SUFFIXES)} or a folder. Got {source!r} instead."
-        )
     print(f"fetch: extracting {archive}", flush=True)
     if kind == "zip":
         if not zipfile.is_zipfile(archive):
@@ -195,7 +157,7 @@ def _unwrap(root: Path) -> None:
         shutil.rmtree(root / junk, ignore_errors=True)
     while True:
         entries = [p for p in root.iterdir() if not p.name.startswith(".")]
-        if len(entries) != 1 or not entries[0].is_dir() or entries[0].name in SPLIT_FOLDERS:
+        if len(entries) != 1 or not entries[0].is_dir() or entries[0].name.lower() in paths.RAW_SPLIT_FOLDERS:
             break
         wrapper = entries[0]
         inner = list(wrapper.iterdir())

@@ -15,27 +15,31 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 
 import keras
 import numpy as np
 
 from tlpipe import atomic, backbones, freeze, images, paths
-from tlpipe.head import compile_model
-from tlpipe.layers import Preprocess, augmentation, load_model
-from tlpipe.params import Params
-from tlpipe.split import label_indices, read_classes, read_split, sources
-from tlpipe.training import (
-    best_epoch,
-    callbacks,
-    learning_rate,
-    optimizer,
-    seed_everything,
-    steps,
-)
+from tlpipe.artifacts import label_indices, read_classes, read_split, sources
+from tlpipe.layers import augmentation, load_model, on_pixels
+from tlpipe.params import FinetuneParams
+from tlpipe.training import Inputs, callbacks, compile_model, fit, learning_rate, optimizer, seed_everything, steps
 
 # Decoded images (or frozen-prefix outputs) are held in memory when they fit
 # in this much; otherwise every epoch streams from the image files.
 MEMORY_BUDGET_BYTES = 2 * 1024**3
+
+
+@dataclass(frozen=True)
+class Setup:
+    """The params keys this stage reads, besides ``finetune.*``."""
+
+    backbone: str
+    image_size: int
+    weights: str
+    freeze: str
+    seed: int
 
 
 def choose_strategy():
@@ -49,30 +53,23 @@ def choose_strategy():
     return tf.distribute.get_strategy()
 
 
-def mixed_precision_on(setting: str) -> bool:
+def mixed_precision_on(setting: bool | None) -> bool:
     import tensorflow as tf
 
-    if setting == "auto":
+    if setting is None:  # auto
         return bool(tf.config.list_physical_devices("GPU"))
-    return setting == "on"
+    return setting
 
 
-def assemble(p: Params, head: keras.Model):
+def assemble(s: Setup, fp: FinetuneParams, head: keras.Model):
     """-> (full model, backbone, freeze plan), freezing applied."""
-    spec = backbones.get(p.backbone)
-    backbone = spec.build(p.image_size, p.weights, pooling="avg")
-    plan = freeze.plan(backbone, spec, p.freeze)
+    spec = backbones.get(s.backbone)
+    backbone = spec.build(s.image_size, s.weights, pooling="avg")
+    plan = freeze.plan(backbone, spec, s.freeze)
     freeze.apply(backbone, plan)
     head.trainable = not plan.trains_nothing
-    pixels = keras.Input((p.image_size, p.image_size, 3), name="pixels")
-    x = pixels
-    for layer in augmentation(p.finetune.augment, p.seed):
-        x = layer(x)
-    x = Preprocess(spec.preprocess, name="preprocess")(x)
-    # training=False: layers that behave differently in training (dropout in
-    # some backbones) keep inference behaviour, as in the frozen-feature phase.
-    x = backbone(x, training=False)
-    model = keras.Model(pixels, head(x), name=f"{p.backbone}_classifier")
+    pixels, features = on_pixels(spec, s.image_size, backbone, augmentation(fp.augment, s.seed))
+    model = keras.Model(pixels, head(features), name=f"{s.backbone}_classifier")
     return model, backbone, plan
 
 
@@ -80,7 +77,7 @@ def trainable_count(model: keras.Model) -> int:
     return int(sum(np.prod(w.shape) for w in model.trainable_weights))
 
 
-def _frozen_prefix_model(model: keras.Model, backbone: keras.Model, plan: freeze.Plan, p: Params, n_train: int):
+def _frozen_prefix_model(model, backbone, plan: freeze.Plan, s: Setup, fp: FinetuneParams, n_train: int):
     """When the frozen prefix can be computed once: -> (pixels -> prefix outputs,
     prefix outputs -> class probabilities), else None.
 
@@ -88,46 +85,40 @@ def _frozen_prefix_model(model: keras.Model, backbone: keras.Model, plan: freeze
     outputs for the training images fit in memory. The second model reuses the
     full model's trainable layers, so training it trains ``model``.
     """
-    if plan.trains_nothing or p.finetune.augment.any or plan.boundary is None:
+    if plan.trains_nothing or fp.augment.any or plan.boundary is None:
         return None
     prefix_shape = tuple(plan.boundary.shape[1:])
     if n_train * int(np.prod(prefix_shape)) * 2 >= MEMORY_BUDGET_BYTES:  # float16
         return None
-    pixels = keras.Input((p.image_size, p.image_size, 3), name="pixels")
-    spec = backbones.get(p.backbone)
     prefix = keras.Model(backbone.input, plan.boundary)
-    encoder = keras.Model(pixels, prefix(Preprocess(spec.preprocess)(pixels), training=False))
+    pixels, prefix_out = on_pixels(backbones.get(s.backbone), s.image_size, prefix, preprocess_name=None)
+    encoder = keras.Model(pixels, prefix_out)
     prefix_input = keras.Input(prefix_shape, name="frozen_prefix")
     top = keras.Model(plan.boundary, backbone.output)
     head = model.get_layer("head")
     return encoder, keras.Model(prefix_input, head(top(prefix_input, training=False)))
 
 
-def _data(rows, labels, p: Params, batch_size: int, encoder=None, shuffle=False):
-    """What one split feeds to fit/evaluate: ``(x, y)`` arrays in memory when
-    they fit (frozen-prefix outputs with ``encoder``, else uint8 pixels), or
-    a tf.data stream of (image, label) batches from the files."""
+def _inputs(rows, labels, image_size: int, batch_size: int, seed: int, encoder=None, shuffle=False) -> Inputs:
+    """What one split feeds to fit/evaluate: arrays in memory when they fit
+    (frozen-prefix outputs with ``encoder``, else uint8 pixels), or a tf.data
+    stream of (image, label) batches from the files."""
     what = "frozen prefix" if encoder is not None else "decoding"
     desc = f"finetune: {what} ({len(rows)} images)"
     if encoder is not None:
-        batches = images.predict(encoder, *sources(rows), p.image_size, batch_size, desc)
-        return np.concatenate([b.astype(np.float16) for b in batches]), labels
-    if len(rows) * p.image_size**2 * 3 < MEMORY_BUDGET_BYTES:
-        return images.decode_all(*sources(rows), p.image_size, batch_size, desc), labels
-    seed = p.seed if shuffle else None
-    return images.dataset(*sources(rows), p.image_size, batch_size, labels=labels, shuffle_seed=seed)
+        batches = images.predict(encoder, *sources(rows), image_size, batch_size, desc)
+        return Inputs(np.concatenate([b.astype(np.float16) for b in batches]), labels, batch_size)
+    if len(rows) * image_size**2 * 3 < MEMORY_BUDGET_BYTES:
+        return Inputs(images.decode_all(*sources(rows), image_size, batch_size, desc), labels, batch_size)
+    stream = images.dataset(
+        *sources(rows), image_size, batch_size, labels=labels, shuffle_seed=seed if shuffle else None
+    )
+    return Inputs(stream)
 
 
-def _fit_args(data, batch_size: int) -> dict:
-    """Keras fit/evaluate arguments for in-memory (x, y) or a tf.data stream."""
-    if isinstance(data, tuple):
-        return {"x": data[0], "y": data[1], "batch_size": batch_size}
-    return {"x": data}
-
-
-def run(p: Params) -> dict:
-    seed_everything(p.seed)
-    fp = p.finetune
+def run(fp: FinetuneParams, s: Setup) -> dict:
+    """images + models/head.keras -> models/model.keras; reads ``finetune.*`` and ``Setup``."""
+    seed_everything(s.seed)
     if mixed_precision_on(fp.mixed_precision):
         keras.mixed_precision.set_global_policy("mixed_float16")
     strategy = choose_strategy()
@@ -139,9 +130,9 @@ def run(p: Params) -> dict:
     y_val = keras.utils.to_categorical(label_indices(val_rows, classes), len(classes))
 
     with strategy.scope():
-        model, backbone, plan = assemble(p, load_model(paths.HEAD_MODEL))
+        model, backbone, plan = assemble(s, fp, load_model(paths.HEAD_MODEL))
         trains = not plan.trains_nothing and fp.epochs > 0
-        cached = _frozen_prefix_model(model, backbone, plan, p, len(train_rows)) if trains else None
+        cached = _frozen_prefix_model(model, backbone, plan, s, fp, len(train_rows)) if trains else None
         encoder, fit_model = cached if cached else (None, model)
         steps_per_epoch = steps(len(train_rows), batch_size)
         lr = learning_rate(fp.learning_rate, fp.schedule, fp.epochs, steps_per_epoch, fp.warmup_epochs)
@@ -149,43 +140,32 @@ def run(p: Params) -> dict:
         fit_model.jit_compile = fp.xla
 
     start = time.perf_counter()
-    val_data = _data(val_rows, y_val, p, batch_size, encoder)
+    val = _inputs(val_rows, y_val, s.image_size, batch_size, s.seed, encoder)
+    if trains:
+        train = _inputs(train_rows, y_train, s.image_size, batch_size, s.seed, encoder, shuffle=True)
+    data_seconds = time.perf_counter() - start
     with atomic.atomic_dir(paths.FINETUNE_LOGS) as log_dir:
         if trains:
-            train_data = _data(train_rows, y_train, p, batch_size, encoder, shuffle=True)
-            history = fit_model.fit(
-                **_fit_args(train_data, batch_size),
-                shuffle=isinstance(train_data, tuple),  # a stream comes shuffled by images.dataset
-                validation_data=val_data,
-                epochs=fp.epochs,
-                callbacks=callbacks(
-                    fp.patience, fp.schedule, log_dir, (fp.learning_rate, fp.warmup_epochs * steps_per_epoch)
-                ),
-                verbose=2,
-            ).history
-            best = best_epoch(history)
-            val_loss, val_accuracy = history["val_loss"][best], history["val_accuracy"][best]
-            epochs_run = len(history["val_loss"])
+            warmup = (fp.learning_rate, fp.warmup_epochs * steps_per_epoch)
+            result = fit(fit_model, train, val, fp.epochs, callbacks(fp.patience, fp.schedule, log_dir, warmup))
+            metrics = result.metrics()
         else:
             # Nothing to train (freeze: all, or epochs: 0): score what was assembled.
-            val_loss, val_accuracy = fit_model.evaluate(**_fit_args(val_data, batch_size), verbose=0)
-            best, epochs_run = -1, 0
+            val_loss, val_accuracy = fit_model.evaluate(**val.fit_kwargs(), verbose=0)
+            metrics = {"val_accuracy": round(float(val_accuracy), 4), "val_loss": round(float(val_loss), 4),
+                       "best_epoch": 0, "epochs_run": 0, "fit_seconds": 0.0}
             log_dir.joinpath("metrics.json").write_text("{}\n")
-    seconds = time.perf_counter() - start
 
     atomic.save_keras(paths.MODEL, model)
-    metrics = {
-        "val_accuracy": round(float(val_accuracy), 4),
-        "val_loss": round(float(val_loss), 4),
-        "best_epoch": best + 1,
-        "epochs_run": epochs_run,
-        "train_seconds": round(seconds, 2),
+    metrics.update({
+        # Time spent computing the frozen prefix's outputs (0 when it is not cached).
+        "prefix_seconds": round(data_seconds, 2) if encoder is not None else 0.0,
         "trainable_params": trainable_count(model),
         "freeze": plan.word,
         "frozen_prefix_cached": encoder is not None,
         "replicas": replicas,
         "mixed_precision": keras.mixed_precision.global_policy().name == "mixed_float16",
-    }
+    })
     atomic.write_json(paths.FINETUNE_METRICS, metrics)
     print(
         f"finetune: val accuracy {metrics['val_accuracy']:.4f}, "

@@ -13,15 +13,12 @@ wreck statistics learned on ImageNet.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import keras
 
 from tlpipe.backbones import Backbone
-from tlpipe.errors import TlpipeError
-
-_BLOCK = re.compile(r"block([1-9][0-9]*)")
+from tlpipe.params import check_freeze_layer, freeze_stage
 
 
 @dataclass
@@ -73,10 +70,6 @@ def upstream_layers(tensors) -> set[str]:
     return seen
 
 
-def stage_names(spec: Backbone) -> list[str]:
-    return [f"block{i}" for i in range(1, len(spec.stages) + 1)]
-
-
 def plan(model: keras.Model, spec: Backbone, word: str) -> Plan:
     """Resolve a freeze word against a built backbone (does not change it)."""
     if word == "auto":
@@ -86,26 +79,12 @@ def plan(model: keras.Model, spec: Backbone, word: str) -> Plan:
         return Plan(word, None, all_layers)
     if word == "none":
         return Plan(word, None, set())
-    m = _BLOCK.fullmatch(word)
-    if m:
-        stage = int(m.group(1))
-        if stage > len(spec.stages):
-            raise TlpipeError(
-                f"params.yaml: The 'freeze' parameter must name a stage of backbone "
-                f"'{spec.name}': one of {', '.join(stage_names(spec))} (or all, none, auto, "
-                f"a layer name). Got {word!r} instead."
-            )
+    stage = freeze_stage(word)  # params validation has checked its range
+    if stage is not None:
         boundary = stage_boundary(model, spec, stage)
     else:
-        try:
-            layer = model.get_layer(word)
-        except ValueError:
-            raise TlpipeError(
-                f"params.yaml: The 'freeze' parameter {word!r} is neither all, none, auto, "
-                f"{', '.join(stage_names(spec))} nor a layer of backbone '{spec.name}' "
-                f"(e.g. {model.layers[len(model.layers) // 2].name!r})."
-            ) from None
-        boundary = layer.input
+        check_freeze_layer(word, [layer.name for layer in model.layers], spec.name, len(spec.stages))
+        boundary = model.get_layer(word).input
     frozen = upstream_layers(boundary)
     return Plan(word, boundary, frozen)
 

@@ -113,3 +113,20 @@ def augmentation(augment, seed: int) -> list:
             keras.layers.RandomContrast(augment.contrast, value_range=(0, 255), seed=seed, name="aug_contrast")
         )
     return layers
+
+
+def on_pixels(spec, image_size: int, body, augment_layers=(), preprocess_name: str = "preprocess"):
+    """pixels (0..255) -> augmentation -> the backbone's own preprocessing -> ``body``.
+
+    The one place a tlpipe model meets raw pixels (extract's feature model,
+    the fine-tuned classifier, its frozen-prefix encoder). ``body`` is called
+    with ``training=False``: layers that behave differently in training
+    (dropout inside some backbones) keep inference behaviour, as in the
+    frozen-feature phase. Returns (pixels input, body output).
+    """
+    pixels = keras.Input((image_size, image_size, 3), name="pixels")
+    x = pixels
+    for layer in augment_layers:
+        x = layer(x)
+    x = Preprocess(spec.preprocess, name=preprocess_name)(x)
+    return pixels, body(x, training=False)

@@ -8,6 +8,11 @@ stops the stage before any work is done. Errors read like scikit-learn's:
 
 params.yaml is the one place defaults live: a missing key is an error too,
 which also keeps dvc.yaml's exact-key ``params:`` lists honest.
+
+Every check of a params value lives here, including the ones that need the
+file system (``check_source``, ``check_weights``) or a built backbone
+(``check_freeze_layer``), which the stages reading those keys call; all of them
+word their errors through ``invalid``.
 """
 
 from __future__ import annotations
@@ -26,8 +31,44 @@ from tlpipe.errors import TlpipeError
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SCHEDULES = ("constant", "cosine", "plateau")
 FREEZE_WORDS = ("auto", "all", "none")
-_BLOCK = re.compile(r"block([1-9][0-9]*)")
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
+_BLOCK = re.compile(r"block([0-9]+)")
+_LAYER_NAME = re.compile(r"[A-Za-z0-9_./-]+")
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+SOURCE = str(paths.PARAMS)
+
+
+def invalid(key: str, rule: str, value: Any, hint: str = "", source: str = SOURCE) -> TlpipeError:
+    """The one wording of a bad params value (scikit-learn's), for every check."""
+    return TlpipeError(
+        f"{source}: The '{key}' parameter must be {rule}. Got {value!r} instead.{' ' + hint if hint else ''}"
+    )
+
+
+def freeze_stage(word: str) -> int | None:
+    """N for a ``blockN`` freeze word, else None."""
+    m = _BLOCK.fullmatch(word)
+    return int(m.group(1)) if m else None
+
+
+def freeze_rule(n_stages: int) -> str:
+    blocks = ", ".join(f"'block{i}'" for i in range(1, n_stages + 1))
+    return f"'auto', 'all', 'none', one of {blocks}, or an exact Keras layer name of the backbone"
+
+
+def is_url(source: str) -> bool:
+    import urllib.parse
+
+    return urllib.parse.urlsplit(source).scheme in ("http", "https")
+
+
+def archive_kind(name: str) -> str | None:
+    lower = name.lower()
+    if lower.endswith(".zip"):
+        return "zip"
+    if lower.endswith((".tar", ".tar.gz", ".tgz")):
+        return "tar"
+    return None
 
 
 @dataclass(frozen=True)
@@ -90,7 +131,7 @@ class FinetuneParams:
     patience: int
     label_smoothing: float
     augment: AugmentParams
-    mixed_precision: str
+    mixed_precision: bool | None  # None: on when a GPU is present
     xla: bool
 
 
@@ -157,8 +198,8 @@ class _Section:
     def section(self, key: str) -> _Section:
         return _Section(self.source, self.get(key), self.name(key) + ".")
 
-    def bad(self, key: str, rule: str, value: Any):
-        self.fail(f"The '{self.name(key)}' parameter must be {rule}. Got {value!r} instead.")
+    def bad(self, key: str, rule: str, value: Any, hint: str = ""):
+        raise invalid(self.name(key), rule, value, hint, self.source)
 
     def integer(self, key: str, low: int | None = None, high: int | None = None) -> int:
         value = self.get(key)
@@ -231,30 +272,27 @@ def parse(raw: Any, source: str = str(paths.PARAMS)) -> Params:
     if not isinstance(backbone, str) or backbone not in backbones.names():
         valid = backbones.names()
         close = difflib.get_close_matches(str(backbone), valid, n=1, cutoff=0.5)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
-        top.fail(
-            f"The 'backbone' parameter must be one of the registry's names. Got {backbone!r} "
-            f"instead.{hint} Valid names: {', '.join(valid)}."
-        )
+        hint = f"Did you mean '{close[0]}'? " if close else ""
+        top.bad("backbone", "one of the registry's names", backbone, f"{hint}Valid names: {', '.join(valid)}.")
     spec = backbones.get(backbone)
     image_size = top.integer("image_size", spec.min_size, 1024)
     weights = top.text("weights")
     freeze = top.text("freeze")
-    if freeze not in FREEZE_WORDS and not _BLOCK.fullmatch(freeze):
-        # Anything else is taken as an exact Keras layer name, checked against
-        # the built backbone by the finetune stage.
-        if not re.fullmatch(r"[A-Za-z0-9_./-]+", freeze):
-            top.bad(
-                "freeze",
-                "'auto', 'all', 'none', 'blockN' (N = 1, 2, ...) or a layer name",
-                freeze,
-            )
+    stage = freeze_stage(freeze)
+    # blockN is checked against this backbone here, before any work; a layer
+    # name can only be checked on the built backbone (check_freeze_layer).
+    if (stage is not None and not 1 <= stage <= len(spec.stages)) or (
+        stage is None and freeze not in FREEZE_WORDS and not _LAYER_NAME.fullmatch(freeze)
+    ):
+        top.bad("freeze", freeze_rule(len(spec.stages)), freeze, f"(backbone '{backbone}')")
     seed = top.integer("seed", 0, 2**31 - 1)
 
     d = top.section("data")
     data = DataParams(source=d.text("source"), sha256=d.text("sha256", allow_null=True))
     if data.sha256 is not None and not _SHA256.fullmatch(data.sha256):
         d.bad("sha256", "null or a 64-digit hex SHA-256", data.sha256)
+    if is_url(data.source) and not archive_kind(data.source.split("?")[0]):
+        d.bad("source", f"an http(s) URL of an archive ({', '.join(ARCHIVE_SUFFIXES)})", data.source)
     d.finish()
 
     s = top.section("split")
@@ -308,7 +346,7 @@ def parse(raw: Any, source: str = str(paths.PARAMS)) -> Params:
     )
     a.finish()
     mixed = f.get("mixed_precision")
-    if mixed not in ("auto", True, False):
+    if mixed not in ("auto", True, False) or isinstance(mixed, (int, float)) and not isinstance(mixed, bool):
         f.bad("mixed_precision", "'auto', true or false", mixed)
     finetune = FinetuneParams(
         epochs=f.integer("epochs", 0, 100_000),
@@ -320,7 +358,7 @@ def parse(raw: Any, source: str = str(paths.PARAMS)) -> Params:
         patience=f.integer("patience", 0, 100_000),
         label_smoothing=f.real("label_smoothing", 0.0, 1.0),
         augment=augment,
-        mixed_precision={True: "on", False: "off"}.get(mixed, "auto"),
+        mixed_precision=None if mixed == "auto" else mixed,
         xla=f.boolean("xla"),
     )
     f.finish()
@@ -360,6 +398,19 @@ def parse(raw: Any, source: str = str(paths.PARAMS)) -> Params:
     )
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML as DVC writes it: ``dvc exp run -S lr=0.00003`` stores ``3e-05``,
+    which YAML 1.1 (PyYAML) reads as a string; YAML 1.2 and DVC read a float."""
+
+
+_Loader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
 def read_yaml(path: Path | str = paths.PARAMS) -> Any:
     path = Path(path)
     try:
@@ -367,10 +418,55 @@ def read_yaml(path: Path | str = paths.PARAMS) -> Any:
     except FileNotFoundError:
         raise TlpipeError(f"{path}: file not found; run from the repository root.") from None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as err:
         raise TlpipeError(f"{path}: not valid YAML: {err}".replace("\n", " ")) from None
 
 
 def load(path: Path | str = paths.PARAMS) -> Params:
     return parse(read_yaml(path), str(path))
+
+
+# ---------------------------------------------------------------- checks that need the
+# file system or a built backbone; called by the stages that read these keys.
+
+
+def check_source(data: DataParams) -> Path | None:
+    """The local file or folder ``data.source`` names (None for a URL)."""
+    if is_url(data.source):
+        return None
+    local = Path(data.source).expanduser()
+    if local.is_dir():
+        if data.sha256:
+            raise invalid(
+                "data.sha256", "null when 'data.source' is a folder (only an archive has a checksum)", data.sha256
+            )
+        return local
+    if local.is_file() and archive_kind(local.name):
+        return local
+    what = "not an archive" if local.is_file() else "no such file or folder"
+    raise invalid(
+        "data.source",
+        f"an http(s) URL of an archive, a local archive ({', '.join(ARCHIVE_SUFFIXES)}) or a local folder",
+        data.source,
+        f"({what})",
+    )
+
+
+def check_weights(weights: str) -> str | None:
+    """``weights`` as keras.applications takes it: 'imagenet', None, or a file path."""
+    if weights == "imagenet":
+        return "imagenet"
+    if weights == "none":
+        return None
+    if not Path(weights).is_file():
+        raise invalid("weights", "'imagenet', 'none' or the path of an existing weights file", weights, "(no such file)")
+    return weights
+
+
+def check_freeze_layer(word: str, layer_names: list[str], backbone: str, n_stages: int) -> None:
+    """A freeze word that is not auto/all/none/blockN must name a layer of the backbone."""
+    if word in layer_names:
+        return
+    example = layer_names[len(layer_names) // 2]
+    raise invalid("freeze", freeze_rule(n_stages), word, f"(backbone '{backbone}' has no such layer; e.g. {example!r})")

@@ -10,11 +10,16 @@ from pathlib import Path
 PARAMS = Path("params.yaml")
 
 RAW = Path("data/raw")
+# Folder names in a source that mean "a predefined split", not "a class".
+RAW_SPLIT_FOLDERS = {"train": "train", "validation": "val", "val": "val", "test": "test"}
 
+SPLITS = ("train", "val", "test")
 SPLIT = Path("data/split")
-SPLIT_CSV = {name: SPLIT / f"{name}.csv" for name in ("train", "val", "test")}
-CLASSES = SPLIT / "classes.json"
-REJECTED = SPLIT / "rejected.csv"
+
+
+def split_csv(split: str, folder: Path = SPLIT) -> Path:
+    return folder / f"{split}.csv"
+
 
 FEATURES = Path("data/features")
 
@@ -35,12 +40,26 @@ FINETUNE_LOGS = Path("dvclive/finetune")
 SCRATCH_LOGS = Path("dvclive/scratch")
 
 
-def features_file(split: str) -> Path:
-    return FEATURES / f"{split}.npy"
+def features_file(split: str, folder: Path = FEATURES) -> Path:
+    return folder / f"{split}.npy"
 
 
-def labels_file(split: str) -> Path:
-    return FEATURES / f"{split}_labels.npy"
+def labels_file(split: str, folder: Path = FEATURES) -> Path:
+    return folder / f"{split}_labels.npy"
 
 
-FEATURES_META = FEATURES / "meta.json"
+def features_meta(folder: Path = FEATURES) -> Path:
+    return folder / "meta.json"
+
+
+def classes_file(folder: Path = SPLIT) -> Path:
+    return folder / "classes.json"
+
+
+def rejected_file(folder: Path = SPLIT) -> Path:
+    return folder / "rejected.csv"
+
+
+CLASSES = classes_file()
+REJECTED = rejected_file()
+FEATURES_META = features_meta()

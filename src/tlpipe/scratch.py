@@ -10,10 +10,8 @@ that (``{"enabled": false}``) in a second.
 
 from __future__ import annotations
 
-import time
-
 from tlpipe import atomic, paths
-from tlpipe.params import Params
+from tlpipe.params import ScratchParams
 
 
 def build(image_size: int, n_classes: int, seed: int):
@@ -32,8 +30,8 @@ def build(image_size: int, n_classes: int, seed: int):
     return keras.Model(pixels, probs, name="scratch_cnn")
 
 
-def run(p: Params) -> dict:
-    sp = p.scratch
+def run(sp: ScratchParams, *, image_size: int, seed: int, top_k: int) -> dict:
+    """images -> metrics/scratch.json; reads ``scratch.*``, ``image_size``, ``seed``, ``evaluate.top_k``."""
     if not sp.enabled:
         with atomic.atomic_dir(paths.SCRATCH_LOGS) as log_dir:
             (log_dir / "metrics.json").write_text("{}\n")
@@ -50,38 +48,30 @@ def run(p: Params) -> dict:
     import numpy as np
 
     from tlpipe import images
-    from tlpipe.evaluate import scores
-    from tlpipe.head import compile_model
-    from tlpipe.split import label_indices, read_classes, read_split, sources
-    from tlpipe.training import best_epoch, callbacks, optimizer, seed_everything
+    from tlpipe.artifacts import SPLITS, label_indices, read_classes, read_split, sources
+    from tlpipe.scoring import scores
+    from tlpipe.training import Inputs, callbacks, compile_model, fit, optimizer, seed_everything
 
-    seed_everything(p.seed)
+    seed_everything(seed)
     classes = read_classes()
-    data = {}
-    for split in ("train", "val", "test"):
-        rows = read_split(split)
-        x = images.decode_all(*sources(rows), p.image_size, sp.batch_size, desc=f"scratch: decoding {split}")
-        data[split] = (x, label_indices(rows, classes))
-    model = build(p.image_size, len(classes), p.seed)
-    compile_model(model, optimizer("adam", sp.learning_rate), 0.0)
     onehot = lambda y: keras.utils.to_categorical(y, len(classes))  # noqa: E731
-    start = time.perf_counter()
+    data = {}
+    for split in SPLITS:
+        rows = read_split(split)
+        x = images.decode_all(*sources(rows), image_size, sp.batch_size, desc=f"scratch: decoding {split}")
+        data[split] = (x, label_indices(rows, classes))
+    model = build(image_size, len(classes), seed)
+    compile_model(model, optimizer("adam", sp.learning_rate), 0.0)
     with atomic.atomic_dir(paths.SCRATCH_LOGS) as log_dir:
-        history = model.fit(
-            data["train"][0], onehot(data["train"][1]),
-            validation_data=(data["val"][0], onehot(data["val"][1])),
-            epochs=sp.epochs, batch_size=sp.batch_size, verbose=2,
-            callbacks=callbacks(sp.patience, "constant", log_dir),
-        ).history
-    best = best_epoch(history)
+        result = fit(
+            model,
+            Inputs(data["train"][0], onehot(data["train"][1]), sp.batch_size),
+            Inputs(data["val"][0], onehot(data["val"][1])),
+            sp.epochs,
+            callbacks(sp.patience, "constant", log_dir),
+        )
     probs = model.predict(data["test"][0], batch_size=sp.batch_size, verbose=0).astype(np.float64)
-    metrics = {
-        "enabled": True,
-        "val_accuracy": round(float(history["val_accuracy"][best]), 4),
-        "epochs_run": len(history["val_loss"]),
-        "train_seconds": round(time.perf_counter() - start, 2),
-        "test": scores(data["test"][1], probs, classes, p.evaluate.top_k),
-    }
+    metrics = {"enabled": True, **result.metrics(), "test": scores(data["test"][1], probs, classes, top_k)}
     atomic.write_json(paths.SCRATCH_METRICS, metrics)
     print(f"scratch: test accuracy {metrics['test']['accuracy']:.4f} (from scratch, no pretrained weights)")
     return metrics

@@ -29,23 +29,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from tlpipe import atomic, paths
+from tlpipe.artifacts import SPLIT_COLUMNS, SPLITS, Row
 from tlpipe.errors import TlpipeError
-from tlpipe.fetch import SPLIT_FOLDERS
 from tlpipe.images import inspect, is_hidden
 from tlpipe.params import SplitParams
 
-SPLITS = ("train", "val", "test")
-CANONICAL = {"train": "train", "validation": "val", "val": "val", "test": "test"}
-
-
-@dataclass(frozen=True)
-class Row:
-    path: str  # relative to data/raw, POSIX separators
-    label: str  # class name
-    decoder: str  # "tf" or "pil", see tlpipe.images
+CANONICAL = paths.RAW_SPLIT_FOLDERS
 
 
 @dataclass
@@ -72,7 +62,7 @@ def scan(raw: Path) -> tuple[dict[str, dict[str, list[Path]]], list[tuple[str, s
     top = sorted(p for p in raw.iterdir() if not is_hidden(p.relative_to(raw)))
     dirs = [p for p in top if p.is_dir()]
     stray = [(p.relative_to(raw).as_posix(), "not inside a class folder") for p in top if p.is_file()]
-    predefined = [d for d in dirs if d.name.lower() in SPLIT_FOLDERS]
+    predefined = [d for d in dirs if d.name.lower() in CANONICAL]
     if predefined and len(predefined) != len(dirs):
         others = sorted(d.name for d in dirs if d not in predefined)
         raise TlpipeError(
@@ -203,6 +193,7 @@ def _csv(header: tuple[str, ...], rows) -> str:
 
 
 def run(params: SplitParams, seed: int, raw: Path = paths.RAW) -> SplitResult:
+    """data/raw -> data/split (+ metrics/data.json); reads ``split.*`` and ``seed``."""
     found, stray = scan(raw)
     files = [f for classes in found.values() for fs in classes.values() for f in fs]
     result = assign(found, inspect_all(raw, files), params, seed)
@@ -210,9 +201,9 @@ def run(params: SplitParams, seed: int, raw: Path = paths.RAW) -> SplitResult:
     with atomic.atomic_dir(paths.SPLIT) as tmp:
         for name in SPLITS:
             rows = [(r.path, r.label, r.decoder) for r in result.rows[name]]
-            (tmp / f"{name}.csv").write_text(_csv(("path", "label", "decoder"), rows))
-        (tmp / paths.CLASSES.name).write_text(json.dumps(result.classes, indent=2) + "\n")
-        (tmp / paths.REJECTED.name).write_text(_csv(("path", "reason"), result.rejected))
+            paths.split_csv(name, tmp).write_text(_csv(SPLIT_COLUMNS, rows))
+        paths.classes_file(tmp).write_text(json.dumps(result.classes, indent=2) + "\n")
+        paths.rejected_file(tmp).write_text(_csv(("path", "reason"), result.rejected))
     counts = {
         name: dict(sorted(Counter(r.label for r in result.rows[name]).items())) for name in SPLITS
     }
@@ -230,26 +221,3 @@ def run(params: SplitParams, seed: int, raw: Path = paths.RAW) -> SplitResult:
     for path, reason in result.rejected[:10]:
         print(f"split: rejected {path}: {reason}")
     return result
-
-
-# ---------------------------------------------------------------- readers
-
-
-def read_split(name: str, split_dir: Path = paths.SPLIT) -> list[Row]:
-    with open(split_dir / f"{name}.csv", newline="") as f:
-        return [Row(r["path"], r["label"], r["decoder"]) for r in csv.DictReader(f)]
-
-
-def sources(rows: list[Row]) -> tuple[list[Path], list[str]]:
-    """The image files of ``rows`` and their decoders, as tlpipe.images takes them."""
-    return [paths.RAW / r.path for r in rows], [r.decoder for r in rows]
-
-
-def label_indices(rows: list[Row], classes: list[str]) -> np.ndarray:
-    """Each row's class as an index into ``classes``."""
-    index = {name: i for i, name in enumerate(classes)}
-    return np.array([index[r.label] for r in rows], dtype=np.int32)
-
-
-def read_classes(split_dir: Path = paths.SPLIT) -> list[str]:
-    return json.loads((split_dir / paths.CLASSES.name).read_text())

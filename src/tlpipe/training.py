@@ -1,9 +1,14 @@
-"""Shared by the training stages: seeding, optimizers, schedules, DVCLive logging."""
+"""Shared by the training stages (train_head, finetune, scratch): seeding,
+compiling, optimizers, schedules, DVCLive logging, and one ``fit`` that
+returns the best epoch's figures."""
 
 from __future__ import annotations
 
 import math
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
@@ -15,6 +20,16 @@ def seed_everything(seed: int) -> None:
 
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
+
+
+def compile_model(model: keras.Model, opt, label_smoothing: float) -> None:
+    """Every tlpipe classifier ends in a softmax over all classes: categorical
+    cross-entropy on one-hot labels, accuracy as the readable metric."""
+    model.compile(
+        optimizer=opt,
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+    )
 
 
 def optimizer(name: str, learning_rate):
@@ -87,6 +102,66 @@ def best_epoch(history: dict) -> int:
     """Index of the epoch whose weights the model holds after training (the
     EarlyStopping callback restores the lowest val loss)."""
     return int(np.argmin(history["val_loss"]))
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What one split feeds to Keras: arrays ``x``, ``y`` held in memory (fed
+    in batches of ``batch_size``, shuffled by Keras), or a tf.data stream of
+    (image, label) batches in ``x`` with ``y`` None."""
+
+    x: Any
+    y: Any = None
+    batch_size: int | None = None
+
+    def fit_kwargs(self) -> dict:
+        return {"x": self.x} if self.y is None else {"x": self.x, "y": self.y, "batch_size": self.batch_size}
+
+    def validation(self):
+        return self.x if self.y is None else (self.x, self.y)
+
+
+@dataclass(frozen=True)
+class FitResult:
+    history: dict
+    seconds: float  # Keras fit alone
+
+    @property
+    def best(self) -> int:
+        return best_epoch(self.history)
+
+    @property
+    def val_loss(self) -> float:
+        return float(self.history["val_loss"][self.best])
+
+    @property
+    def val_accuracy(self) -> float:
+        return float(self.history["val_accuracy"][self.best])
+
+    def metrics(self) -> dict:
+        """The figures every training stage reports for its best epoch."""
+        return {
+            "val_accuracy": round(self.val_accuracy, 4),
+            "val_loss": round(self.val_loss, 4),
+            "best_epoch": self.best + 1,
+            "epochs_run": len(self.history["val_loss"]),
+            "fit_seconds": round(self.seconds, 2),
+        }
+
+
+def fit(model: keras.Model, train: Inputs, val: Inputs, epochs: int, callbacks: list, **kwargs) -> FitResult:
+    """``model.fit`` with per-epoch lines; the model ends on its best epoch (see ``callbacks``)."""
+    start = time.perf_counter()
+    history = model.fit(
+        **train.fit_kwargs(),
+        shuffle=train.y is not None,  # Keras shuffles arrays; a stream comes shuffled (images.dataset)
+        validation_data=val.validation(),
+        epochs=epochs,
+        callbacks=callbacks,
+        verbose=2,
+        **kwargs,
+    ).history
+    return FitResult(history, time.perf_counter() - start)
 
 
 class LiveLogger(keras.callbacks.Callback):

@@ -8,14 +8,13 @@ backbone with its trained weights; evaluate runs it on cached test features.
 
 from __future__ import annotations
 
-import time
-
 import keras
 import numpy as np
 
-from tlpipe import atomic, extract, paths
-from tlpipe.params import HeadParams, Params
-from tlpipe.training import best_epoch, callbacks, optimizer, seed_everything
+from tlpipe import atomic, paths
+from tlpipe.artifacts import load_features, read_features_meta
+from tlpipe.params import HeadParams
+from tlpipe.training import Inputs, callbacks, compile_model, fit, optimizer, seed_everything
 
 
 def build(input_dim: int, n_classes: int, hp: HeadParams) -> keras.Model:
@@ -47,45 +46,26 @@ def class_weights(labels: np.ndarray, n_classes: int, mode: str) -> dict[int, fl
     return {i: float(w) for i, w in enumerate(weights)}
 
 
-def compile_model(model: keras.Model, opt, label_smoothing: float) -> None:
-    model.compile(
-        optimizer=opt,
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
-        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
-    )
-
-
-def run(p: Params) -> dict:
-    seed_everything(p.seed)
-    hp = p.head
-    meta = extract.read_meta()
-    n_classes = len(meta["classes"])
-    x_train, y_train = extract.load("train")
-    x_val, y_val = extract.load("val")
-    model = build(x_train.shape[1], n_classes, hp)
-    compile_model(model, optimizer(hp.optimizer, hp.learning_rate), hp.label_smoothing)
-    start = time.perf_counter()
+def run(head: HeadParams, *, seed: int) -> dict:
+    """data/features -> models/head.keras; reads ``head.*`` and ``seed``."""
+    seed_everything(seed)
+    n_classes = len(read_features_meta()["classes"])
+    x_train, y_train = load_features("train")
+    x_val, y_val = load_features("val")
+    onehot = lambda y: keras.utils.to_categorical(y, n_classes)  # noqa: E731
+    model = build(x_train.shape[1], n_classes, head)
+    compile_model(model, optimizer(head.optimizer, head.learning_rate), head.label_smoothing)
     with atomic.atomic_dir(paths.HEAD_LOGS) as log_dir:
-        history = model.fit(
-            x_train,
-            keras.utils.to_categorical(y_train, n_classes),
-            validation_data=(x_val, keras.utils.to_categorical(y_val, n_classes)),
-            epochs=hp.epochs,
-            batch_size=hp.batch_size,
-            class_weight=class_weights(y_train, n_classes, hp.class_weight),
-            callbacks=callbacks(hp.patience, "constant", log_dir),
-            verbose=2,
+        result = fit(
+            model,
+            Inputs(x_train, onehot(y_train), head.batch_size),
+            Inputs(x_val, onehot(y_val)),
+            head.epochs,
+            callbacks(head.patience, "constant", log_dir),
+            class_weight=class_weights(y_train, n_classes, head.class_weight),
         )
-    seconds = time.perf_counter() - start
-    best = best_epoch(history.history)
-    metrics = {
-        "val_accuracy": round(float(history.history["val_accuracy"][best]), 4),
-        "val_loss": round(float(history.history["val_loss"][best]), 4),
-        "best_epoch": best + 1,
-        "epochs_run": len(history.history["val_loss"]),
-        "train_seconds": round(seconds, 2),
-    }
+    metrics = result.metrics()
     atomic.save_keras(paths.HEAD_MODEL, model)
     atomic.write_json(paths.HEAD_METRICS, metrics)
-    print(f"train_head: val accuracy {metrics['val_accuracy']:.4f} (epoch {best + 1})")
+    print(f"train_head: val accuracy {metrics['val_accuracy']:.4f} (epoch {metrics['best_epoch']})")
     return metrics
