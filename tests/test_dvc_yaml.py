@@ -17,7 +17,7 @@ STAGES = DVC["stages"]
 READS = {
     "fetch": {"data"},
     "split": {"seed", "split"},
-    "extract": {"backbone", "image_size", "weights", "seed", "extract"},
+    "extract": {"backbone", "image_size", "weights", "seed", "freeze", "extract"},
     "train_head": {"seed", "head"},
     "finetune": {"backbone", "image_size", "weights", "freeze", "seed", "finetune"},
     "evaluate": {"evaluate"},
@@ -118,7 +118,7 @@ def test_paths_match_the_paths_module():
     outs = {stage: names(spec.get("outs", [])) | names(spec.get("metrics", [])) for stage, spec in STAGES.items()}
     assert outs["fetch"] == {str(paths.RAW)}
     assert outs["split"] == {str(paths.SPLIT), str(paths.DATA_METRICS)}
-    assert outs["extract"] == {str(paths.FEATURES)}
+    assert outs["extract"] == {str(paths.FEATURES), str(paths.PREFIX)}
     assert outs["train_head"] == {str(paths.HEAD_MODEL), str(paths.HEAD_LOGS), str(paths.HEAD_METRICS)}
     assert outs["finetune"] == {str(paths.MODEL), str(paths.FINETUNE_LOGS), str(paths.FINETUNE_METRICS)}
     assert outs["evaluate"] == {str(paths.PLOTS), str(paths.EVAL_METRICS)}

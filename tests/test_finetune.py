@@ -2,6 +2,8 @@
 weights at small sizes: the trainable set matches the freeze word exactly, BN
 never trains, one step changes exactly the trainable weights."""
 
+import json
+
 import keras
 import numpy as np
 import pytest
@@ -32,7 +34,9 @@ def build(raw_params, name, size, word, n_classes=3):
     rng = np.random.default_rng(123)
     for w in trained_head.weights:
         w.assign(rng.normal(0, 0.5, w.shape).astype("float32"))
-    model, backbone, plan = assemble(finetune_setup(p), p.finetune, trained_head)
+    spec = backbones.get(name)
+    backbone, plan = freeze.frozen_backbone(spec, size, "none", p.freeze)
+    model = assemble(finetune_setup(p), p.finetune, backbone, plan, trained_head)
     return p, model, backbone, plan
 
 
@@ -163,14 +167,17 @@ def test_finetune_streams_from_files_when_data_does_not_fit(in_tmp_cwd, raw_para
     stream from the files with a seeded per-epoch shuffle, so reruns agree."""
     import json
 
-    from tlpipe import finetune as finetune_module, paths
+    from tlpipe import paths
 
     from conftest import make_class_folders
 
+    from tlpipe import training
+
     make_class_folders(paths.RAW, per_class=8)
     p = params.parse(tiny_params(raw_params, paths.RAW, backbone="resnet50", freeze="block5"))
+    monkeypatch.setattr(training, "MEMORY_BUDGET_BYTES", 0)  # extract stores no prefix either
     run_stage_code(p, "split", "extract", "train_head")
-    monkeypatch.setattr(finetune_module, "MEMORY_BUDGET_BYTES", 0)
+    assert "exceed the memory budget" in json.loads(paths.prefix_meta().read_text())["reason"]
     runs = []
     for _ in range(2):
         metrics = run_stage_code(p, "finetune")
@@ -197,3 +204,78 @@ def test_image_dataset_shuffle_is_seeded_and_reshuffles_each_epoch(tmp_path):
     assert first[0] != first[1] and sorted(first[0]) == labels.tolist()
     plain = images.dataset(files, ["tf"] * len(files), 8, 4, labels=labels)
     assert np.concatenate([y.numpy() for _, y in plain]).tolist() == labels.tolist()
+
+
+@pytest.fixture
+def trained_head_repo(in_tmp_cwd, raw_params):
+    """split, extract (freeze block5, so data/prefix is stored) and train_head on
+    synthetic images with a random-init ResNet50."""
+    from tlpipe import paths
+
+    from conftest import make_class_folders
+
+    make_class_folders(paths.RAW, per_class=8)
+    p = params.parse(tiny_params(raw_params, paths.RAW, backbone="resnet50", freeze="block5"))
+    run_stage_code(p, "split", "extract", "train_head")
+    return p
+
+
+def test_stored_prefix_is_the_frozen_layers_output(trained_head_repo):
+    """extract's data/prefix holds what fine-tuning's frozen layers compute, for
+    the same init (its fingerprint matches), and finetune trains from it."""
+    from tlpipe import artifacts, images
+    from tlpipe.layers import on_pixels
+    from tlpipe.training import seed_everything
+
+    p = trained_head_repo
+    meta = artifacts.read_prefix_meta()
+    assert meta["cached"] and meta["freeze"] == "block5"
+    keras.backend.clear_session()
+    seed_everything(p.seed)
+    spec = backbones.get("resnet50")
+    backbone, plan = freeze.frozen_backbone(spec, 32, "none", "block5")
+    assert backbones.weights_fingerprint(backbone) == meta["weights_sha256"]
+    pixels, out = on_pixels(spec, 32, keras.Model(backbone.input, plan.boundary))
+    rows = artifacts.read_split("val")
+    x = np.concatenate([b.numpy() for b in images.dataset(*artifacts.sources(rows), 32, 4)])  # as extract reads them
+    direct = keras.Model(pixels, out).predict(x, verbose=0)
+    stored = artifacts.load_prefix("val")
+    assert stored.dtype == np.float16 and stored.shape == direct.shape
+    np.testing.assert_allclose(stored.astype(np.float32), direct, rtol=2e-3, atol=2e-3)  # float16 storage
+    metrics = run_stage_code(p, "finetune")
+    assert metrics["frozen_prefix_cached"] is True and metrics["epochs_run"] == 2
+
+
+def test_a_prefix_stored_for_another_freeze_is_refused(trained_head_repo):
+    p = trained_head_repo.with_overrides(freeze="block4")
+    with pytest.raises(TlpipeError, match=r"data/prefix was computed for \{'freeze': 'block5'\}.*dvc repro"):
+        run_stage_code(p, "finetune")
+
+
+def test_never_ships_a_model_worse_than_the_head_on_val(trained_head_repo):
+    """A learning rate that wrecks the model: no epoch beats the starting point,
+    so models/model.keras is the trained head on the frozen backbone."""
+    import dataclasses
+
+    from tlpipe import paths
+    from tlpipe.layers import load_model
+
+    p = trained_head_repo
+    wild = dataclasses.replace(p.finetune, optimizer="sgd", learning_rate=9.0, schedule="constant")
+    metrics = run_stage_code(p.with_overrides(finetune=wild), "finetune")
+    assert metrics["shipped"] == "head" and metrics["best_epoch"] == 0 and metrics["epochs_run"] == 2
+    assert metrics["val_loss"] == metrics["head_val_loss"]
+    shipped_head = load_model(paths.MODEL).get_layer("head")
+    for a, b in zip(shipped_head.get_weights(), load_model(paths.HEAD_MODEL).get_weights()):
+        np.testing.assert_array_equal(a, b)
+    saved = json.loads(paths.FINETUNE_METRICS.read_text())
+    assert saved["shipped"] == "head"
+
+
+def test_ships_the_finetuned_model_when_it_beats_the_head_on_val(trained_head_repo):
+    metrics = run_stage_code(trained_head_repo, "finetune")
+    if metrics["shipped"] == "finetuned":
+        assert metrics["val_loss"] < metrics["head_val_loss"]
+        assert metrics["val_accuracy"] >= metrics["head_val_accuracy"]
+    else:
+        assert metrics["val_loss"] == metrics["head_val_loss"]

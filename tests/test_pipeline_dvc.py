@@ -35,7 +35,8 @@ def repo(tmp_path_factory, request):
 def test_full_repro_writes_every_output(repo):
     assert ran(repo.first_run) == STAGES
     root = repo.root
-    for path in ("data/raw/red", "data/split/train.csv", "data/features/train.npy", "models/head.keras",
+    for path in ("data/raw/red", "data/split/train.csv", "data/features/train.npy", "data/prefix/train.npy",
+                 "models/head.keras",
                  "models/model.keras", "plots/confusion.png", "plots/mistakes.png", "plots/per_class_f1.png",
                  "dvclive/head/plots/metrics/train/loss.tsv", "dvclive/finetune/plots/metrics/val/accuracy.tsv"):
         assert (root / path).exists(), path
@@ -48,10 +49,10 @@ def test_full_repro_writes_every_output(repo):
     assert repo.dvc("status").stdout.strip().endswith("Data and pipelines are up to date.")
 
 
-@pytest.mark.parametrize("stage", ["extract", "train_head"])
+@pytest.mark.parametrize("stage", ["extract", "train_head", "finetune"])
 def test_rerunning_a_stage_on_the_same_inputs_invalidates_nothing(repo, stage):
-    """Same inputs give byte-identical outputs (no timings or save dates in
-    features and models), so a forced rerun leaves every later stage valid."""
+    """Same inputs give byte-identical outputs (no timings, save dates or object
+    ids in features and models), so a forced rerun leaves every later stage valid."""
     result = repo.dvc("repro", "--force", "--single-item", stage)
     assert ran(result.stdout) == [stage]
     assert repo.dvc("status").stdout.strip().endswith("Data and pipelines are up to date.")
@@ -67,7 +68,7 @@ DIRECT = [
     ("image_size", 40, {"extract", "finetune", "scratch"}),
     ("extract.batch_size", 4, {"extract"}),
     ("head.dropout", 0.3, {"train_head"}),
-    ("freeze", "block4", {"finetune"}),
+    ("freeze", "block4", {"extract", "finetune"}),
     ("finetune.learning_rate", 0.01, {"finetune"}),
     ("evaluate.gallery", 2, {"evaluate"}),
     ("evaluate.top_k", 3, {"evaluate", "scratch"}),
@@ -92,16 +93,31 @@ def test_a_params_change_touches_only_the_stages_that_read_it(repo, key, value, 
     assert {name.split(":")[-1] for name in status} == stages
 
 
-def test_exp_run_freeze_reruns_only_finetune_and_evaluate(repo):
+def test_exp_run_finetune_param_reuses_the_stored_prefix(repo):
+    """The README's `dvc exp run -S key=value`, typed as a user types it, with a
+    value DVC writes as 3e-05 (a string to plain PyYAML)."""
+    original = repo.params()
+    result = repo.dvc("exp", "run", "-n", "lr", "-S", "finetune.learning_rate=0.00003")
+    # evaluate follows only if the shipped model changed (the head may still win on val)
+    assert ran(result.stdout) in (["finetune"], ["finetune", "evaluate"])
+    assert "learning_rate: 3e-05" in (repo.root / "params.yaml").read_text()
+    ft = json.loads((repo.root / "metrics/finetune.json").read_text())
+    assert ft["frozen_prefix_cached"] is True and ft["prefix_seconds"] < 2
+    repo.write_params(original)
+    assert ran(repo.dvc("repro").stdout) == []  # back to the committed run, from the run-cache
+
+
+def test_exp_run_freeze_recomputes_only_the_prefix_then_reuses_it(repo):
     result = repo.dvc("exp", "run", "-n", "block4", "-S", "freeze=block4")
-    assert ran(result.stdout) == ["finetune", "evaluate"]
+    # extract writes the new prefix; the pooled features are unchanged, so the head is kept
+    assert ran(result.stdout) == ["extract", "finetune", "evaluate"]
     shown = json.loads(repo.dvc("exp", "show", "--json").stdout)
     assert "block4" in json.dumps(shown)
     diff = repo.dvc("metrics", "diff", "--json").stdout
     assert "trainable_params" in diff  # block4 trains more of the backbone
     again = repo.dvc("exp", "run", "-S", "freeze=block5")
-    assert ran(again.stdout) == []  # both stages restored from the run-cache
-    assert "Stage 'finetune' is cached" in again.stdout
+    assert ran(again.stdout) == []  # every stage restored from the run-cache: no prefix computed
+    assert "Stage 'extract' is cached" in again.stdout and "Stage 'finetune' is cached" in again.stdout
 
 
 def test_plots_show_renders_every_plot(repo):

@@ -1,4 +1,5 @@
-"""Reading what the stages hand each other: split rows, the class list, cached features.
+"""Reading what the stages hand each other: split rows, the class list, cached
+features and frozen-prefix outputs.
 
 The split stage writes ``data/split`` and the extract stage ``data/features``;
 every later stage (and the ``tlpipe`` CLI) reads them through this module, so
@@ -59,3 +60,12 @@ def load_features(split: str, folder: Path = paths.FEATURES) -> tuple[np.ndarray
 
 def read_features_meta(folder: Path = paths.FEATURES) -> dict:
     return json.loads(paths.features_meta(folder).read_text())
+
+
+def read_prefix_meta(folder: Path = paths.PREFIX) -> dict:
+    return json.loads(paths.prefix_meta(folder).read_text())
+
+
+def load_prefix(split: str, folder: Path = paths.PREFIX) -> np.ndarray:
+    """The frozen prefix's outputs for one split (float16, split CSV order)."""
+    return np.load(paths.prefix_file(split, folder))

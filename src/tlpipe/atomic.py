@@ -68,11 +68,30 @@ def write_json(target: Path | str, data: Any) -> None:
     write_text(target, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
+def _renumber_shared_objects(config: Any) -> Any:
+    """Keras writes ``shared_object_id`` as Python object ids (they change from
+    process to process); number them 1, 2, ... in order of appearance instead.
+    Loading only matches equal ids, so the model is the same."""
+    ids: dict[Any, int] = {}
+
+    def walk(node):
+        if isinstance(node, dict):
+            return {
+                k: ids.setdefault(v, len(ids) + 1) if k == "shared_object_id" else walk(v)
+                for k, v in node.items()
+            }
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    return walk(config)
+
+
 def save_keras(target: Path | str, model) -> None:
     """``model.save``, made reproducible: Keras stamps the save date and the
-    weights' zip time into the file; without them the same model gives the
-    same bytes, so DVC sees a retrained but identical model as unchanged and
-    reruns nothing after it."""
+    weights' zip time into the file, and object ids into its config; without
+    them the same model gives the same bytes, so DVC sees a retrained but
+    identical model as unchanged and reruns nothing after it."""
     import zipfile
 
     with tempfile.TemporaryDirectory() as scratch, atomic_path(target, ".keras") as tmp:
@@ -86,6 +105,9 @@ def save_keras(target: Path | str, model) -> None:
                     metadata = json.loads(src.read(info))
                     metadata.pop("date_saved", None)
                     dst.writestr(fixed, json.dumps(metadata))
+                    continue
+                if info.filename == "config.json":
+                    dst.writestr(fixed, json.dumps(_renumber_shared_objects(json.loads(src.read(info)))))
                     continue
                 large = info.file_size >= zipfile.ZIP64_LIMIT
                 with src.open(info) as fin, dst.open(fixed, "w", force_zip64=large) as fout:

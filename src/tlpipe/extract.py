@@ -1,9 +1,21 @@
-"""extract: every split through the frozen backbone, once -> data/features/.
+"""extract: every split through the frozen backbone, once -> data/features/, data/prefix/.
 
-Writes ``<split>.npy`` (float16, one pooled feature vector per image, in the
-split CSV's order), ``<split>_labels.npy`` and ``meta.json``. Images stream
-through tf.data (parallel decode and resize, batching, prefetch) and features
-go straight into a memory-mapped file, so memory stays flat as data grows.
+``data/features``: ``<split>.npy`` (float16, one pooled feature vector per
+image, in the split CSV's order), ``<split>_labels.npy`` and ``meta.json``;
+what the head trains on.
+
+``data/prefix``: for train and val, the output of the part of the backbone
+that ``freeze`` keeps frozen (the tensor entering the first trained stage),
+taken from the same forward pass, so fine-tuning never pushes an image through
+the frozen layers again. It is its own DVC output: a new ``freeze`` value
+rewrites it and leaves the pooled features (and so the head) untouched, and
+DVC's run-cache restores it for a value seen before. It is left empty (with
+the reason in its meta.json) when nothing is frozen below trained layers, or
+when it would not fit in ``training.MEMORY_BUDGET_BYTES``.
+
+Images stream through tf.data (parallel decode and resize, batching,
+prefetch) and outputs go straight into memory-mapped files, so memory stays
+flat as data grows.
 """
 
 from __future__ import annotations
@@ -13,64 +25,106 @@ import time
 
 import numpy as np
 
-from tlpipe import atomic, backbones, images, paths
-from tlpipe.artifacts import SPLITS, label_indices, read_classes, read_split, sources
+from tlpipe import atomic, backbones, freeze, images, paths, training
+from tlpipe.artifacts import SPLITS, Row, label_indices, read_classes, read_split, sources
 from tlpipe.params import ExtractParams
 
+PREFIX_SPLITS = ("train", "val")  # what fine-tuning trains and validates on
 
-def feature_model(spec: backbones.Backbone, image_size: int, weights: str):
-    """pixels (0..255) -> the backbone's own preprocessing -> pooled features.
 
-    Returns (model, backbone) so callers can fingerprint or reuse the backbone.
+def feature_model(spec: backbones.Backbone, image_size: int, weights: str, freeze_word: str = "all"):
+    """pixels (0..255) -> the backbone's own preprocessing -> pooled features
+    (and the frozen prefix's output, as a second model sharing the layers).
+
+    Returns (pooled model, pooled + prefix model or None, backbone, freeze plan).
     """
     import keras
 
     from tlpipe.layers import on_pixels
 
-    backbone = spec.build(image_size, weights, pooling="avg")
+    backbone, plan = freeze.frozen_backbone(spec, image_size, weights, freeze_word)
     pixels, features = on_pixels(spec, image_size, backbone)
-    return keras.Model(pixels, features, name=f"{spec.name}_features"), backbone
+    pooled = keras.Model(pixels, features, name=f"{spec.name}_features")
+    both = None
+    if plan.has_prefix:
+        two_outputs = keras.Model(backbone.input, [backbone.output, plan.boundary])
+        pixels, outputs = on_pixels(spec, image_size, two_outputs)
+        both = keras.Model(pixels, outputs, name=f"{spec.name}_features_and_prefix")
+    return pooled, both, backbone, plan
 
 
-def stream_features(model, rows, image_size: int, batch_size: int, out, desc: str) -> float:
-    """Run ``rows`` through ``model`` into the array ``out``; return images/s."""
+def stream_features(model, rows, image_size: int, batch_size: int, outs, desc: str) -> float:
+    """Run ``rows`` through ``model`` into the arrays ``outs`` (one per model
+    output, or one array); return images/s."""
     start, done = time.perf_counter(), 0
-    for feats in images.predict(model, *sources(rows), image_size, batch_size, desc):
-        out[done : done + len(feats)] = feats
-        done += len(feats)
+    outs = outs if isinstance(outs, (list, tuple)) else [outs]
+    for batch in images.predict(model, *sources(rows), image_size, batch_size, desc):
+        batch = batch if isinstance(batch, list) else [batch]
+        for out, values in zip(outs, batch):
+            out[done : done + len(values)] = values
+        done += len(batch[0])
     return len(rows) / max(time.perf_counter() - start, 1e-9)
 
 
-def run(extract: ExtractParams, *, backbone: str, image_size: int, weights: str, seed: int) -> dict:
-    """data/split -> data/features; reads ``backbone``, ``image_size``, ``weights``,
-    ``seed`` (random init with ``weights: none``) and ``extract.*``."""
+def _prefix_plan(plan: freeze.Plan, rows: dict[str, list[Row]]) -> tuple[tuple[int, ...] | None, str]:
+    """(prefix output shape, "") when the prefix is worth writing, else (None, why not)."""
+    if not plan.has_prefix:
+        return None, f"freeze '{plan.word}' leaves no frozen layers below trained ones"
+    shape = tuple(int(d) for d in plan.boundary.shape[1:])
+    size = max(len(rows[s]) for s in PREFIX_SPLITS) * int(np.prod(shape)) * 2  # float16
+    if size >= training.MEMORY_BUDGET_BYTES:
+        return None, (f"the prefix outputs ({size / 1e9:.1f} GB) exceed the memory budget "
+                      f"({training.MEMORY_BUDGET_BYTES / 1e9:.1f} GB): fine-tuning streams images")
+    return shape, ""
+
+
+def _memmap(path, rows: int, shape: tuple[int, ...]):
+    return np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(rows, *shape))
+
+
+def run(extract: ExtractParams, *, backbone: str, image_size: int, weights: str, seed: int, freeze: str) -> dict:
+    """data/split -> data/features, data/prefix; reads ``backbone``, ``image_size``,
+    ``weights``, ``seed`` (random init with ``weights: none``), ``freeze`` and ``extract.*``."""
     from tlpipe.training import seed_everything
 
     seed_everything(seed)
     spec = backbones.get(backbone)
-    model, built = feature_model(spec, image_size, weights)
-    dim = int(model.output.shape[-1])
+    pooled, both, built, plan = feature_model(spec, image_size, weights, freeze)
+    dim = int(pooled.output.shape[-1])
     classes = read_classes()
+    rows = {split: read_split(split) for split in SPLITS}
+    fingerprint = backbones.weights_fingerprint(built)
     meta = {
         "backbone": backbone,
         "image_size": image_size,
         "weights": weights,
-        "weights_sha256": backbones.weights_fingerprint(built),
+        "weights_sha256": fingerprint,
         "feature_dim": dim,
         "classes": classes,
         "images": {},  # no timings here: a rerun must give a byte-identical output
     }
-    with atomic.atomic_dir(paths.FEATURES) as tmp:
+    prefix_shape, why_not = _prefix_plan(plan, rows)
+    prefix_meta = {
+        "backbone": backbone, "image_size": image_size, "weights_sha256": fingerprint, "freeze": plan.word,
+        "cached": prefix_shape is not None, "shape": list(prefix_shape or ()), "reason": why_not,
+    }
+    with atomic.atomic_dir(paths.FEATURES) as feats_dir, atomic.atomic_dir(paths.PREFIX) as prefix_dir:
         for split in SPLITS:
-            rows = read_split(split)
-            out = np.lib.format.open_memmap(
-                paths.features_file(split, tmp), mode="w+", dtype=np.float16, shape=(len(rows), dim)
-            )
-            rate = stream_features(model, rows, image_size, extract.batch_size, out, f"extract {split}")
-            out.flush()
-            del out
-            np.save(paths.labels_file(split, tmp), label_indices(rows, classes))
-            meta["images"][split] = len(rows)
-            print(f"extract: {split}: {len(rows)} images, {rate:.0f} img/s", flush=True)
-        paths.features_meta(tmp).write_text(json.dumps(meta, indent=2) + "\n")
+            n = len(rows[split])
+            outs = [_memmap(paths.features_file(split, feats_dir), n, (dim,))]
+            model = pooled
+            if prefix_shape is not None and split in PREFIX_SPLITS:
+                outs.append(_memmap(paths.prefix_file(split, prefix_dir), n, prefix_shape))
+                model = both
+            rate = stream_features(model, rows[split], image_size, extract.batch_size, outs, f"extract {split}")
+            for out in outs:
+                out.flush()
+            del outs
+            np.save(paths.labels_file(split, feats_dir), label_indices(rows[split], classes))
+            meta["images"][split] = n
+            print(f"extract: {split}: {n} images, {rate:.0f} img/s", flush=True)
+        paths.features_meta(feats_dir).write_text(json.dumps(meta, indent=2) + "\n")
+        paths.prefix_meta(prefix_dir).write_text(json.dumps(prefix_meta, indent=2) + "\n")
+    if why_not:
+        print(f"extract: frozen prefix not stored: {why_not}")
     return meta

@@ -2,13 +2,18 @@
 
 The model is ``pixels -> augmentation -> the backbone's own preprocessing ->
 backbone -> head``, with the head's trained weights loaded, so fine-tuning
-starts from a trained head, never from a random one.
+starts from a trained head, never from a random one. That starting point is a
+candidate like every epoch: unless an epoch beats it on val (lower loss, and
+accuracy no lower), the shipped model is the head on the frozen backbone
+(``shipped: head`` in metrics/finetune.json).
 
-Speed-up: when augmentation is off, the frozen part of the backbone computes
-the same thing for an image every epoch. Its outputs are then computed once
-and only the trainable top runs each epoch (``frozen_prefix_cached`` in
-metrics/finetune.json). The trainable layers are the very same layer objects
-as in the full model, so the saved model holds what was trained.
+Speed: when augmentation is off, the frozen part of the backbone computes the
+same thing for an image every epoch; the extract stage stored those outputs
+in data/prefix (from the forward pass it makes anyway), so only the trainable
+top runs here (``frozen_prefix_cached``). The trainable layers are the very
+same layer objects as in the full model, so the saved model holds what was
+trained. With augmentation on, images are decoded once into memory when they
+fit, else streamed from the files every epoch.
 """
 
 from __future__ import annotations
@@ -20,15 +25,12 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
-from tlpipe import atomic, backbones, freeze, images, paths
-from tlpipe.artifacts import label_indices, read_classes, read_split, sources
+from tlpipe import atomic, backbones, freeze, images, paths, training
+from tlpipe.artifacts import label_indices, load_prefix, read_classes, read_prefix_meta, read_split, sources
+from tlpipe.errors import TlpipeError
 from tlpipe.layers import augmentation, load_model, on_pixels
 from tlpipe.params import FinetuneParams
 from tlpipe.training import Inputs, callbacks, compile_model, fit, learning_rate, optimizer, seed_everything, steps
-
-# Decoded images (or frozen-prefix outputs) are held in memory when they fit
-# in this much; otherwise every epoch streams from the image files.
-MEMORY_BUDGET_BYTES = 2 * 1024**3
 
 
 @dataclass(frozen=True)
@@ -61,54 +63,53 @@ def mixed_precision_on(setting: bool | None) -> bool:
     return setting
 
 
-def assemble(s: Setup, fp: FinetuneParams, head: keras.Model):
-    """-> (full model, backbone, freeze plan), freezing applied."""
-    spec = backbones.get(s.backbone)
-    backbone = spec.build(s.image_size, s.weights, pooling="avg")
-    plan = freeze.plan(backbone, spec, s.freeze)
-    freeze.apply(backbone, plan)
+def assemble(s: Setup, fp: FinetuneParams, backbone: keras.Model, plan: freeze.Plan, head: keras.Model):
+    """The classifier on pixels: augmentation, preprocessing, the (frozen as
+    ``plan`` says) backbone and the trained head."""
     head.trainable = not plan.trains_nothing
+    spec = backbones.get(s.backbone)
     pixels, features = on_pixels(spec, s.image_size, backbone, augmentation(fp.augment, s.seed))
-    model = keras.Model(pixels, head(features), name=f"{s.backbone}_classifier")
-    return model, backbone, plan
+    return keras.Model(pixels, head(features), name=f"{s.backbone}_classifier")
 
 
 def trainable_count(model: keras.Model) -> int:
     return int(sum(np.prod(w.shape) for w in model.trainable_weights))
 
 
-def _frozen_prefix_model(model, backbone, plan: freeze.Plan, s: Setup, fp: FinetuneParams, n_train: int):
-    """When the frozen prefix can be computed once: -> (pixels -> prefix outputs,
-    prefix outputs -> class probabilities), else None.
-
-    Only when nothing random runs before the prefix (augmentation off) and its
-    outputs for the training images fit in memory. The second model reuses the
-    full model's trainable layers, so training it trains ``model``.
-    """
-    if plan.trains_nothing or fp.augment.any or plan.boundary is None:
-        return None
-    prefix_shape = tuple(plan.boundary.shape[1:])
-    if n_train * int(np.prod(prefix_shape)) * 2 >= MEMORY_BUDGET_BYTES:  # float16
-        return None
-    prefix = keras.Model(backbone.input, plan.boundary)
-    pixels, prefix_out = on_pixels(backbones.get(s.backbone), s.image_size, prefix, preprocess_name=None)
-    encoder = keras.Model(pixels, prefix_out)
-    prefix_input = keras.Input(prefix_shape, name="frozen_prefix")
+def _top_model(model: keras.Model, backbone: keras.Model, plan: freeze.Plan) -> keras.Model:
+    """Frozen-prefix outputs -> class probabilities, through the very layers of
+    ``model`` (training it trains ``model``)."""
+    prefix_input = keras.Input(tuple(plan.boundary.shape[1:]), name="frozen_prefix")
     top = keras.Model(plan.boundary, backbone.output)
-    head = model.get_layer("head")
-    return encoder, keras.Model(prefix_input, head(top(prefix_input, training=False)))
+    return keras.Model(prefix_input, model.get_layer("head")(top(prefix_input, training=False)))
 
 
-def _inputs(rows, labels, image_size: int, batch_size: int, seed: int, encoder=None, shuffle=False) -> Inputs:
-    """What one split feeds to fit/evaluate: arrays in memory when they fit
-    (frozen-prefix outputs with ``encoder``, else uint8 pixels), or a tf.data
-    stream of (image, label) batches from the files."""
-    what = "frozen prefix" if encoder is not None else "decoding"
-    desc = f"finetune: {what} ({len(rows)} images)"
-    if encoder is not None:
-        batches = images.predict(encoder, *sources(rows), image_size, batch_size, desc)
-        return Inputs(np.concatenate([b.astype(np.float16) for b in batches]), labels, batch_size)
-    if len(rows) * image_size**2 * 3 < MEMORY_BUDGET_BYTES:
+def _stored_prefix(s: Setup, fp: FinetuneParams, plan: freeze.Plan, fingerprint: str) -> bool:
+    """Whether data/prefix holds this run's frozen-prefix outputs."""
+    if fp.augment.any or not plan.has_prefix:
+        return False  # random augmentation runs before the prefix: outputs differ every epoch
+    meta = read_prefix_meta()
+    if not meta["cached"]:
+        print(f"finetune: no stored frozen prefix ({meta['reason']})")
+        return False
+    wanted = {"backbone": s.backbone, "image_size": s.image_size, "weights_sha256": fingerprint, "freeze": plan.word}
+    stale = {k: meta.get(k) for k, v in wanted.items() if meta.get(k) != v}
+    if stale:
+        raise TlpipeError(
+            f"{paths.PREFIX} was computed for {stale}, not for this run's {({k: wanted[k] for k in stale})}; "
+            "run `dvc repro` (it reruns extract first)."
+        )
+    return True
+
+
+def _inputs(rows, labels, image_size: int, batch_size: int, seed: int, split: str, prefix: bool, shuffle=False):
+    """What one split feeds to fit/evaluate: stored frozen-prefix outputs, or
+    decoded images held in memory when they fit, or a tf.data stream of
+    (image, label) batches from the files."""
+    if prefix:
+        return Inputs(load_prefix(split), labels, batch_size)
+    if len(rows) * image_size**2 * 3 < training.MEMORY_BUDGET_BYTES:
+        desc = f"finetune: decoding {split} ({len(rows)} images)"
         return Inputs(images.decode_all(*sources(rows), image_size, batch_size, desc), labels, batch_size)
     stream = images.dataset(
         *sources(rows), image_size, batch_size, labels=labels, shuffle_seed=seed if shuffle else None
@@ -117,7 +118,8 @@ def _inputs(rows, labels, image_size: int, batch_size: int, seed: int, encoder=N
 
 
 def run(fp: FinetuneParams, s: Setup) -> dict:
-    """images + models/head.keras -> models/model.keras; reads ``finetune.*`` and ``Setup``."""
+    """images (or data/prefix) + models/head.keras -> models/model.keras; reads
+    ``finetune.*`` and ``Setup``."""
     seed_everything(s.seed)
     if mixed_precision_on(fp.mixed_precision):
         keras.mixed_precision.set_global_policy("mixed_float16")
@@ -130,45 +132,59 @@ def run(fp: FinetuneParams, s: Setup) -> dict:
     y_val = keras.utils.to_categorical(label_indices(val_rows, classes), len(classes))
 
     with strategy.scope():
-        model, backbone, plan = assemble(s, fp, load_model(paths.HEAD_MODEL))
+        spec = backbones.get(s.backbone)
+        backbone, plan = freeze.frozen_backbone(spec, s.image_size, s.weights, s.freeze)  # first: same init as extract
+        model = assemble(s, fp, backbone, plan, load_model(paths.HEAD_MODEL))
         trains = not plan.trains_nothing and fp.epochs > 0
-        cached = _frozen_prefix_model(model, backbone, plan, s, fp, len(train_rows)) if trains else None
-        encoder, fit_model = cached if cached else (None, model)
+        prefix = trains and _stored_prefix(s, fp, plan, backbones.weights_fingerprint(backbone))
+        fit_model = _top_model(model, backbone, plan) if prefix else model
         steps_per_epoch = steps(len(train_rows), batch_size)
         lr = learning_rate(fp.learning_rate, fp.schedule, fp.epochs, steps_per_epoch, fp.warmup_epochs)
         compile_model(fit_model, optimizer(fp.optimizer, lr), fp.label_smoothing)
         fit_model.jit_compile = fp.xla
 
     start = time.perf_counter()
-    val = _inputs(val_rows, y_val, s.image_size, batch_size, s.seed, encoder)
+    val = _inputs(val_rows, y_val, s.image_size, batch_size, s.seed, "val", prefix)
     if trains:
-        train = _inputs(train_rows, y_train, s.image_size, batch_size, s.seed, encoder, shuffle=True)
+        train = _inputs(train_rows, y_train, s.image_size, batch_size, s.seed, "train", prefix, shuffle=True)
     data_seconds = time.perf_counter() - start
+    # The starting point (trained head on the frozen backbone) is the first candidate.
+    head_loss, head_accuracy = (float(v) for v in fit_model.evaluate(**val.fit_kwargs(), verbose=0))
+    metrics = {"val_accuracy": round(head_accuracy, 4), "val_loss": round(head_loss, 4),
+               "best_epoch": 0, "epochs_run": 0, "fit_seconds": 0.0}
+    shipped = "head"
     with atomic.atomic_dir(paths.FINETUNE_LOGS) as log_dir:
         if trains:
+            start_weights = model.get_weights()
             warmup = (fp.learning_rate, fp.warmup_epochs * steps_per_epoch)
             result = fit(fit_model, train, val, fp.epochs, callbacks(fp.patience, fp.schedule, log_dir, warmup))
-            metrics = result.metrics()
+            if result.val_loss < head_loss and result.val_accuracy >= head_accuracy:
+                metrics, shipped = result.metrics(), "finetuned"
+            else:
+                model.set_weights(start_weights)
+                metrics.update(epochs_run=len(result.history["val_loss"]), fit_seconds=round(result.seconds, 2))
+                print(f"finetune: no epoch beat the trained head on val (loss {head_loss:.4f}, accuracy "
+                      f"{head_accuracy:.4f}): shipping the head on the frozen backbone")
         else:
-            # Nothing to train (freeze: all, or epochs: 0): score what was assembled.
-            val_loss, val_accuracy = fit_model.evaluate(**val.fit_kwargs(), verbose=0)
-            metrics = {"val_accuracy": round(float(val_accuracy), 4), "val_loss": round(float(val_loss), 4),
-                       "best_epoch": 0, "epochs_run": 0, "fit_seconds": 0.0}
-            log_dir.joinpath("metrics.json").write_text("{}\n")
+            log_dir.joinpath("metrics.json").write_text("{}\n")  # nothing to train: freeze all, or epochs 0
 
     atomic.save_keras(paths.MODEL, model)
     metrics.update({
-        # Time spent computing the frozen prefix's outputs (0 when it is not cached).
-        "prefix_seconds": round(data_seconds, 2) if encoder is not None else 0.0,
+        "shipped": shipped,
+        "head_val_accuracy": round(head_accuracy, 4),
+        "head_val_loss": round(head_loss, 4),
+        # Time spent loading stored frozen-prefix outputs, or decoding images into memory.
+        "prefix_seconds": round(data_seconds, 2) if prefix else 0.0,
+        "data_seconds": round(data_seconds, 2),
         "trainable_params": trainable_count(model),
         "freeze": plan.word,
-        "frozen_prefix_cached": encoder is not None,
+        "frozen_prefix_cached": prefix,
         "replicas": replicas,
         "mixed_precision": keras.mixed_precision.global_policy().name == "mixed_float16",
     })
     atomic.write_json(paths.FINETUNE_METRICS, metrics)
     print(
-        f"finetune: val accuracy {metrics['val_accuracy']:.4f}, "
-        f"{metrics['trainable_params']:,} trainable params (freeze {plan.word})"
+        f"finetune: shipped the {shipped} model: val accuracy {metrics['val_accuracy']:.4f}, "
+        f"val loss {metrics['val_loss']:.4f} (freeze {plan.word})"
     )
     return metrics

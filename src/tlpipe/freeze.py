@@ -33,6 +33,11 @@ class Plan:
     def trains_nothing(self) -> bool:
         return self.word == "all"
 
+    @property
+    def has_prefix(self) -> bool:
+        """Whether some layers stay frozen below trained ones (a prefix worth caching)."""
+        return self.boundary is not None and not self.trains_nothing
+
 
 def _matches(name: str, prefix: str) -> bool:
     return name == prefix or (
@@ -95,3 +100,15 @@ def apply(model: keras.Model, p: Plan) -> None:
     for layer in model.layers:
         is_bn = isinstance(layer, keras.layers.BatchNormalization)
         layer.trainable = not (is_bn or layer.name in p.frozen)
+
+
+def frozen_backbone(spec: Backbone, image_size: int, weights: str, word: str):
+    """Build the backbone, resolve ``word`` on it and apply it: -> (backbone, plan).
+
+    Built first thing after seeding in every stage that needs it, so a random
+    init (``weights: none``) is the same everywhere.
+    """
+    backbone = spec.build(image_size, weights, pooling="avg")
+    p = plan(backbone, spec, word)
+    apply(backbone, p)
+    return backbone, p

@@ -152,10 +152,11 @@ def dataset(files, decoders, image_size: int, batch_size: int, labels=None, shuf
 
 
 def predict(model, files, decoders, image_size: int, batch_size: int, desc: str = ""):
-    """Yield ``model``'s outputs batch by batch (NumPy), in file order, with a progress bar.
+    """Yield ``model``'s outputs batch by batch (NumPy; a list for a model with
+    several outputs), in file order, with a progress bar.
 
-    The one forward pass over image files that extract, fine-tuning's frozen
-    prefix and evaluate share, so every stage sees an image the same way.
+    The one forward pass over image files that extract, fine-tuning and
+    evaluate share, so every stage sees an image the same way.
     """
     import tensorflow as tf
     from tqdm import tqdm
@@ -163,8 +164,9 @@ def predict(model, files, decoders, image_size: int, batch_size: int, desc: str 
     forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
     with tqdm(total=len(files), desc=desc, unit="img", mininterval=1, disable=not desc) as bar:
         for batch in dataset(files, decoders, image_size, batch_size):
-            out = forward(batch).numpy()
-            bar.update(len(out))
+            out = forward(batch)
+            out = [o.numpy() for o in out] if isinstance(out, (list, tuple)) else out.numpy()
+            bar.update(len(batch))
             yield out
 
 

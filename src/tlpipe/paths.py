@@ -22,6 +22,9 @@ def split_csv(split: str, folder: Path = SPLIT) -> Path:
 
 
 FEATURES = Path("data/features")
+# The frozen part of the backbone's outputs for train and val (freeze-dependent,
+# so apart from the pooled features: a new freeze value leaves those unchanged).
+PREFIX = Path("data/prefix")
 
 MODELS = Path("models")
 HEAD_MODEL = MODELS / "head.keras"
@@ -49,6 +52,14 @@ def labels_file(split: str, folder: Path = FEATURES) -> Path:
 
 
 def features_meta(folder: Path = FEATURES) -> Path:
+    return folder / "meta.json"
+
+
+def prefix_file(split: str, folder: Path = PREFIX) -> Path:
+    return folder / f"{split}.npy"
+
+
+def prefix_meta(folder: Path = PREFIX) -> Path:
     return folder / "meta.json"
 
 

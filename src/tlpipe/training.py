@@ -13,6 +13,10 @@ from typing import Any
 import keras
 import numpy as np
 
+# What training holds in memory at most (decoded images, frozen-prefix
+# outputs); beyond it, every epoch streams from the image files.
+MEMORY_BUDGET_BYTES = 2 * 1024**3
+
 
 def seed_everything(seed: int) -> None:
     """Same params and data -> same metrics on CPU."""
