@@ -40,7 +40,12 @@ def copy_pipeline(target: Path) -> Path:
     for folder in ("stages", "src"):
         shutil.copytree(REPO / folder, target / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     env = tool_env()
-    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["git", "add", "-A"],
+    subprocess.run(["git", "init", "-q"], cwd=target, env=env, check=True)
+    subprocess.run(["dvc", "init", "-q"], cwd=target, env=env, check=True)
+    for name in ("config", "offline_plots.html"):  # the offline plots page
+        shutil.copy(REPO / ".dvc" / name, target / ".dvc" / name)
+    shutil.copytree(REPO / ".dvc" / "plots", target / ".dvc" / "plots")
+    for cmd in (["git", "add", "-A"],
                 ["git", "-c", "user.name=bench", "-c", "user.email=bench@tlpipe.invalid", "commit", "-qm", "bench"]):
         subprocess.run(cmd, cwd=target, env=env, check=True)
     return target

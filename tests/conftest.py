@@ -121,6 +121,13 @@ class DvcRepo:
         self.run("git", "commit", "-qm", message)
 
 
+def copy_dvc_config(root: Path) -> None:
+    """This checkout's DVC config and plot templates (the offline plots page)."""
+    for name in ("config", "offline_plots.html"):
+        shutil.copy(REPO / ".dvc" / name, root / ".dvc" / name)
+    shutil.copytree(REPO / ".dvc" / "plots", root / ".dvc" / "plots")
+
+
 def new_dvc_repo(root: Path, params: dict) -> DvcRepo:
     root.mkdir(parents=True, exist_ok=True)
     for name in ("dvc.yaml", ".gitignore"):
@@ -131,7 +138,7 @@ def new_dvc_repo(root: Path, params: dict) -> DvcRepo:
     repo.write_params(params)
     repo.run("git", "init", "-q")
     repo.dvc("init", "-q")
-    repo.dvc("config", "core.analytics", "false")
+    copy_dvc_config(root)
     repo.commit("pipeline")  # DVCLive and `dvc exp` need a commit to compare with
     return repo
 
@@ -173,3 +180,22 @@ def finetune_setup(p):
     from tlpipe.finetune import Setup
 
     return Setup(backbone=p.backbone, image_size=p.image_size, weights=p.weights, freeze=p.freeze, seed=p.seed)
+
+
+def render_in_chromium(page: Path, profile: Path, screenshot: Path | None = None) -> str:
+    """Open ``page`` in headless Chromium with networking off; return the DOM
+    after its scripts ran (and save a screenshot if asked)."""
+    no_network = ["unshare", "--net"] if os.geteuid() == 0 and shutil.which("unshare") else []
+    flags = [
+        "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync",
+        "--disable-background-networking", "--disable-component-update", "--hide-scrollbars",
+        "--host-resolver-rules=MAP * ~NOTFOUND",  # belt and braces: no name resolves
+        f"--user-data-dir={profile}", "--virtual-time-budget=20000",
+    ]
+    url = page.resolve().as_uri()
+    if screenshot is not None:
+        subprocess.run([*no_network, "chromium", *flags, "--window-size=1400,1100",
+                        f"--screenshot={screenshot}", url], capture_output=True, timeout=120, check=True)
+    proc = subprocess.run([*no_network, "chromium", *flags, "--dump-dom", url],
+                          capture_output=True, text=True, timeout=120, check=True)
+    return proc.stdout

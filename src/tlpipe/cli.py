@@ -2,6 +2,7 @@
 
     tlpipe predict PATH...        classify image files, folders (recursively) and globs
     tlpipe export --format F      write the model as keras | saved_model | tflite, then check it
+    tlpipe plots-page             regenerate .dvc/offline_plots.html (`dvc plots show` offline)
 """
 
 from __future__ import annotations
@@ -217,6 +218,11 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--quantize", choices=("dynamic", "float16"), help="TFLite post-training quantisation")
     e.add_argument("--out", help="output path (default: under models/)")
     e.set_defaults(func=export)
+
+    g = sub.add_parser("plots-page", help="regenerate the offline page template of `dvc plots show`",
+                       description="Write .dvc/offline_plots.html: DVC's plots page with Vega inlined "
+                                   "from the pinned vl-convert-python, so every plot renders offline.")
+    g.set_defaults(func=lambda args: __import__("tlpipe.plots_page").plots_page.main())
     return top
 
 
