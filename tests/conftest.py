@@ -37,12 +37,17 @@ def draw_image(colour, seed: int, size=(48, 40)) -> Image.Image:
 
 
 def make_class_folders(root: Path, per_class: int = 12, classes=("red", "blue"), fmt="JPEG") -> Path:
+    """Class folders of distinct images; folders of other names (train/, validation/)
+    get other images, so that no two files anywhere share their bytes."""
+    import zlib
+
+    offset = zlib.crc32(root.name.encode()) % 100_000 * 100
     for ci, name in enumerate(classes):
         folder = root / name
         folder.mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
             suffix = ".jpg" if fmt == "JPEG" else ".png"
-            draw_image(COLOURS[name], seed=1000 * ci + i).save(folder / f"{name}_{i:03d}{suffix}", fmt)
+            draw_image(COLOURS[name], seed=offset + 1000 * ci + i).save(folder / f"{name}_{i:03d}{suffix}", fmt)
     return root
 
 

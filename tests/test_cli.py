@@ -106,6 +106,50 @@ def test_usage_errors_are_one_line(trained, tmp_path):
     assert result.returncode == 2 and "--quantize applies to --format tflite only" in result.stderr
 
 
+def one_line_error(result, command="predict"):
+    """Exit status 2, one line on stderr after TensorFlow's start-up noise, no traceback."""
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    (line,) = [l for l in result.stderr.splitlines() if l.startswith(f"tlpipe {command}: error: ")]
+    return line
+
+
+def test_predict_on_an_empty_folder_is_an_error(trained, tmp_path):
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    (tmp_path / "empty" / "notes.txt").write_text("no images here")
+    line = one_line_error(run_cli(trained, "predict", str(tmp_path / "empty")))
+    assert f"No image file in {tmp_path / 'empty'}" in line and ".jpg" in line
+
+
+def test_corrupt_model_file_is_a_one_line_error(trained, tmp_path):
+    bad = tmp_path / "model.keras"
+    bad.write_bytes(b"PK\x03\x04 not really a zip")
+    image = trained / paths.RAW / artifacts.read_split("test", trained / paths.SPLIT)[0].path
+    line = one_line_error(run_cli(trained, "predict", "--model", str(bad), str(image)))
+    assert f"{bad} is not a readable tlpipe Keras model" in line and "dvc checkout" in line
+
+
+def test_class_list_that_does_not_match_the_model_is_refused(trained, tmp_path):
+    image = trained / paths.RAW / artifacts.read_split("test", trained / paths.SPLIT)[0].path
+    three = tmp_path / "classes.json"
+    three.write_text('["red", "blue", "green"]')
+    line = one_line_error(run_cli(trained, "predict", "--classes", str(three), str(image)))
+    assert "lists 3 classes but models/model.keras predicts 2" in line
+    three.write_text('{"red": 0}')
+    assert "must hold a JSON list of class names" in one_line_error(
+        run_cli(trained, "predict", "--classes", str(three), str(image))
+    )
+
+
+@pytest.mark.parametrize("fmt", ["keras", "tflite", "saved_model"])
+def test_export_to_an_unwritable_place_is_a_one_line_error(trained, tmp_path, fmt):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")  # root ignores permissions; a file in the path stops anyone
+    out = blocker / "inside" / "export.out"
+    line = one_line_error(run_cli(trained, "export", "--format", fmt, "--out", str(out)), "export")
+    assert f"Cannot write the export to {out}" in line and "--out PATH" in line
+
+
 def test_help_is_complete():
     text = cli.parser().format_help()
     assert "predict" in text and "export" in text

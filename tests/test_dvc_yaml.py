@@ -15,6 +15,7 @@ STAGES = DVC["stages"]
 
 # The table in DESIGN.md / README: which stage reads which params.
 READS = {
+    "params": set(),  # the whole file, as a dependency: it checks every key
     "fetch": {"data"},
     "split": {"seed", "split"},
     "extract": {"backbone", "image_size", "weights", "seed", "freeze", "extract"},
@@ -30,12 +31,12 @@ def names(entries):
 
 
 def test_stage_names_are_fixed():
-    assert list(STAGES) == ["fetch", "split", "extract", "train_head", "finetune", "evaluate", "scratch"]
+    assert list(STAGES) == ["params", "fetch", "split", "extract", "train_head", "finetune", "evaluate", "scratch"]
 
 
 def test_each_stage_reads_exactly_its_params_and_they_exist():
     for stage, keys in READS.items():
-        assert set(STAGES[stage]["params"]) == keys, stage
+        assert set(STAGES[stage].get("params", [])) == keys, stage
         for key in keys:
             node = PARAMS
             for part in key.split("."):
@@ -111,11 +112,13 @@ def params_read_by_script(stage: str) -> set[str]:
 
 def test_each_stage_script_hands_its_code_exactly_the_params_dvc_yaml_lists():
     for stage, spec in STAGES.items():
-        assert params_read_by_script(stage) == set(spec["params"]), stage
+        assert params_read_by_script(stage) == set(spec.get("params", [])), stage
 
 
 def test_paths_match_the_paths_module():
     outs = {stage: names(spec.get("outs", [])) | names(spec.get("metrics", [])) for stage, spec in STAGES.items()}
+    assert outs["params"] == {str(paths.PARAMS_CHECKED)}
+    assert str(paths.PARAMS_CHECKED) in STAGES["fetch"]["deps"]  # every stage comes after the check
     assert outs["fetch"] == {str(paths.RAW)}
     assert outs["split"] == {str(paths.SPLIT), str(paths.DATA_METRICS)}
     assert outs["extract"] == {str(paths.FEATURES), str(paths.PREFIX)}

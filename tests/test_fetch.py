@@ -145,19 +145,103 @@ def test_missing_source_says_what_is_valid(tmp_path):
 
 
 def test_unreachable_url_points_to_offline_use(tmp_path, monkeypatch):
-    from keras.src.backend import config
-
-    monkeypatch.setattr(config, "keras_home", lambda: str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "empty-cache"))
     with pytest.raises(TlpipeError, match="Could not download .*KERAS_HOME"):
         fetch("http://127.0.0.1:9/cats.zip", tmp_path / "raw")
 
 
 def test_url_is_served_from_the_keras_cache(tmp_path, monkeypatch, images_dir):
-    from keras.src.backend import config
-
     cache = tmp_path / "keras-home"
     (cache / "datasets").mkdir(parents=True)
     zip_folder(images_dir, cache / "datasets" / "pets.zip", prefix="pets/")
-    monkeypatch.setattr(config, "keras_home", lambda: str(cache))
+    monkeypatch.setenv("KERAS_HOME", str(cache))
     out = fetch("https://example.invalid/data/pets.zip", tmp_path / "raw")
     assert sorted(p.name for p in out.iterdir()) == ["blue", "red"]
+
+
+# ---------------------------------------------------------------- harsher archives
+
+
+def test_zip_bomb_member_is_refused_by_name_before_writing(tmp_path):
+    archive = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("cats/ok.jpg", b"x" * 100)
+        zf.writestr("cats/bomb.bmp", b"\0" * (64 * 1024**2))  # 64 MiB of zeros: ~1000:1
+    with pytest.raises(TlpipeError, match=r"member 'cats/bomb.bmp' inflates .*:1 .*zip bomb"):
+        fetch(archive, tmp_path / "raw")
+    assert not (tmp_path / "raw").exists()
+
+
+def test_total_uncompressed_size_is_bounded(tmp_path, monkeypatch):
+    monkeypatch.setattr(fetch_module, "MAX_UNCOMPRESSED_BYTES", 1000)
+    archive = tmp_path / "big.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for i in range(3):
+            zf.writestr(f"cats/{i}.jpg", bytes(600))
+    with pytest.raises(TlpipeError, match=r"member 'cats/1.jpg' takes the archive past"):
+        fetch(archive, tmp_path / "raw")
+
+
+def test_member_that_lies_about_its_size_is_refused(tmp_path):
+    archive = tmp_path / "liar.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("cats/a.jpg", bytes(5000))
+    data = bytearray(archive.read_bytes())
+    # shrink the declared size in the central directory (5000 -> 50)
+    central = data.rfind(b"PK\x01\x02")
+    data[central + 24 : central + 28] = (50).to_bytes(4, "little")
+    archive.write_bytes(bytes(data))
+    with pytest.raises(TlpipeError, match=r"cats/a.jpg"):
+        fetch(archive, tmp_path / "raw")
+
+
+def test_zip_with_two_members_of_one_name_is_refused(tmp_path):
+    archive = tmp_path / "dup.zip"
+    with pytest.warns(UserWarning, match="Duplicate name"):
+        with zipfile.ZipFile(archive, "w") as zf:
+            zf.writestr("cats/a.jpg", b"first")
+            zf.writestr("cats/a.jpg", b"second")
+    with pytest.raises(TlpipeError, match=r"member 'cats/a.jpg' appears twice"):
+        fetch(archive, tmp_path / "raw")
+
+
+def test_zip_written_without_file_type_bits_is_accepted(tmp_path, images_dir):
+    """Python's ZipFile.writestr (and many Windows tools) set no file-type bits."""
+    archive = tmp_path / "plain.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for path in sorted(images_dir.rglob("*.jpg")):
+            zf.writestr(path.relative_to(images_dir).as_posix(), path.read_bytes())
+    assert all((i.external_attr >> 16) & 0o170000 == 0 for i in zipfile.ZipFile(archive).infolist())
+    out = fetch(archive, tmp_path / "raw")
+    assert sorted(p.name for p in out.iterdir()) == ["blue", "red"]
+
+
+def test_zip_member_with_a_bad_crc_is_a_clear_error(tmp_path):
+    archive = tmp_path / "crc.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("cats/a.jpg", b"A" * 1000)
+    data = archive.read_bytes().replace(b"A" * 10, b"B" * 10, 1)  # flip stored bytes, keep the CRC
+    archive.write_bytes(data)
+    with pytest.raises(TlpipeError, match=r"is corrupt: member 'cats/a.jpg' cannot be read \(Bad CRC"):
+        fetch(archive, tmp_path / "raw")
+    assert not (tmp_path / "raw").exists()
+
+
+def test_truncated_tar_gz_is_a_clear_error(tmp_path):
+    src = make_class_folders(tmp_path / "src", per_class=4)
+    archive = tmp_path / "data.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(src, arcname="dataset")
+    archive.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    with pytest.raises(TlpipeError, match=r"data.tar.gz is not a readable tar archive .*truncated or corrupt"):
+        fetch(archive, tmp_path / "raw")
+    assert not (tmp_path / "raw").exists()
+
+
+def test_dangling_symlink_in_a_folder_source_is_recorded(images_dir, tmp_path):
+    (images_dir / "red" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    (images_dir / "red" / "alias.jpg").symlink_to(images_dir / "red" / "red_000.jpg")
+    out = fetch(images_dir, tmp_path / "raw")
+    assert (out / "red" / "alias.jpg").is_file() and not (out / "red" / "alias.jpg").is_symlink()
+    rejected = (out / ".fetch_rejected.csv").read_text()
+    assert "red/gone.jpg" in rejected and "does not exist" in rejected

@@ -10,7 +10,7 @@ import yaml
 
 from conftest import make_class_folders, new_dvc_repo, tiny_params
 
-STAGES = ["fetch", "split", "extract", "train_head", "finetune", "evaluate", "scratch"]
+STAGES = ["params", "fetch", "split", "extract", "train_head", "finetune", "evaluate", "scratch"]
 
 
 def ran(output: str) -> list[str]:
@@ -91,7 +91,8 @@ def test_a_params_change_touches_only_the_stages_that_read_it(repo, key, value, 
         status = json.loads(repo.dvc("status", "--json").stdout)
     finally:
         repo.write_params(original)
-    assert {name.split(":")[-1] for name in status} == stages
+    # 'params' checks every change of params.yaml, in a fraction of a second
+    assert {name.split(":")[-1] for name in status} == stages | {"params"}
 
 
 def test_exp_run_finetune_param_reuses_the_stored_prefix(repo):
@@ -100,24 +101,24 @@ def test_exp_run_finetune_param_reuses_the_stored_prefix(repo):
     original = repo.params()
     result = repo.dvc("exp", "run", "-n", "lr", "-S", "finetune.learning_rate=0.00003")
     # evaluate follows only if the shipped model changed (the head may still win on val)
-    assert ran(result.stdout) in (["finetune"], ["finetune", "evaluate"])
+    assert ran(result.stdout) in (["params", "finetune"], ["params", "finetune", "evaluate"])
     assert "learning_rate: 3e-05" in (repo.root / "params.yaml").read_text()
     ft = json.loads((repo.root / "metrics/finetune.json").read_text())
     assert ft["frozen_prefix_cached"] is True and ft["prefix_seconds"] < 2
     repo.write_params(original)
-    assert ran(repo.dvc("repro").stdout) == []  # back to the committed run, from the run-cache
+    assert set(ran(repo.dvc("repro").stdout)) <= {"params"}  # back to the committed run, from the run-cache
 
 
 def test_exp_run_freeze_recomputes_only_the_prefix_then_reuses_it(repo):
     result = repo.dvc("exp", "run", "-n", "block4", "-S", "freeze=block4")
     # extract writes the new prefix; the pooled features are unchanged, so the head is kept
-    assert ran(result.stdout) == ["extract", "finetune", "evaluate"]
+    assert ran(result.stdout) == ["params", "extract", "finetune", "evaluate"]
     shown = json.loads(repo.dvc("exp", "show", "--json").stdout)
     assert "block4" in json.dumps(shown)
     diff = repo.dvc("metrics", "diff", "--json").stdout
     assert "trainable_params" in diff  # block4 trains more of the backbone
     again = repo.dvc("exp", "run", "-S", "freeze=block5")
-    assert ran(again.stdout) == []  # every stage restored from the run-cache: no prefix computed
+    assert set(ran(again.stdout)) <= {"params"}  # the rest restored from the run-cache: no prefix computed
     assert "Stage 'extract' is cached" in again.stdout and "Stage 'finetune' is cached" in again.stdout
 
 
@@ -160,16 +161,44 @@ def test_plots_show_renders_every_plot(repo):
     assert "finetuned.accuracy" in metrics and "head.per_class.red.f1" in metrics
 
 
-def test_bad_param_stops_with_one_line_and_keeps_outputs(repo):
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("evaluate.top_k", 1, "The 'evaluate.top_k' parameter must be an int in the range [2, 100]. Got 1"),
+        ("freeze", "block0", "an exact Keras layer name of the backbone. Got 'block0' instead."),
+        ("freeze", "conv_pw_99", "Got 'conv_pw_99' instead. (backbone 'mobilenet_0.25' has no such layer"),
+    ],
+)
+def test_bad_param_stops_before_any_stage_and_loses_nothing(repo, key, value, message):
+    """DVC removes a stage's outputs before running it: the 'params' stage
+    stops a bad value first, so every earlier result stays in place."""
+    import hashlib
+
+    def snapshot():
+        files = [p for p in sorted(repo.root.glob("*/**/*")) if p.is_file() and ".git" not in p.parts
+                 and ".dvc" not in p.parts and "plots_page" not in p.parts]
+        return {p.relative_to(repo.root).as_posix(): hashlib.md5(p.read_bytes()).hexdigest() for p in files
+                if p.name != "params.yaml"}
+
+    before = snapshot()
     original = repo.params()
     bad = copy.deepcopy(original)
-    bad["evaluate"]["top_k"] = 1
+    node = bad
+    *parents, leaf = key.split(".")
+    for part in parents:
+        node = node[part]
+    node[leaf] = value
     repo.write_params(bad)
     try:
         result = repo.dvc("repro", check=False)
     finally:
         repo.write_params(original)
     assert result.returncode != 0
-    assert "evaluate: error: params.yaml: The 'evaluate.top_k' parameter must be an int" in result.stderr
+    assert f"params: error: params.yaml: The '{key}' parameter must be " in result.stderr and message in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
-    assert (repo.root / "models/model.keras").exists()
+    assert ran(result.stdout) == ["params"]
+    after = snapshot()
+    assert {k: v for k, v in after.items() if k != "data/params.ok"} == {
+        k: v for k, v in before.items() if k != "data/params.ok"
+    }
+    assert "models/model.keras" in after and "plots/confusion.png" in after and "data/features/train.npy" in after

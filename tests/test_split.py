@@ -191,3 +191,85 @@ def test_real_ten_class_archive_without_split_folders(in_tmp_cwd):
         assert per_split["test"] == round(total * params.test_fraction)
         assert per_split["val"] >= 1 and per_split["train"] > 0.75 * total
     assert {r.decoder for rows in result.rows.values() for r in rows} == {"tf", "pil"}
+
+
+# ---------------------------------------------------------------- label hygiene
+
+
+def copy_bytes(src, dst):
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.write_bytes(src.read_bytes())
+
+
+def test_same_bytes_in_two_classes_is_a_label_conflict(in_tmp_cwd):
+    make_class_folders(paths.RAW, per_class=12)
+    copy_bytes(paths.RAW / "red" / "red_000.jpg", paths.RAW / "blue" / "mislabelled.jpg")
+    result = run_split()
+    used = {r.path for s in paths.SPLITS for r in result.rows[s]}
+    assert "red/red_000.jpg" not in used and "blue/mislabelled.jpg" not in used
+    rejected = dict(result.rejected)
+    assert rejected["blue/mislabelled.jpg"].startswith("label conflict: the same bytes are in classes blue, red")
+    assert "blue/mislabelled.jpg" in rejected["red/red_000.jpg"]
+    metrics = json.loads(paths.DATA_METRICS.read_text())
+    assert metrics["label_conflicts"] == 2 and metrics["duplicates"] == 0 and metrics["rejected"] == 2
+
+
+def test_identical_files_in_one_class_never_straddle_splits(in_tmp_cwd):
+    """20 copied pairs: each pair keeps one file, so no copy can land in train
+    and another in test (the issue saw 5 of 20 pairs do that)."""
+    make_class_folders(paths.RAW, per_class=30)
+    for i in range(10):
+        for name in ("red", "blue"):
+            copy_bytes(paths.RAW / name / f"{name}_{i:03d}.jpg", paths.RAW / name / "copies" / f"copy_{i}.jpg")
+    result = run_split()
+    where = {r.path: s for s in paths.SPLITS for r in result.rows[s]}
+    for i in range(10):
+        for name in ("red", "blue"):
+            kept = [p for p in (f"{name}/{name}_{i:03d}.jpg", f"{name}/copies/copy_{i}.jpg") if p in where]
+            assert len(kept) == 1, kept
+    assert result.duplicates == 20
+    reasons = [r for _, r in result.rejected]
+    assert len(reasons) == 20 and all(r.startswith("duplicate of ") for r in reasons)
+    assert json.loads(paths.DATA_METRICS.read_text())["duplicates"] == 20
+
+
+def test_duplicate_across_predefined_split_folders_is_dropped(in_tmp_cwd):
+    make_class_folders(paths.RAW / "train", per_class=8)
+    make_class_folders(paths.RAW / "validation", per_class=6)
+    copy_bytes(paths.RAW / "train" / "red" / "red_001.jpg", paths.RAW / "validation" / "red" / "leak.jpg")
+    result = run_split()
+    assert dict(result.rejected)["validation/red/leak.jpg"] == "duplicate of train/red/red_001.jpg (same bytes)"
+
+
+def test_class_folders_differing_only_in_case_stop_the_stage(in_tmp_cwd):
+    make_class_folders(paths.RAW, per_class=6)
+    (paths.RAW / "red").rename(paths.RAW / "Cat")
+    (paths.RAW / "blue").rename(paths.RAW / "cat")
+    with pytest.raises(TlpipeError, match=r"Class folders 'Cat', 'cat' in data/raw differ only in case"):
+        run_split()
+
+
+def test_jpeg_that_pillow_reads_but_tensorflow_rejects_is_rejected_by_name(in_tmp_cwd):
+    """Cut before its end marker: Pillow decodes it with a warning, TensorFlow's
+    decoder (the one extract uses for plain JPEGs) refuses it. Split says so,
+    so extraction never meets it."""
+    make_class_folders(paths.RAW, per_class=8)
+    good = (paths.RAW / "red" / "red_000.jpg").read_bytes()
+    (paths.RAW / "red" / "broken.jpg").write_bytes(good[:-2] + b"\x00" * 7)
+    assert images.inspect(paths.RAW / "red" / "broken.jpg").ok  # Pillow alone would let it through
+    result = run_split()
+    reason = dict(result.rejected)["red/broken.jpg"]
+    assert reason.startswith("cannot decode with TensorFlow: ") and "{{" not in reason
+
+
+def test_dangling_symlink_in_a_folder_source_reaches_rejected_csv(in_tmp_cwd, tmp_path):
+    from tlpipe import fetch
+    from tlpipe.params import DataParams
+
+    source = make_class_folders(tmp_path / "source", per_class=8)
+    (source / "red" / "gone.jpg").symlink_to(tmp_path / "deleted.jpg")
+    fetch.run(DataParams(str(source), None))
+    run_split()
+    rows = read_csv(paths.REJECTED)
+    assert [r["path"] for r in rows] == ["red/gone.jpg"] and "does not exist" in rows[0]["reason"]
+    assert json.loads(paths.DATA_METRICS.read_text())["rejected"] == 1

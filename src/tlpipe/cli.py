@@ -28,18 +28,26 @@ TOLERANCE = {"keras": 1e-6, "saved_model": 1e-5, "tflite": 1e-4}
 def _collect(args: list[str]) -> list[Path]:
     """Files named, files under folders (recursively, image suffixes), glob matches."""
     found: list[Path] = []
+    empty = []
     for arg in args:
         matches = [Path(m) for m in sorted(glob.glob(arg, recursive=True))] if glob.has_magic(arg) else [Path(arg)]
         if not matches:
             raise TlpipeError(f"No file matches {arg!r}.")
         for path in matches:
             if path.is_dir():
-                found += sorted(
+                inside = sorted(
                     p for p in path.rglob("*")
                     if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not is_hidden(p.relative_to(path))
                 )
+                found += inside
+                empty += [] if inside else [str(path)]
             else:
                 found.append(path)  # a missing or broken file gets an error row
+    if not found:
+        raise TlpipeError(
+            f"No image file in {', '.join(empty or args)}: nothing to classify. Give image files, folders "
+            f"holding them (searched recursively for {', '.join(sorted(IMAGE_SUFFIXES))}) or globs."
+        )
     return found
 
 
@@ -48,10 +56,31 @@ def _load(model_path: Path, classes_path: Path):
         raise TlpipeError(f"No model at {model_path}; run `dvc repro` first or pass --model PATH.")
     if not classes_path.is_file():
         raise TlpipeError(f"No class list at {classes_path}; pass --classes PATH (a JSON list of names).")
+    try:
+        classes = json.loads(classes_path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        classes = err
+    if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)):
+        raise TlpipeError(f"{classes_path} must hold a JSON list of class names, e.g. [\"cats\", \"dogs\"]; "
+                          f"it does not ({str(classes)[:80]!r}).")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from tlpipe.layers import load_model
 
-    return load_model(model_path), json.loads(classes_path.read_text())
+    try:
+        model = load_model(model_path)
+    except Exception as err:  # Keras raises ValueError, OSError, zipfile/h5py errors alike
+        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        raise TlpipeError(
+            f"{model_path} is not a readable tlpipe Keras model ({first}). Rebuild it with `dvc repro`, "
+            f"or restore the last one with `dvc checkout {model_path}`."
+        ) from None
+    outputs = int(model.output_shape[-1])
+    if outputs != len(classes):
+        raise TlpipeError(
+            f"{classes_path} lists {len(classes)} classes but {model_path} predicts {outputs}: they come from "
+            "different runs. Pass the class list the model was trained with (--classes), or rerun `dvc repro`."
+        )
+    return model, classes
 
 
 def predict(args) -> int:
@@ -123,7 +152,6 @@ def _check_images(n: int = 8):
 
 
 def export(args) -> int:
-    import numpy as np
     import tensorflow as tf
 
     model, _ = _load(Path(args.model), Path(args.classes))
@@ -138,7 +166,20 @@ def export(args) -> int:
                             "tflite": "models/model.tflite"}[fmt])
     if args.quantize and fmt != "tflite":
         raise TlpipeError("--quantize applies to --format tflite only.")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return _export_to(out, fmt, model, x, expected, files, args.quantize)
+    except (OSError, tf.errors.OpError) as err:  # TensorFlow's own file I/O raises OpError
+        reason = getattr(err, "strerror", None) or str(getattr(err, "message", err)).splitlines()[0]
+        raise TlpipeError(
+            f"Cannot write the export to {out}: {reason}. Choose a writable place with --out PATH."
+        ) from None
+
+
+def _export_to(out: Path, fmt: str, model, x, expected, files, quantize) -> int:
+    import numpy as np
+    import tensorflow as tf
+
     if fmt == "keras":
         from tlpipe import atomic
         from tlpipe.layers import load_model
@@ -160,9 +201,9 @@ def export(args) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             model.export(tmp, format="tf_saved_model", verbose=False)
             converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
-            if args.quantize:
+            if quantize:
                 converter.optimizations = [tf.lite.Optimize.DEFAULT]
-            if args.quantize == "float16":
+            if quantize == "float16":
                 converter.target_spec.supported_types = [tf.float16]
             data = converter.convert()
         from tlpipe import atomic
@@ -183,7 +224,7 @@ def export(args) -> int:
     print(f"export: wrote {out} ({size_bytes / 1e6:.2f} MB)")
     print(f"export: on {len(files)} test images: largest probability difference {diff:.2e}, "
           f"same top class {agree}/{len(files)}")
-    if args.quantize:
+    if quantize:
         # Quantisation changes probabilities by design; what must hold is the decision.
         ok = agree == len(files)
         print(f"export: {'OK' if ok else 'FAILED'}: quantised model must pick the same class on every check image")

@@ -1,19 +1,29 @@
 """fetch: data.source -> data/raw/ (one folder per class, predefined splits kept).
 
-``data.source`` is an http(s) URL of an archive (downloaded through
-``keras.utils.get_file``, so the Keras cache and KERAS_HOME are honoured), a
-local archive, or a local folder. Archives are extracted safely: a member that
-would land outside the target is refused, naming the member.
+``data.source`` is an http(s) URL of an archive, a local archive, or a local
+folder. A URL is downloaded into the Keras cache (``$KERAS_HOME/datasets``,
+as ``keras.utils.get_file`` would), so a pre-seeded cache works offline.
+
+Nothing unverified is trusted: a download goes to a temporary name, is checked
+(a readable archive of its kind, the checksum when given, the announced
+length) and only then renamed into the cache; a cached file that is not a
+valid archive is downloaded again. Archives are checked whole before anything
+is written: a member that would land outside the target, a link or device, two
+members of one name, or a member (or total) that inflates past sane bounds is
+refused by name, and a corrupt member ends in one clear line.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import os
 import shutil
 import stat
 import tarfile
 import urllib.parse
+import urllib.request
 import zipfile
 from pathlib import Path, PurePosixPath
 
@@ -24,6 +34,11 @@ from tlpipe.params import DataParams, archive_kind, check_source
 
 # Folders that archivers add and that never hold a dataset.
 JUNK = {"__MACOSX"}
+# Zip-bomb bounds: what an archive may inflate to, in all and per member
+# (photos barely compress; a 200:1 member of a megabyte or more is no dataset).
+MAX_UNCOMPRESSED_BYTES = 100 * 1024**3
+MAX_RATIO = 200
+RATIO_CHECK_FROM_BYTES = 1024**2
 
 
 def run(data: DataParams, target: Path = paths.RAW) -> Path:
@@ -31,7 +46,7 @@ def run(data: DataParams, target: Path = paths.RAW) -> Path:
     local = check_source(data)
     with atomic.atomic_dir(target) as tmp:
         if local is None:
-            _extract(_download(data.source), data.sha256, tmp)
+            _extract(_download(data.source, data.sha256), data.sha256, tmp)
         elif local.is_dir():
             _copy_folder(local, tmp)
         else:
@@ -40,26 +55,109 @@ def run(data: DataParams, target: Path = paths.RAW) -> Path:
     return target
 
 
-def _download(url: str) -> Path:
-    fname = os.path.basename(urllib.parse.urlsplit(url).path)
-    from keras.src.backend import config  # the same KERAS_HOME logic get_file uses
+# ---------------------------------------------------------------- download
 
-    # A pre-seeded cache may be read-only, and get_file falls back to /tmp when
-    # it cannot write there: look in it first, so an offline cache always works.
-    cached = Path(config.keras_home()) / "datasets" / fname
+
+def _cache_dir() -> Path:
+    """$KERAS_HOME/datasets (default ~/.keras), or /tmp/.keras/datasets when that
+    is not writable (Keras' own fallback); a read-only cache is still read first."""
+    home = Path(os.environ.get("KERAS_HOME", "~/.keras")).expanduser()
+    return home / "datasets"
+
+
+def _writable(folder: Path) -> bool:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(folder, os.W_OK)
+
+
+def archive_problem(path: Path) -> str | None:
+    """Why ``path`` is not a readable archive of the kind its name says, or None.
+
+    Reads a zip's whole directory and a tar's every header (through the whole
+    compressed stream), so a file cut off anywhere is caught."""
+    try:
+        if archive_kind(path.name) == "zip":
+            if not zipfile.is_zipfile(path):
+                return "not a zip archive"
+            with zipfile.ZipFile(path) as zf:
+                zf.infolist()
+        else:
+            with tarfile.open(path) as tar:
+                tar.getmembers()
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, zlib_error()) as err:
+        return f"not a readable archive: {err}"
+    return None
+
+
+def zlib_error():
+    import zlib
+
+    return zlib.error
+
+
+def _download(url: str, sha256: str | None) -> Path:
+    fname = os.path.basename(urllib.parse.urlsplit(url).path)
+    cached = _cache_dir() / fname
     if cached.is_file():
-        print(f"fetch: using cached {cached}", flush=True)
-        return cached
-    import keras
+        problem = archive_problem(cached)
+        if problem is None:
+            print(f"fetch: using cached {cached}", flush=True)
+            return cached
+        if not _writable(cached.parent):
+            raise TlpipeError(
+                f"The cached download {cached} is {problem}, and its folder is read-only. "
+                f"Delete it (rm {cached}) or point KERAS_HOME at a writable cache, then rerun."
+            )
+        print(f"fetch: the cached {cached} is {problem}; downloading it again", flush=True)
+    folder = cached.parent if _writable(cached.parent) else Path("/tmp/.keras/datasets")
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / fname
+    # Downloaded under a temporary name and checked before the rename: an
+    # interrupted or bad download never sits in the cache under the real name.
+    with atomic.atomic_path(target, suffix="".join(Path(fname).suffixes[-2:])) as tmp:
+        _stream(url, tmp, fname)
+        problem = archive_problem(tmp)
+        if problem:
+            raise TlpipeError(
+                f"The download of data.source {url!r} is {problem} (an error page, or a cut-off "
+                "transfer?). Nothing was cached; check the URL and rerun."
+            )
+        if sha256 and sha256_of(tmp).lower() != sha256.lower():
+            raise TlpipeError(
+                f"The download of data.source {url!r} has SHA-256 {sha256_of(tmp)}, not 'data.sha256' "
+                f"{sha256}. Nothing was cached; fix the checksum or the source."
+            )
+    print(f"fetch: downloaded {target}", flush=True)
+    return target
+
+
+def _stream(url: str, out: Path, fname: str) -> None:
+    from tqdm import tqdm
 
     try:
-        return Path(keras.utils.get_file(fname=fname, origin=url, cache_subdir="datasets"))
-    except Exception as err:  # get_file wraps URL errors in a bare Exception
+        with urllib.request.urlopen(url, timeout=60) as response, open(out, "wb") as f:
+            total = response.headers.get("Content-Length")
+            total = int(total) if total and total.isdigit() else None
+            done = 0
+            with tqdm(total=total, unit="B", unit_scale=True, desc="fetch: downloading", mininterval=1) as bar:
+                for block in iter(lambda: response.read(1 << 20), b""):
+                    f.write(block)
+                    done += len(block)
+                    bar.update(len(block))
+    except (OSError, ValueError) as err:  # URLError, HTTPError, timeouts, refused connections
         raise TlpipeError(
-            f"Could not download data.source {url!r}: {err}. Offline? Put {fname} in a Keras "
-            f"cache folder as datasets/{fname} and set KERAS_HOME to that folder "
+            f"Could not download data.source {url!r}: {err}. Offline? Put {fname} in a Keras cache "
+            f"folder as datasets/{fname} and set KERAS_HOME to that folder "
             "(e.g. KERAS_HOME=$PWD/../shared/keras), or point 'data.source' at a local copy."
         ) from None
+    if total is not None and done != total:
+        raise TlpipeError(
+            f"The download of data.source {url!r} stopped after {done:,} of {total:,} bytes. "
+            "Nothing was cached; rerun to try again."
+        )
 
 
 def sha256_of(path: Path) -> str:
@@ -70,6 +168,9 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+# ---------------------------------------------------------------- archives
+
+
 def _extract(archive: Path, sha256: str | None, target: Path) -> None:
     if sha256 is not None:
         actual = sha256_of(archive)
@@ -78,9 +179,8 @@ def _extract(archive: Path, sha256: str | None, target: Path) -> None:
                 f"Checksum mismatch for {archive}: 'data.sha256' is {sha256} but the file's "
                 f"SHA-256 is {actual}. Nothing was extracted; fix the checksum or the source."
             )
-    kind = archive_kind(archive.name)
     print(f"fetch: extracting {archive}", flush=True)
-    if kind == "zip":
+    if archive_kind(archive.name) == "zip":
         if not zipfile.is_zipfile(archive):
             raise TlpipeError(f"{archive} is not a zip archive, though its name says so.")
         _extract_zip(archive, target)
@@ -88,18 +188,45 @@ def _extract(archive: Path, sha256: str | None, target: Path) -> None:
         try:
             with tarfile.open(archive) as tar:
                 _extract_tar(tar, archive, target)
-        except tarfile.ReadError as err:
-            raise TlpipeError(f"{archive} is not a readable tar archive ({err}).") from None
+        except (tarfile.TarError, EOFError, zlib_error()) as err:
+            raise TlpipeError(
+                f"{archive} is not a readable tar archive ({err}): truncated or corrupt? "
+                "Nothing was extracted."
+            ) from None
+
+
+def _refuse(archive: Path, member: str, why: str) -> TlpipeError:
+    return TlpipeError(f"Refusing to extract {archive}: member {member!r} {why}. Nothing was extracted.")
 
 
 def _check_member_name(archive: Path, name: str) -> PurePosixPath:
     member = PurePosixPath(name.replace("\\", "/"))
     if member.is_absolute() or ".." in member.parts or (member.parts and ":" in member.parts[0]):
-        raise TlpipeError(
-            f"Refusing to extract {archive}: member {name!r} would land outside the target "
-            "folder (absolute path or '..'). The archive is unsafe; nothing was extracted."
-        )
+        raise _refuse(archive, name, "would land outside the target folder (absolute path or '..'); "
+                                     "the archive is unsafe")
     return member
+
+
+def _check_sizes(archive: Path, members: list[tuple[str, int, int | None]]) -> None:
+    """Zip-bomb bounds over (name, uncompressed size, compressed size or None)."""
+    total = 0
+    for name, size, packed in members:
+        total += size
+        if packed is not None and size >= RATIO_CHECK_FROM_BYTES and size > MAX_RATIO * max(packed, 1):
+            raise _refuse(archive, name, f"inflates {size / max(packed, 1):,.0f}:1 ({size:,} bytes), beyond "
+                                         f"the {MAX_RATIO}:1 a dataset file needs (a zip bomb?)")
+        if total > MAX_UNCOMPRESSED_BYTES:
+            raise _refuse(archive, name, f"takes the archive past {MAX_UNCOMPRESSED_BYTES / 1024**3:.0f} GiB "
+                                         "uncompressed (a zip bomb?); extract it yourself and use the folder")
+
+
+def _check_unique(archive: Path, names: list[str]) -> None:
+    seen: set[str] = set()
+    for name in names:
+        key = name.replace("\\", "/").rstrip("/")
+        if key in seen:
+            raise _refuse(archive, name, "appears twice: which copy is the data is ambiguous")
+        seen.add(key)
 
 
 def _extract_zip(archive: Path, target: Path) -> None:
@@ -107,47 +234,86 @@ def _extract_zip(archive: Path, target: Path) -> None:
         members = zf.infolist()
         for info in members:  # check everything before writing anything
             _check_member_name(archive, info.filename)
-            mode = info.external_attr >> 16
-            if stat.S_ISLNK(mode) or (mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))):
-                raise TlpipeError(
-                    f"Refusing to extract {archive}: member {info.filename!r} is a link or "
-                    "special file, which could point outside the target. Nothing was extracted."
-                )
+            kind = stat.S_IFMT(info.external_attr >> 16)
+            # No type bits (Python's ZipFile.writestr, many Windows tools): a plain file.
+            if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
+                raise _refuse(archive, info.filename, "is a link or special file, which could point "
+                                                      "outside the target")
+        _check_unique(archive, [i.filename for i in members])
+        _check_sizes(archive, [(i.filename, i.file_size, i.compress_size) for i in members if not i.is_dir()])
         for info in members:
-            zf.extract(info, target)
+            out = target / _check_member_name(archive, info.filename)
+            if info.is_dir():
+                out.mkdir(parents=True, exist_ok=True)
+                continue
+            out.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                with zf.open(info) as src, open(out, "wb") as dst:
+                    _copy_bounded(src, dst, info.file_size, archive, info.filename)
+            except (zipfile.BadZipFile, zlib_error(), EOFError) as err:
+                raise TlpipeError(
+                    f"{archive} is corrupt: member {info.filename!r} cannot be read ({err}). "
+                    "Nothing was extracted; download the archive again."
+                ) from None
+
+
+def _copy_bounded(src, dst, declared: int, archive: Path, name: str) -> None:
+    """Copy, refusing a member that inflates past the size its header declared."""
+    done = 0
+    for block in iter(lambda: src.read(1 << 20), b""):
+        done += len(block)
+        if done > declared:
+            raise _refuse(archive, name, f"inflates past its declared {declared:,} bytes (a zip bomb?)")
+        dst.write(block)
 
 
 def _extract_tar(tar: tarfile.TarFile, archive: Path, target: Path) -> None:
-    members = tar.getmembers()
+    members = tar.getmembers()  # reads every header: a truncated archive fails here, before writing
     for m in members:  # check everything before writing anything
         _check_member_name(archive, m.name)
         if m.issym() or m.islnk() or m.isdev() or m.isfifo():
             kind = "a link" if (m.issym() or m.islnk()) else "a device or pipe"
-            raise TlpipeError(
-                f"Refusing to extract {archive}: member {m.name!r} is {kind}, which could "
-                "reach outside the target. Nothing was extracted."
-            )
+            raise _refuse(archive, m.name, f"is {kind}, which could reach outside the target")
+    _check_unique(archive, [m.name for m in members])
+    files = [m for m in members if m.isfile()]
+    _check_sizes(archive, [(m.name, m.size, None) for m in files])
+    total = sum(m.size for m in files)
+    if total >= RATIO_CHECK_FROM_BYTES and total > MAX_RATIO * max(archive.stat().st_size, 1):
+        raise _refuse(archive, files[-1].name, f"ends an archive that inflates {total / archive.stat().st_size:,.0f}:1 "
+                                               f"(a compression bomb?)")
     try:
         tar.extractall(target, members=members, filter="data")
     except tarfile.FilterError as err:
         raise TlpipeError(f"Refusing to extract {archive}: {err}. Nothing was kept.") from None
 
 
+# ---------------------------------------------------------------- folders
+
+
 def _copy_folder(source: Path, target: Path) -> None:
+    """Copy (hard-link where possible) a folder source; a link that points
+    nowhere is listed in data/raw/.fetch_rejected.csv, which split reports."""
     print(f"fetch: copying {source}", flush=True)
+    rejected = []
     for path in sorted(source.rglob("*")):
         rel = path.relative_to(source)
-        if is_hidden(rel) or path.is_symlink() and not path.exists():
+        if is_hidden(rel):
             continue
         out = target / rel
-        if path.is_dir():
+        if path.is_symlink() and not path.exists():
+            rejected.append((rel.as_posix(), f"a symbolic link to {os.readlink(path)!r}, which does not exist"))
+        elif path.is_dir():
             out.mkdir(parents=True, exist_ok=True)
         elif path.is_file():
             out.parent.mkdir(parents=True, exist_ok=True)
             try:  # a hard link is free when source and data/ share a file system
-                os.link(path, out)
+                os.link(path.resolve(), out)
             except OSError:
                 shutil.copy2(path, out)
+    if rejected:
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerows([("path", "reason"), *rejected])
+        (target / paths.FETCH_REJECTED.name).write_text(buf.getvalue())
 
 
 def _unwrap(root: Path) -> None:

@@ -15,6 +15,7 @@ applies its own backbone preprocessing inside its graph.
 
 from __future__ import annotations
 
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +81,37 @@ def inspect(path: Path | str) -> Inspection:
     if plain and fmt == "PNG" and _png_bit_depth(path) == 16:
         plain = False
     return Inspection(True, decoder="tf" if plain else "pil")
+
+
+def undecodable_by_tensorflow(files) -> dict[str, str]:
+    """{file: TensorFlow's error} for the files its image decoder rejects (JPEGs
+    with corrupt data in the middle pass Pillow but stop a training stage).
+
+    All files go through one parallel tf.data pass; only the failures, found
+    as the indices missing from its output, are decoded again for the message.
+    """
+    if not files:
+        return {}
+    import tensorflow as tf
+
+    files = [str(f) for f in files]
+
+    def decode(i, path):
+        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        return i, tf.shape(image)  # used, so the decode is not pruned from the graph
+
+    ds = tf.data.Dataset.from_tensor_slices((np.arange(len(files)), files))
+    ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors(log_warning=False)
+    good = {int(i) for i, _ in ds.as_numpy_iterator()}
+    bad = {}
+    for i in sorted(set(range(len(files))) - good):
+        try:
+            tf.io.decode_image(tf.io.read_file(files[i]), channels=3, expand_animations=False)
+            bad[files[i]] = "failed inside a batch"
+        except tf.errors.OpError as err:
+            message = re.sub(r"\{\{[^}]*\}\}\s*", "", err.message).splitlines()[0]  # drop TF's node name
+            bad[files[i]] = message.split(" [Op:")[0][:200]
+    return bad
 
 
 def _too_large(w: int, h: int) -> str:

@@ -470,3 +470,22 @@ def check_freeze_layer(word: str, layer_names: list[str], backbone: str, n_stage
         return
     example = layer_names[len(layer_names) // 2]
     raise invalid("freeze", freeze_rule(n_stages), word, f"(backbone '{backbone}' has no such layer; e.g. {example!r})")
+
+
+def gate(p: Params) -> None:
+    """The pipeline's first stage: params.yaml is valid (``load`` checked every
+    key; here also a ``freeze`` layer name, on the backbone's architecture).
+
+    DVC removes a stage's outputs before running it: a bad value caught here,
+    before any stage that reads it, leaves every earlier result in place. The
+    file it writes never changes, so a valid params change reruns nothing else.
+    """
+    if freeze_stage(p.freeze) is None and p.freeze not in FREEZE_WORDS:
+        from tlpipe import backbones
+
+        spec = backbones.get(p.backbone)
+        names = [layer.name for layer in spec.build(p.image_size, "none").layers]  # architecture only
+        check_freeze_layer(p.freeze, names, p.backbone, len(spec.stages))
+    from tlpipe import atomic
+
+    atomic.write_text(paths.PARAMS_CHECKED, "params.yaml is valid\n")

@@ -8,8 +8,14 @@ All paths are relative to the repository root, where DVC runs each stage.
 from pathlib import Path
 
 PARAMS = Path("params.yaml")
+# Written by the 'params' stage when params.yaml is valid; fetch depends on it,
+# so every stage runs after the check. Its content never changes.
+PARAMS_CHECKED = Path("data/params.ok")
 
 RAW = Path("data/raw")
+# Files of a folder source that fetch could not copy (dangling links); split
+# adds them to rejected.csv. Hidden, so that it is never taken for data.
+FETCH_REJECTED = RAW / ".fetch_rejected.csv"
 # Folder names in a source that mean "a predefined split", not "a class".
 RAW_SPLIT_FOLDERS = {"train": "train", "validation": "val", "val": "val", "test": "test"}
 

@@ -12,6 +12,13 @@ Rules (also in the README):
   files and folders are skipped silently; anything else that is not a
   decodable image goes to rejected.csv with the reason.
 * Each class gets at least one image in every split, or the stage stops.
+* Label hygiene: files with the same bytes are one image. Copies within a
+  class keep the first path (the others are rejected as duplicates, so a copy
+  can never sit in train and test at once); the same bytes under two classes
+  are a label conflict and every copy is rejected. Class folders whose names
+  differ only in case (``Cat/``, ``cat/``) stop the stage.
+* Every JPEG/PNG that training decodes with TensorFlow is decoded here with
+  TensorFlow too, so a file with corrupt data is rejected here, by name.
 
 Shuffles are seeded by ``seed`` and the class name, so adding a class does
 not reshuffle the others.
@@ -20,6 +27,7 @@ not reshuffle the others.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -32,7 +40,7 @@ from pathlib import Path
 from tlpipe import atomic, paths
 from tlpipe.artifacts import SPLIT_COLUMNS, SPLITS, Row
 from tlpipe.errors import TlpipeError
-from tlpipe.images import inspect, is_hidden
+from tlpipe.images import inspect, is_hidden, undecodable_by_tensorflow
 from tlpipe.params import SplitParams
 
 CANONICAL = paths.RAW_SPLIT_FOLDERS
@@ -43,6 +51,18 @@ class SplitResult:
     classes: list[str]
     rows: dict[str, list[Row]]
     rejected: list[tuple[str, str]]
+    duplicates: int = 0  # copies dropped (same bytes, same class)
+    label_conflicts: int = 0  # files rejected (same bytes, several classes)
+
+
+@dataclass(frozen=True)
+class Checked:
+    """What split knows of one file after reading it."""
+
+    ok: bool
+    reason: str = ""
+    decoder: str = ""
+    sha256: str = ""
 
 
 def _files_under(folder: Path, raw: Path) -> list[Path]:
@@ -99,20 +119,58 @@ def _take(n: int, fraction: float, what: str, label: str, total_needed: int) -> 
     return k
 
 
-def assign(found, inspected: dict[str, tuple[bool, str, str]], params: SplitParams, seed: int) -> SplitResult:
-    """Pure split logic over scanned files and their inspection results."""
+def same_bytes(found, checked: dict[str, Checked]) -> tuple[dict[str, str], int, int]:
+    """Files to reject for carrying the same bytes as another: -> ({path: reason},
+    duplicates dropped, label conflicts)."""
+    label_of = {rel.as_posix(): label for classes in found.values() for label, fs in classes.items() for rel in fs}
+    by_hash: dict[str, list[str]] = {}
+    for path in sorted(label_of):
+        if checked[path].ok:
+            by_hash.setdefault(checked[path].sha256, []).append(path)
+    reasons, duplicates, conflicts = {}, 0, 0
+    for copies in by_hash.values():
+        if len(copies) < 2:
+            continue
+        labels = sorted({label_of[p] for p in copies})
+        if len(labels) > 1:
+            for p in copies:
+                others = ", ".join(q for q in copies if q != p)
+                reasons[p] = f"label conflict: the same bytes are in classes {', '.join(labels)} ({others})"
+            conflicts += len(copies)
+        else:
+            for p in copies[1:]:
+                reasons[p] = f"duplicate of {copies[0]} (same bytes)"
+            duplicates += len(copies) - 1
+    return reasons, duplicates, conflicts
+
+
+def _check_class_names(found) -> None:
+    names = sorted({label for classes in found.values() for label in classes})
+    by_folded: dict[str, list[str]] = {}
+    for name in names:
+        by_folded.setdefault(name.casefold(), []).append(name)
+    for variants in by_folded.values():
+        if len(variants) > 1:
+            raise TlpipeError(
+                f"Class folders {', '.join(repr(v) for v in variants)} in {paths.RAW} differ only in case: "
+                "one class or several? Rename or merge them so that each class has one folder name."
+            )
+
+
+def assign(found, checked: dict[str, Checked], params: SplitParams, seed: int) -> SplitResult:
+    """Pure split logic over scanned files and what reading them found."""
+    _check_class_names(found)
+    same, duplicates, conflicts = same_bytes(found, checked)
     rejected = []
     pools: dict[str, dict[str, list[Row]]] = {}
     for group, classes in found.items():
         for label, files in classes.items():
             for rel in files:
-                ok, reason, decoder = inspected[rel.as_posix()]
-                if ok:
-                    pools.setdefault(group, {}).setdefault(label, []).append(
-                        Row(rel.as_posix(), label, decoder)
-                    )
+                c = checked[rel.as_posix()]
+                if c.ok and rel.as_posix() not in same:
+                    pools.setdefault(group, {}).setdefault(label, []).append(Row(rel.as_posix(), label, c.decoder))
                 else:
-                    rejected.append((rel.as_posix(), reason))
+                    rejected.append((rel.as_posix(), c.reason or same[rel.as_posix()]))
     class_names = sorted({label for classes in found.values() for label in classes})
     for label in class_names:
         if not any(label in pool for pool in pools.values()):
@@ -166,22 +224,38 @@ def assign(found, inspected: dict[str, tuple[bool, str, str]], params: SplitPara
             out[name] += rows
     for name in SPLITS:
         out[name].sort(key=lambda r: r.path)
-    return SplitResult(class_names, out, sorted(rejected))
+    return SplitResult(class_names, out, sorted(rejected), duplicates, conflicts)
 
 
-def inspect_all(raw: Path, files: list[Path]) -> dict[str, tuple[bool, str, str]]:
+def inspect_all(raw: Path, files: list[Path]) -> dict[str, Checked]:
+    """Decode every file as training will (Pillow, then TensorFlow's decoder for
+    the files it will decode) and hash its bytes."""
     from tqdm import tqdm
 
     def one(rel: Path):
         result = inspect(raw / rel)
-        return rel.as_posix(), (result.ok, result.reason, result.decoder)
+        digest = hashlib.sha256((raw / rel).read_bytes()).hexdigest() if result.ok else ""
+        return rel.as_posix(), Checked(result.ok, result.reason, result.decoder, digest)
 
     workers = min(8, (os.cpu_count() or 1) * 2)  # Pillow releases the GIL while decoding
     with ThreadPoolExecutor(workers) as pool:
         results = list(
             tqdm(pool.map(one, files), total=len(files), desc="split: decoding", unit="img", mininterval=1)
         )
-    return dict(results)
+    checked = dict(results)
+    tf_files = [path for path, c in checked.items() if c.ok and c.decoder == "tf"]
+    for path, message in undecodable_by_tensorflow([raw / p for p in tf_files]).items():
+        checked[Path(path).relative_to(raw).as_posix()] = Checked(False, f"cannot decode with TensorFlow: {message}")
+    return checked
+
+
+def _rejected_at_fetch(raw: Path) -> list[tuple[str, str]]:
+    """What fetch could not copy from a folder source (dangling links)."""
+    listed = raw / paths.FETCH_REJECTED.name
+    if not listed.is_file():
+        return []
+    with open(listed, newline="") as f:
+        return [(r["path"], r["reason"]) for r in csv.DictReader(f)]
 
 
 def _csv(header: tuple[str, ...], rows) -> str:
@@ -197,7 +271,7 @@ def run(params: SplitParams, seed: int, raw: Path = paths.RAW) -> SplitResult:
     found, stray = scan(raw)
     files = [f for classes in found.values() for fs in classes.values() for f in fs]
     result = assign(found, inspect_all(raw, files), params, seed)
-    result.rejected = sorted(result.rejected + stray)
+    result.rejected = sorted(result.rejected + stray + _rejected_at_fetch(raw))
     with atomic.atomic_dir(paths.SPLIT) as tmp:
         for name in SPLITS:
             rows = [(r.path, r.label, r.decoder) for r in result.rows[name]]
@@ -214,10 +288,13 @@ def run(params: SplitParams, seed: int, raw: Path = paths.RAW) -> SplitResult:
             "images": {name: len(result.rows[name]) for name in SPLITS},
             "per_class": counts,
             "rejected": len(result.rejected),
+            "duplicates": result.duplicates,
+            "label_conflicts": result.label_conflicts,
         },
     )
     summary = ", ".join(f"{name} {len(result.rows[name])}" for name in SPLITS)
-    print(f"split: {len(result.classes)} classes; {summary}; rejected {len(result.rejected)}")
+    print(f"split: {len(result.classes)} classes; {summary}; rejected {len(result.rejected)} "
+          f"({result.duplicates} duplicates, {result.label_conflicts} in label conflicts; see {paths.REJECTED})")
     for path, reason in result.rejected[:10]:
         print(f"split: rejected {path}: {reason}")
     return result
