@@ -162,7 +162,7 @@ needs_shared = pytest.mark.skipif(
 def run_stage_code(p, *names: str):
     """Call stages' code in this process as their scripts in stages/ do, in order;
     return the last one's result."""
-    from tlpipe import evaluate, extract, fetch, finetune, scratch, split, train_head
+    from tlpipe import audit, evaluate, extract, fetch, finetune, scratch, split, train_head
 
     calls = {
         "fetch": lambda: fetch.run(p.data),
@@ -173,6 +173,7 @@ def run_stage_code(p, *names: str):
         "train_head": lambda: train_head.run(p.head, seed=p.seed),
         "finetune": lambda: finetune.run(p.finetune, finetune_setup(p)),
         "evaluate": lambda: evaluate.run(p.evaluate),
+        "audit": lambda: audit.run(p.audit, seed=p.seed),
         "scratch": lambda: scratch.run(p.scratch, image_size=p.image_size, seed=p.seed, top_k=p.evaluate.top_k),
     }
     result = None

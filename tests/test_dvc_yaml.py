@@ -22,6 +22,7 @@ READS = {
     "train_head": {"seed", "head"},
     "finetune": {"backbone", "image_size", "weights", "freeze", "seed", "finetune"},
     "evaluate": {"evaluate"},
+    "audit": {"seed", "audit"},
     "scratch": {"image_size", "seed", "scratch", "evaluate.top_k"},
 }
 
@@ -31,7 +32,9 @@ def names(entries):
 
 
 def test_stage_names_are_fixed():
-    assert list(STAGES) == ["params", "fetch", "split", "extract", "train_head", "finetune", "evaluate", "scratch"]
+    assert list(STAGES) == [
+        "params", "fetch", "split", "extract", "train_head", "finetune", "evaluate", "audit", "scratch"
+    ]
 
 
 def test_each_stage_reads_exactly_its_params_and_they_exist():
@@ -125,6 +128,7 @@ def test_paths_match_the_paths_module():
     assert outs["train_head"] == {str(paths.HEAD_MODEL), str(paths.HEAD_LOGS), str(paths.HEAD_METRICS)}
     assert outs["finetune"] == {str(paths.MODEL), str(paths.FINETUNE_LOGS), str(paths.FINETUNE_METRICS)}
     assert outs["evaluate"] == {str(paths.PLOTS), str(paths.EVAL_METRICS)}
+    assert outs["audit"] == {str(paths.AUDIT_PLOTS), str(paths.AUDIT_METRICS)}
     assert outs["scratch"] == {str(paths.SCRATCH_LOGS), str(paths.SCRATCH_METRICS)}
     produced = set().union(*outs.values())
     for stage, spec in STAGES.items():
@@ -136,7 +140,7 @@ def test_paths_match_the_paths_module():
 def test_plots_point_at_files_the_pipeline_writes():
     for entry in DVC["plots"]:
         if isinstance(entry, str):
-            assert entry.startswith(str(paths.PLOTS) + "/")
+            assert entry.startswith((str(paths.PLOTS) + "/", str(paths.AUDIT_PLOTS) + "/"))
             continue
         (_, spec), = entry.items()
         for path in spec["y"]:

@@ -10,7 +10,7 @@ import yaml
 
 from conftest import make_class_folders, new_dvc_repo, tiny_params
 
-STAGES = ["params", "fetch", "split", "extract", "train_head", "finetune", "evaluate", "scratch"]
+STAGES = ["params", "fetch", "split", "extract", "train_head", "finetune", "evaluate", "audit", "scratch"]
 
 
 def ran(output: str) -> list[str]:
@@ -38,7 +38,8 @@ def test_full_repro_writes_every_output(repo):
     root = repo.root
     for path in ("data/raw/red", "data/split/train.csv", "data/features/train.npy", "data/prefix/train.npy",
                  "models/head.keras",
-                 "models/model.keras", "plots/confusion.png", "plots/mistakes.png", "plots/per_class_f1.png",
+                 "models/model.keras", "plots/evaluate/confusion.png", "plots/evaluate/mistakes.png",
+                 "plots/evaluate/per_class_f1.png", "plots/audit/duplicates.csv", "plots/audit/label_issues.png",
                  "dvclive/head/plots/metrics/train/loss.tsv", "dvclive/finetune/plots/metrics/val/accuracy.tsv"):
         assert (root / path).exists(), path
     ev = json.loads((root / "metrics/eval.json").read_text())
@@ -64,7 +65,7 @@ def test_rerunning_a_stage_on_the_same_inputs_invalidates_nothing(repo, stage):
 DIRECT = [
     ("data.source", "elsewhere", {"fetch"}),
     ("split.val_fraction", 0.3, {"split"}),
-    ("seed", 7, {"split", "extract", "train_head", "finetune", "scratch"}),
+    ("seed", 7, {"split", "extract", "train_head", "finetune", "audit", "scratch"}),
     ("backbone", "mobilenet_0.5", {"extract", "finetune"}),
     ("image_size", 40, {"extract", "finetune", "scratch"}),
     ("extract.batch_size", 4, {"extract"}),
@@ -72,6 +73,7 @@ DIRECT = [
     ("freeze", "block4", {"extract", "finetune"}),
     ("finetune.learning_rate", 0.01, {"finetune"}),
     ("evaluate.gallery", 2, {"evaluate"}),
+    ("audit.folds", 3, {"audit"}),
     ("evaluate.top_k", 3, {"evaluate", "scratch"}),
     ("scratch.enabled", True, {"scratch"}),
 ]
@@ -155,7 +157,7 @@ def test_plots_show_renders_every_plot(repo):
     repo.dvc("plots", "show", "-o", "plots_html")
     html = (repo.root / "plots_html" / "index.html").read_text()
     for plot_id in ("Confusion matrix (fine-tuned, test)", "ROC (test)", "Head loss",
-                    "Fine-tune accuracy", "plots/mistakes.png"):
+                    "Fine-tune accuracy", "plots/evaluate/mistakes.png", "plots/audit/label_issues.png"):
         assert plot_id in html, plot_id
     metrics = repo.dvc("metrics", "show").stdout
     assert "finetuned.accuracy" in metrics and "head.per_class.red.f1" in metrics
@@ -201,4 +203,4 @@ def test_bad_param_stops_before_any_stage_and_loses_nothing(repo, key, value, me
     assert {k: v for k, v in after.items() if k != "data/params.ok"} == {
         k: v for k, v in before.items() if k != "data/params.ok"
     }
-    assert "models/model.keras" in after and "plots/confusion.png" in after and "data/features/train.npy" in after
+    assert "models/model.keras" in after and "plots/evaluate/confusion.png" in after and "data/features/train.npy" in after

@@ -143,6 +143,13 @@ class EvaluateParams:
 
 
 @dataclass(frozen=True)
+class AuditParams:
+    near_duplicate_similarity: float
+    folds: int
+    gallery: int
+
+
+@dataclass(frozen=True)
 class ScratchParams:
     enabled: bool
     epochs: int
@@ -164,6 +171,7 @@ class Params:
     head: HeadParams
     finetune: FinetuneParams
     evaluate: EvaluateParams
+    audit: AuditParams
     scratch: ScratchParams
 
     def with_overrides(self, **changes: Any) -> Params:
@@ -371,6 +379,14 @@ def parse(raw: Any, source: str = str(paths.PARAMS)) -> Params:
     )
     v.finish()
 
+    u = top.section("audit")
+    audit = AuditParams(
+        near_duplicate_similarity=u.real("near_duplicate_similarity", 0.0, 1.0, low_closed=False, high_closed=True),
+        folds=u.integer("folds", 2, 20),
+        gallery=u.integer("gallery", 0, 200),
+    )
+    u.finish()
+
     c = top.section("scratch")
     scratch = ScratchParams(
         enabled=c.boolean("enabled"),
@@ -394,6 +410,7 @@ def parse(raw: Any, source: str = str(paths.PARAMS)) -> Params:
         head=head,
         finetune=finetune,
         evaluate=evaluate,
+        audit=audit,
         scratch=scratch,
     )
 

@@ -42,7 +42,10 @@ HEAD_METRICS = METRICS / "head.json"
 FINETUNE_METRICS = METRICS / "finetune.json"
 EVAL_METRICS = METRICS / "eval.json"
 
-PLOTS = Path("plots")
+# Each stage that draws owns one folder under plots/, so DVC outputs never overlap.
+PLOTS = Path("plots/evaluate")
+AUDIT_PLOTS = Path("plots/audit")
+AUDIT_METRICS = Path("metrics/audit.json")
 SCRATCH_METRICS = METRICS / "scratch.json"
 HEAD_LOGS = Path("dvclive/head")
 FINETUNE_LOGS = Path("dvclive/finetune")

@@ -86,3 +86,41 @@ def per_class_f1_png(path: Path, results: dict, classes: list[str]) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def pairs_png(path: Path, pairs: list[tuple], threshold: float) -> None:
+    """The closest near-duplicate pairs side by side, with their splits and labels."""
+    n = max(1, len(pairs))
+    fig, axes = plt.subplots(n, 2, figsize=(6, 3.1 * n), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    if not pairs:
+        axes[0, 0].text(0, 0.5, f"No pair of images with similarity >= {threshold}.", fontsize=12)
+    for (a, b, split_a, split_b, label_a, label_b, sim), (left, right) in zip(pairs, axes):
+        for ax, file, split, label in ((left, a, split_a, label_a), (right, b, split_b, label_b)):
+            ax.imshow(_thumbnail(paths.RAW / file))
+            ax.set_title(f"{split} / {label}\n{Path(file).name}", fontsize=8,
+                         color="red" if (split_a != split_b or label_a != label_b) else "black")
+        left.text(1.05, -0.08, f"similarity {sim:.3f}", transform=left.transAxes, ha="center", fontsize=9)
+    fig.suptitle("Closest near-duplicate pairs (red: across splits or classes)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=72)
+    plt.close(fig)
+
+
+def label_issues_png(path: Path, issues: list[tuple]) -> None:
+    """The images whose given label looks least likely: given -> suggested."""
+    cols = 4
+    n_rows = max(1, int(np.ceil(len(issues) / cols)))
+    fig, axes = plt.subplots(n_rows, cols, figsize=(cols * 3, n_rows * 3.3), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    if not issues:
+        axes[0, 0].text(0, 0.5, "No likely label error found.", fontsize=14)
+    for ax, (file, split, given, suggested, score) in zip(axes.ravel(), issues):
+        ax.imshow(_thumbnail(paths.RAW / file))
+        ax.set_title(f"{split}: labelled {given}\nlooks like {suggested} (quality {score:.2f})", fontsize=9)
+    fig.suptitle("Likely label errors (out-of-fold, confident learning), most suspicious first")
+    fig.tight_layout()
+    fig.savefig(path, dpi=72)
+    plt.close(fig)

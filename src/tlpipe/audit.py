@@ -1,0 +1,170 @@
+"""audit: what is wrong with the data, from the cached features, in seconds ->
+plots/audit/, metrics/audit.json.
+
+* **Duplicates and leaks.** Exact copies (same bytes) were already taken out by
+  the split stage (``rejected.csv``); they are listed again here beside the
+  near-duplicates: pairs of images whose cached backbone features have a cosine
+  similarity of at least ``audit.near_duplicate_similarity`` (resized,
+  re-encoded, re-cropped copies). A pair across splits means the test (or val)
+  score is optimistic; a pair across classes means a label is wrong or the
+  classes overlap.
+* **Likely label errors.** Out-of-fold predicted probabilities (``audit.folds``
+  folds, a linear softmax classifier on the same features: the head's family)
+  for every image of every split, ranked by cleanlab's confident learning: the
+  images whose given label the model finds least likely come first.
+
+Nothing here feeds a choice: the report is for people to look at.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import numpy as np
+
+from tlpipe import atomic, paths
+from tlpipe.artifacts import SPLITS, Row, load_features, read_classes, read_split
+from tlpipe.params import AuditParams
+
+# A backbone that cannot tell images apart (random weights) makes every pair
+# "near": list at most this many, the closest first.
+MAX_PAIRS = 10_000
+
+
+def near_duplicates(x: np.ndarray, threshold: float, block: int = 1024) -> list[tuple[int, int, float]]:
+    """(i, j, cosine similarity) for i < j at or above ``threshold``, closest first."""
+    x = x.astype(np.float32)
+    x = x / np.clip(np.linalg.norm(x, axis=1, keepdims=True), 1e-12, None)
+    pairs: list[tuple[int, int, float]] = []
+    for start in range(0, len(x), block):
+        sims = x[start : start + block] @ x.T
+        rows, cols = np.nonzero(sims >= threshold)
+        keep = cols > rows + start
+        pairs += [(int(r + start), int(c), float(sims[r, c])) for r, c in zip(rows[keep], cols[keep])]
+        if len(pairs) > 4 * MAX_PAIRS:  # bounded memory whatever the features
+            pairs = sorted(pairs, key=lambda t: -t[2])[:MAX_PAIRS]
+    return sorted(pairs, key=lambda t: (-t[2], t[0], t[1]))[:MAX_PAIRS]
+
+
+def out_of_fold_probabilities(x: np.ndarray, y: np.ndarray, n_classes: int, folds: int, seed: int) -> np.ndarray:
+    """Each image's class probabilities from a classifier that never saw it."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    smallest = int(np.bincount(y, minlength=n_classes).min())
+    splitter = StratifiedKFold(n_splits=max(2, min(folds, smallest)), shuffle=True, random_state=seed)
+    probs = np.zeros((len(y), n_classes))
+    for fit_idx, held_idx in splitter.split(x, y):
+        model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=0.1))
+        model.fit(x[fit_idx], y[fit_idx])
+        probs[np.ix_(held_idx, model.classes_)] = model.predict_proba(x[held_idx])
+    return probs
+
+
+def label_issues(y: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(indices of likely label errors, most suspicious first; every image's
+    label quality in [0, 1], low = likely wrong), by cleanlab."""
+    from cleanlab.filter import find_label_issues
+    from cleanlab.rank import get_label_quality_scores
+
+    ranked = find_label_issues(y, probs, return_indices_ranked_by="self_confidence")
+    return np.asarray(ranked, dtype=int), get_label_quality_scores(y, probs, method="self_confidence")
+
+
+def _csv(header, rows) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def _exact_duplicates(split_of: dict[str, str], label_of: dict[str, str]) -> list[tuple]:
+    """The same-bytes files the split stage rejected, as pairs with the file kept."""
+    rows = []
+    with open(paths.REJECTED, newline="") as f:
+        for r in csv.DictReader(f):
+            reason = r["reason"]
+            if reason.startswith("duplicate of "):
+                kept = reason[len("duplicate of "):].rsplit(" (same bytes)", 1)[0]
+                rows.append((kept, r["path"], split_of.get(kept, "rejected"), "rejected",
+                             _label_from_path(kept, label_of), _label_from_path(r["path"], label_of), 1.0))
+            elif reason.startswith("label conflict: "):
+                others = reason.rsplit("(", 1)[-1].rstrip(")").split(", ")
+                rows += [(r["path"], other, "rejected", "rejected", _label_from_path(r["path"], label_of),
+                          _label_from_path(other, label_of), 1.0) for other in others if other > r["path"]]
+    return rows
+
+
+def _label_from_path(path: str, label_of: dict[str, str]) -> str:
+    """A file's class: from the split rows, or for a rejected file its class
+    folder (the folder under any split folder)."""
+    if path in label_of:
+        return label_of[path]
+    parts = path.split("/")
+    if parts[0].lower() in paths.RAW_SPLIT_FOLDERS and len(parts) > 2:
+        return parts[1]
+    return parts[0] if len(parts) > 1 else ""
+
+
+def run(audit: AuditParams, *, seed: int) -> dict:
+    """data/features + data/split -> plots/audit, metrics/audit.json; reads ``audit.*`` and ``seed``."""
+    from tlpipe import report
+
+    classes = read_classes()
+    rows: list[Row] = []
+    splits: list[str] = []
+    feats, labels = [], []
+    for split in SPLITS:
+        x, y = load_features(split)
+        split_rows = read_split(split)
+        rows += split_rows
+        splits += [split] * len(split_rows)
+        feats.append(x)
+        labels.append(y)
+    x, y = np.concatenate(feats), np.concatenate(labels)
+    split_of = {r.path: s for r, s in zip(rows, splits)}
+    label_of = {r.path: r.label for r in rows}
+
+    pairs = near_duplicates(x, audit.near_duplicate_similarity)
+    pair_rows = [(rows[i].path, rows[j].path, splits[i], splits[j], rows[i].label, rows[j].label, round(s, 5))
+                 for i, j, s in pairs]
+    exact = _exact_duplicates(split_of, label_of)
+    cross_split = sum(a != b for _, _, a, b, *_ in pair_rows)
+    cross_label = sum(a != b for *_, a, b, _ in pair_rows)
+
+    probs = out_of_fold_probabilities(x, y, len(classes), audit.folds, seed)
+    flagged, quality = label_issues(y, probs)
+    issue_rows = [(rows[i].path, splits[i], classes[y[i]], classes[int(probs[i].argmax())], round(float(quality[i]), 5))
+                  for i in flagged]
+
+    with atomic.atomic_dir(paths.AUDIT_PLOTS) as tmp:
+        header = ("path_a", "path_b", "split_a", "split_b", "label_a", "label_b", "similarity")
+        (tmp / "duplicates.csv").write_text(_csv(header, exact + pair_rows))
+        (tmp / "label_issues.csv").write_text(_csv(("path", "split", "given", "suggested", "score"), issue_rows))
+        report.pairs_png(tmp / "duplicates.png", pair_rows[: audit.gallery], audit.near_duplicate_similarity)
+        report.label_issues_png(tmp / "label_issues.png", issue_rows[: audit.gallery])
+    metrics = {
+        "duplicates": {
+            "exact": len(exact),
+            "near": len(pair_rows),
+            "cross_split": cross_split,
+            "cross_label": cross_label,
+        },
+        "label_issues": len(issue_rows),
+        "images": len(rows),
+    }
+    atomic.write_json(paths.AUDIT_METRICS, metrics)
+    print(f"audit: {len(exact)} exact duplicates (removed by split), {len(pair_rows)} near-duplicate pairs "
+          f"(similarity >= {audit.near_duplicate_similarity}): {cross_split} across splits, {cross_label} across classes")
+    if cross_split:
+        print(f"audit: WARNING: {cross_split} near-duplicate pairs straddle splits: the val/test scores are "
+              f"optimistic. See {paths.AUDIT_PLOTS / 'duplicates.csv'}.")
+    print(f"audit: {len(issue_rows)} likely label errors of {len(rows)} images "
+          f"(most suspicious first in {paths.AUDIT_PLOTS / 'label_issues.csv'})")
+    for path, split, given, suggested, score in issue_rows[:5]:
+        print(f"audit:   {path} ({split}): labelled {given}, looks like {suggested} (label quality {score:.3f})")
+    return metrics

@@ -1,0 +1,138 @@
+"""The audit stage finds planted duplicates, near-duplicates and swapped labels
+in a folder data set made on the fly, through the real split and extract code."""
+
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tlpipe import audit, params, paths
+
+from conftest import run_stage_code, tiny_params
+
+NEAR_COPIES = [("red", 3), ("green", 4), ("blue", 5), ("red", 7), ("green", 9), ("blue", 11)]
+SWAPPED = [("red", 12), ("red", 13), ("green", 14), ("blue", 15), ("blue", 16)]
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def busy_image(colour, seed: int, size=(64, 56)) -> Image.Image:
+    """A class-coloured background under several random shapes of any colour:
+    images that differ from each other much more than the class colour says."""
+    from PIL import ImageDraw
+
+    from conftest import COLOURS
+
+    rng = np.random.default_rng(seed)
+    img = Image.new("RGB", size, COLOURS[colour])
+    draw = ImageDraw.Draw(img)
+    for _ in range(4):
+        x, y = rng.integers(0, size[0] - 8), rng.integers(0, size[1] - 8)
+        w, h = rng.integers(6, 18, size=2)
+        shape = draw.ellipse if rng.random() < 0.5 else draw.rectangle
+        shape([x, y, x + w, y + h], fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
+    return img
+
+
+def plant(raw):
+    """Near-duplicates (a resized, re-encoded copy, under another name), exact
+    copies, and images moved into another class's folder (wrong labels)."""
+    for ci, name in enumerate(("red", "green", "blue")):
+        (raw / name).mkdir(parents=True)
+        for i in range(24):
+            busy_image(name, 100 * ci + i).save(raw / name / f"{name}_{i:03d}.jpg", "JPEG", quality=90)
+    for name, i in NEAR_COPIES:
+        img = Image.open(raw / name / f"{name}_{i:03d}.jpg")
+        img.resize((72, 63), Image.BICUBIC).save(raw / name / f"copy_of_{i:03d}.jpg", "JPEG", quality=70)
+    for name, i in [("red", 20), ("blue", 21)]:
+        (raw / name / f"exact_{i}.jpg").write_bytes((raw / name / f"{name}_{i:03d}.jpg").read_bytes())
+    moved = {}
+    for name, i in SWAPPED:
+        target = {"red": "blue", "green": "red", "blue": "green"}[name]
+        src = raw / name / f"{name}_{i:03d}.jpg"
+        dst = raw / target / f"moved_{name}_{i:03d}.jpg"
+        src.rename(dst)
+        moved[f"{target}/{dst.name}"] = name
+    return moved
+
+
+@pytest.fixture(scope="module")
+def audited(tmp_path_factory, request):
+    import os
+
+    import yaml
+
+    from conftest import REPO
+
+    root = tmp_path_factory.mktemp("audit")
+    old = os.getcwd()
+    os.chdir(root)
+    try:
+        moved = plant(paths.RAW)
+        raw = yaml.safe_load((REPO / "params.yaml").read_text())
+        # VGG16 at random init keeps images apart (no BatchNorm to flatten it)
+        p = params.parse(tiny_params(raw, paths.RAW, backbone="vgg16", image_size=48))
+        p = p.with_overrides(audit=params.AuditParams(near_duplicate_similarity=0.99, folds=5, gallery=6))
+        metrics = run_stage_code(p, "split", "extract", "audit")
+        yield root, moved, metrics
+    finally:
+        os.chdir(old)
+
+
+def test_near_duplicates_are_found(audited):
+    root, _, metrics = audited
+    pairs = read_csv(root / paths.AUDIT_PLOTS / "duplicates.csv")
+    near = {frozenset((r["path_a"], r["path_b"])) for r in pairs if r["split_b"] != "rejected"}
+    planted = {frozenset((f"{n}/{n}_{i:03d}.jpg", f"{n}/copy_of_{i:03d}.jpg")) for n, i in NEAR_COPIES}
+    recall = len(planted & near) / len(planted)
+    assert recall == 1.0, f"near-duplicate recall {recall:.2f}"
+    # precision: the planted pairs are the closest pairs of all
+    top = sorted((r for r in pairs if r["split_b"] != "rejected"), key=lambda r: -float(r["similarity"]))
+    assert {frozenset((r["path_a"], r["path_b"])) for r in top[: len(planted)]} == planted
+    cross = sum(r["split_a"] != r["split_b"] for r in pairs if r["split_b"] != "rejected")
+    assert metrics["duplicates"]["cross_split"] == cross
+    assert metrics["duplicates"]["near"] == len(near)
+
+
+def test_exact_copies_removed_by_split_are_listed(audited):
+    root, _, metrics = audited
+    pairs = read_csv(root / paths.AUDIT_PLOTS / "duplicates.csv")
+    exact = {frozenset((r["path_a"], r["path_b"])) for r in pairs if r["split_b"] == "rejected"}
+    assert exact == {frozenset(("blue/blue_021.jpg", "blue/exact_21.jpg")), frozenset(("red/red_020.jpg", "red/exact_20.jpg"))}
+    assert metrics["duplicates"]["exact"] == 2
+
+
+def test_swapped_labels_are_the_most_suspicious(audited):
+    root, moved, metrics = audited
+    issues = read_csv(root / paths.AUDIT_PLOTS / "label_issues.csv")
+    found = {r["path"] for r in issues}
+    recall = len(found & set(moved)) / len(moved)
+    assert recall == 1.0, f"label-error recall {recall:.2f}"
+    # ranked first: at most one unplanted image among them (random-weight features here)
+    top = issues[: len(moved) + 1]
+    assert set(moved) <= {r["path"] for r in top}
+    for r in top:
+        if r["path"] in moved:
+            assert r["suggested"] == moved[r["path"]] and float(r["score"]) < 0.5
+    scores = [float(r["score"]) for r in issues]
+    assert scores == sorted(scores)  # most suspicious (lowest label quality) first
+    assert metrics["label_issues"] == len(issues)
+
+
+def test_pictures_are_written(audited):
+    root, _, _ = audited
+    for name in ("duplicates.png", "label_issues.png"):
+        with Image.open(root / paths.AUDIT_PLOTS / name) as img:
+            assert img.size[0] > 300 and img.size[1] > 200
+
+
+def test_near_duplicates_by_hand():
+    x = np.array([[1, 0], [0.999, 0.04], [0, 1], [-1, 0]], dtype=np.float32)
+    assert [(i, j) for i, j, _ in audit.near_duplicates(x, 0.99)] == [(0, 1)]
+    assert audit.near_duplicates(x, 0.99, block=1) == audit.near_duplicates(x, 0.99)
