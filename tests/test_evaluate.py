@@ -4,6 +4,7 @@ import csv
 import math
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from tlpipe import evaluate, report, scoring
@@ -98,3 +99,39 @@ def test_pngs_are_written_with_the_expected_size(tmp_path, monkeypatch):
             assert img.format == "PNG"
             assert img.size == size, name
         assert (tmp_path / name).stat().st_size > 2000
+
+
+def test_expected_calibration_error_by_hand():
+    # four images at confidence 0.9 (3 right), two at 0.6 (both right)
+    y = np.array([0, 0, 0, 1, 0, 1])
+    probs = np.array([[0.9, 0.1]] * 4 + [[0.6, 0.4], [0.4, 0.6]])
+    # bin 0.9: |0.9 - 0.75| * 4/6 ; bin 0.6: |0.6 - 1.0| * 2/6
+    assert scoring.expected_calibration_error(y, probs) == pytest.approx(0.15 * 4 / 6 + 0.4 * 2 / 6)
+
+
+def test_fitted_temperature_undoes_overconfidence():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 1.5, (4000, 3))
+    true_p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    y = np.array([rng.choice(3, p=p) for p in true_p])
+    overconfident = scoring.temperature_scaled(true_p, 1 / 2.5)  # logits x 2.5
+    t = scoring.fit_temperature(overconfident, y)
+    assert t == pytest.approx(2.5, rel=0.1)
+    calibrated = scoring.temperature_scaled(overconfident, t)
+    assert scoring.expected_calibration_error(y, calibrated) < scoring.expected_calibration_error(y, overconfident) / 3
+    assert (calibrated.argmax(1) == overconfident.argmax(1)).all()  # decisions unchanged
+
+
+def test_temperature_layer_matches_the_numpy_scaling(tmp_path):
+    import keras
+
+    from tlpipe.layers import Temperature, load_model, temperature_of
+
+    x = keras.Input((3,))
+    model = keras.Model(x, Temperature(1.7, name="temperature")(keras.layers.Softmax()(x)))
+    model.save(tmp_path / "t.keras")
+    again = load_model(tmp_path / "t.keras")
+    assert temperature_of(again) == 1.7
+    logits = np.random.default_rng(1).normal(size=(5, 3)).astype("float32")
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    np.testing.assert_allclose(again.predict(logits, verbose=0), scoring.temperature_scaled(p, 1.7), atol=1e-5)

@@ -43,6 +43,11 @@ def test_full_repro_writes_every_output(repo):
                  "dvclive/head/plots/metrics/train/loss.tsv", "dvclive/finetune/plots/metrics/val/accuracy.tsv"):
         assert (root / path).exists(), path
     ev = json.loads((root / "metrics/eval.json").read_text())
+    ft = json.loads((root / "metrics/finetune.json").read_text())
+    # calibration: a temperature fitted on val, stored in the shipped model, reported on test
+    assert ev["calibration"]["temperature"] == ft["temperature"] > 0
+    assert {"ece_before", "ece_after"} <= set(ev["calibration"]) and "val_ece_calibrated" in ft
+    assert (root / "plots/evaluate/reliability/calibrated.csv").is_file()
     for model in ("finetuned", "head"):
         assert 0 <= ev[model]["accuracy"] <= 1
         assert set(ev[model]["per_class"]) == {"blue", "green", "red"}

@@ -19,7 +19,7 @@ from tlpipe import atomic, images, paths
 from tlpipe.artifacts import label_indices, load_features, read_classes, read_split, sources
 from tlpipe.errors import TlpipeError
 from tlpipe.params import EvaluateParams
-from tlpipe.scoring import scores
+from tlpipe.scoring import expected_calibration_error, reliability, scores, temperature_scaled
 
 MODELS = ("finetuned", "head")
 
@@ -78,11 +78,23 @@ def run(ep: EvaluateParams) -> dict:
             f"{paths.FEATURES} does not match {paths.split_csv('test')}; run `dvc repro` so "
             "that extract reruns on the current split."
         )
+    from tlpipe.layers import temperature_of
+
+    shipped = load_model(paths.MODEL)
     probs = {
-        "finetuned": predict_images(load_model(paths.MODEL), rows, ep.batch_size, "evaluate: test images"),
+        "finetuned": predict_images(shipped, rows, ep.batch_size, "evaluate: test images"),
         "head": load_model(paths.HEAD_MODEL).predict(x_test, verbose=0).astype(np.float64),
     }
     results = {name: scores(y_true, probs[name], classes, ep.top_k) for name in MODELS}
+    # The shipped model's probabilities are calibrated by a temperature fitted on
+    # val; undoing it (softmax(T log p)) shows what calibration did on test.
+    temperature = temperature_of(shipped)
+    uncalibrated = temperature_scaled(probs["finetuned"], 1.0 / temperature)
+    results["calibration"] = {
+        "temperature": temperature,
+        "ece_before": round(expected_calibration_error(y_true, uncalibrated), 4),
+        "ece_after": round(expected_calibration_error(y_true, probs["finetuned"]), 4),
+    }
     with atomic.atomic_dir(paths.PLOTS) as tmp:
         for name in MODELS:
             y_pred = probs[name].argmax(axis=1)
@@ -97,6 +109,11 @@ def run(ep: EvaluateParams) -> dict:
             (tmp / f"most_confused_{name}.csv").write_text(
                 _csv(("actual", "predicted", "count"), most_confused(y_true, y_pred, classes))
             )
+        (tmp / "reliability").mkdir()
+        for name, p in (("uncalibrated", uncalibrated), ("calibrated", probs["finetuned"])):
+            points = [(round(c, 5), round(a, 5), n) for c, a, n in reliability(y_true, p)]
+            (tmp / "reliability" / f"{name}.csv").write_text(_csv(("confidence", "accuracy", "images"), points))
+        report.reliability_png(tmp / "reliability.png", y_true, uncalibrated, probs["finetuned"], temperature)
         ft = probs["finetuned"]
         (tmp / "predictions.csv").write_text(
             _csv(
@@ -112,6 +129,9 @@ def run(ep: EvaluateParams) -> dict:
         report.mistakes_png(tmp / "mistakes.png", rows, y_true, ft, classes, ep.gallery)
         report.per_class_f1_png(tmp / "per_class_f1.png", results, classes)
     atomic.write_json(paths.EVAL_METRICS, results)
+    c = results["calibration"]
+    print(f"evaluate: calibration (temperature {c['temperature']} fitted on val): test ECE "
+          f"{c['ece_before']:.4f} -> {c['ece_after']:.4f}")
     for name in MODELS:
         r = results[name]
         print(f"evaluate: {name:9s} test accuracy {r['accuracy']:.4f}  macro F1 {r['f1_macro']:.4f}  "

@@ -28,8 +28,9 @@ import numpy as np
 from tlpipe import atomic, backbones, freeze, images, paths, training
 from tlpipe.artifacts import label_indices, load_prefix, read_classes, read_prefix_meta, read_split, sources
 from tlpipe.errors import TlpipeError
-from tlpipe.layers import augmentation, load_model, on_pixels
+from tlpipe.layers import Temperature, augmentation, load_model, on_pixels
 from tlpipe.params import FinetuneParams
+from tlpipe.scoring import expected_calibration_error, fit_temperature, temperature_scaled
 from tlpipe.training import Inputs, callbacks, compile_model, fit, learning_rate, optimizer, seed_everything, steps
 
 
@@ -168,9 +169,21 @@ def run(fp: FinetuneParams, s: Setup) -> dict:
         else:
             log_dir.joinpath("metrics.json").write_text("{}\n")  # nothing to train: freeze all, or epochs 0
 
-    atomic.save_keras(paths.MODEL, model)
+    # Calibration: one temperature fitted on val (never test), stored in the
+    # shipped model, so that its probabilities (evaluate, tlpipe predict) mean
+    # what they say; its decisions do not change.
+    val_probs = fit_model.predict(val.x, batch_size=batch_size, verbose=0).astype(np.float64)
+    y_val_idx = y_val.argmax(axis=1)
+    temperature = fit_temperature(val_probs, y_val_idx)
+    shipped_model = keras.Model(model.input, Temperature(temperature, name="temperature")(model.output), name=model.name)
+    atomic.save_keras(paths.MODEL, shipped_model)
     metrics.update({
         "shipped": shipped,
+        "temperature": temperature,
+        "val_ece": round(expected_calibration_error(y_val_idx, val_probs), 4),
+        "val_ece_calibrated": round(
+            expected_calibration_error(y_val_idx, temperature_scaled(val_probs, temperature)), 4
+        ),
         "head_val_accuracy": round(head_accuracy, 4),
         "head_val_loss": round(head_loss, 4),
         # Time spent loading stored frozen-prefix outputs, or decoding images into memory.

@@ -130,3 +130,29 @@ def on_pixels(spec, image_size: int, body, augment_layers=(), preprocess_name: s
         x = layer(x)
     x = Preprocess(spec.preprocess, name=preprocess_name)(x)
     return pixels, body(x, training=False)
+
+
+@keras.saving.register_keras_serializable(package="tlpipe")
+class Temperature(keras.layers.Layer):
+    """Calibrated probabilities: softmax(log p / T), with T fitted on val by the
+    finetune stage; the model's decisions are unchanged."""
+
+    def __init__(self, temperature: float, **kwargs):
+        super().__init__(dtype="float32", **{k: v for k, v in kwargs.items() if k != "dtype"})
+        self.temperature = float(temperature)
+
+    def call(self, probs):
+        logits = ops.log(ops.clip(ops.cast(probs, "float32"), 1e-12, 1.0)) / self.temperature
+        return ops.softmax(logits, axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "temperature": self.temperature}
+
+
+def temperature_of(model) -> float:
+    """The temperature a tlpipe model applies to its probabilities (1.0: none)."""
+    last = model.layers[-1]
+    return last.temperature if isinstance(last, Temperature) else 1.0

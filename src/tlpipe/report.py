@@ -124,3 +124,25 @@ def label_issues_png(path: Path, issues: list[tuple]) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=72)
     plt.close(fig)
+
+
+def reliability_png(path: Path, y_true, before, after, temperature: float) -> None:
+    """Reliability diagram: accuracy against confidence, before and after the
+    temperature fitted on val; a calibrated model sits on the diagonal."""
+    from tlpipe.scoring import expected_calibration_error, reliability
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect calibration")
+    for name, probs, style in (("uncalibrated", before, "o-"), (f"temperature {temperature:g}", after, "s-")):
+        points = reliability(y_true, probs)
+        ax.plot([c for c, _, _ in points], [a for _, a, _ in points], style,
+                label=f"{name} (ECE {expected_calibration_error(y_true, probs):.3f})")
+    ax.set_xlabel("confidence (top probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.set_title("Reliability of the shipped model (test split)")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -45,3 +45,45 @@ def scores(y_true: np.ndarray, probs: np.ndarray, classes: list[str], top_k: int
         for i, name in enumerate(classes)
     }
     return out
+
+
+def reliability(y_true: np.ndarray, probs: np.ndarray, bins: int = 15) -> list[tuple[float, float, int]]:
+    """(mean confidence, accuracy, images) of each non-empty confidence bin
+    (equal widths over [0, 1]), for a reliability diagram."""
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == y_true
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    out = []
+    for b in range(bins):
+        mask = which == b
+        if mask.any():
+            out.append((float(confidence[mask].mean()), float(correct[mask].mean()), int(mask.sum())))
+    return out
+
+
+def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, bins: int = 15) -> float:
+    """ECE: the images' share-weighted gap between confidence and accuracy per bin."""
+    n = len(y_true)
+    return float(sum(count / n * abs(conf - acc) for conf, acc, count in reliability(y_true, probs, bins)))
+
+
+def temperature_scaled(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """softmax(log p / T): the same ranking, sharper (T < 1) or softer (T > 1)."""
+    logits = np.log(np.clip(probs, 1e-12, 1.0)) / temperature
+    logits -= logits.max(axis=1, keepdims=True)
+    e = np.exp(logits)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def fit_temperature(probs: np.ndarray, y_true: np.ndarray) -> float:
+    """The temperature that minimises the log loss of ``probs`` (fitted on val,
+    never on test): one number, so it cannot overfit and keeps every decision."""
+    from scipy.optimize import minimize_scalar
+
+    def nll(log_t: float) -> float:
+        p = temperature_scaled(probs, float(np.exp(log_t)))
+        return float(-np.mean(np.log(np.clip(p[np.arange(len(y_true)), y_true], 1e-12, None))))
+
+    best = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded", options={"xatol": 1e-4})
+    return round(float(np.exp(best.x)), 4)
