@@ -28,7 +28,10 @@ p = params.load()
 rows = read_split("train")
 files, decoders = [paths.RAW / r.path for r in rows], [r.decoder for r in rows]
 spec = backbones.get(p.backbone)
-model, _ = extract.feature_model(spec, p.image_size, p.weights)
+# What the stage runs over train: pooled features and the frozen prefix's output
+# (for the default freeze) from one forward pass.
+pooled, both, _, plan = extract.feature_model(spec, p.image_size, p.weights, p.freeze)
+model = both or pooled
 batch = p.extract.batch_size
 
 
@@ -50,12 +53,13 @@ forward = tf.function(lambda x: model(x, training=False))
 
 def forward_only(n):
     for _ in range(int(np.ceil(n / batch))):
-        forward(pixels).numpy()
+        out = forward(pixels)
+        [o.numpy() for o in out] if isinstance(out, (list, tuple)) else out.numpy()
 
 
 def stage(n):
-    out = np.zeros((n, int(model.output.shape[-1])), np.float16)
-    extract.stream_features(model, rows[:n], p.image_size, batch, out, "extract")
+    outs = [np.zeros((n, *[int(d) for d in o.shape[1:]]), np.float16) for o in model.outputs]
+    extract.stream_features(model, rows[:n], p.image_size, batch, outs, "extract")
 
 
 n = len(rows)
@@ -63,7 +67,8 @@ d = rate(decode_only, n)
 f = rate(forward_only, n)
 s = rate(stage, n)
 limit = 1 / (1 / d + 1 / f)
-print(f"backbone {p.backbone} @ {p.image_size}px, {n} images, batch {batch}, {os.cpu_count()} cores")
+print(f"backbone {p.backbone} @ {p.image_size}px, freeze {plan.word} (prefix stored: {both is not None}), "
+      f"{n} images, batch {batch}, {os.cpu_count()} cores")
 print(f"decode+resize only:   {d:7.1f} img/s")
 print(f"backbone forward only:{f:7.1f} img/s")
 print(f"compound limit:       {limit:7.1f} img/s")

@@ -72,19 +72,26 @@ def test_every_entry_has_a_known_preprocessing_mode():
         assert spec.min_size <= spec.default_size
 
 
-def test_imagenet_weights_load_offline_from_the_shared_cache(monkeypatch):
+@pytest.mark.parametrize(
+    "name, file, first_conv",
+    [
+        ("mobilenet_0.25", "mobilenet_2_5_224_tf_no_top.h5", "conv1"),
+        ("mobilenet_0.75", "mobilenet_7_5_224_tf_no_top.h5", "conv1"),
+        ("mobilenet_v2_0.35", "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5", "Conv1"),
+    ],
+)
+def test_imagenet_weights_load_offline_from_the_shared_cache(monkeypatch, name, file, first_conv):
     from conftest import SHARED_KERAS
 
-    if not (SHARED_KERAS / "models" / "mobilenet_2_5_224_tf_no_top.h5").is_file():
+    if not (SHARED_KERAS / "models" / file).is_file():
         pytest.skip("needs the pre-seeded Keras cache in ../shared/keras")
     from keras.src.backend import config
 
     monkeypatch.setattr(config, "keras_home", lambda: str(SHARED_KERAS))
     monkeypatch.setattr(config, "_KERAS_DIR", str(SHARED_KERAS))
-    model = backbones.get("mobilenet_0.25").build(224, "imagenet")
-    assert model.count_params() == 218_544
-    conv1 = model.get_layer("conv1").get_weights()[0]
-    assert np.abs(conv1).std() > 0.05  # trained filters, not a fresh init
+    model = backbones.get(name).build(224, "imagenet")
+    conv = model.get_layer(first_conv).get_weights()[0]
+    assert np.abs(conv).std() > 0.05  # trained filters, not a fresh init
 
 
 def test_local_weights_file(tmp_path):

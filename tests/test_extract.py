@@ -29,7 +29,7 @@ def test_extracted_features_equal_model_predict(in_tmp_cwd, raw_params):
     from tlpipe.training import seed_everything
 
     seed_everything(p.seed)
-    model, backbone = extract.feature_model(spec, 32, "none")
+    model, _, backbone, _ = extract.feature_model(spec, 32, "none", p.freeze)
     assert backbones.weights_fingerprint(backbone) == meta["weights_sha256"]
     direct = model.predict(pixels, verbose=0)
     np.testing.assert_allclose(cached, direct, rtol=2e-3, atol=2e-3)

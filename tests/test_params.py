@@ -32,7 +32,7 @@ def error_of(raw) -> str:
 
 def test_repo_params_are_valid(raw_params):
     p = parse(raw_params)
-    assert p.backbone == "mobilenet_0.25" and p.image_size == 224
+    assert p.backbone == "mobilenet_0.75" and p.image_size == 224
     assert p.head.hidden == () and p.finetune.augment.any is False
 
 
