@@ -28,7 +28,7 @@ import numpy as np
 from tlpipe import atomic, backbones, freeze, images, paths, training
 from tlpipe.artifacts import label_indices, load_prefix, read_classes, read_prefix_meta, read_split, sources
 from tlpipe.errors import TlpipeError
-from tlpipe.layers import Temperature, augmentation, load_model, on_pixels
+from tlpipe.layers import Temperature, as_float32, augmentation, load_model, on_pixels
 from tlpipe.params import FinetuneParams
 from tlpipe.scoring import expected_calibration_error, fit_temperature, temperature_scaled
 from tlpipe.training import Inputs, callbacks, compile_model, fit, learning_rate, optimizer, seed_everything, steps
@@ -45,13 +45,36 @@ class Setup:
     seed: int
 
 
+REPLICAS_ENV = "TLPIPE_REPLICAS"
+
+
 def choose_strategy():
-    """One device, all local GPUs, or several machines (TF_CONFIG)."""
+    """Several machines (``TF_CONFIG``), ``TLPIPE_REPLICAS`` local replicas, all
+    local GPUs, or the default one-device strategy.
+
+    ``TLPIPE_REPLICAS=N`` runs N replicas on this machine: N GPUs when there are
+    that many, else N logical devices carved out of the CPU, which runs the
+    very code path of N GPUs (how the tests exercise it without a GPU). Must
+    run before TensorFlow initialises its devices.
+    """
     import tensorflow as tf
 
     if os.environ.get("TF_CONFIG"):
         return tf.distribute.MultiWorkerMirroredStrategy()
-    if len(tf.config.list_logical_devices("GPU")) > 1:
+    wanted = os.environ.get(REPLICAS_ENV, "").strip()
+    gpus = tf.config.list_physical_devices("GPU")
+    if wanted:
+        if not wanted.isdigit() or int(wanted) < 1:
+            raise TlpipeError(f"{REPLICAS_ENV} must be a whole number of replicas >= 1. Got {wanted!r} instead.")
+        n = int(wanted)
+        if len(gpus) >= n:
+            devices = [d.name for d in tf.config.list_logical_devices("GPU")][:n]
+        else:
+            cpu = tf.config.list_physical_devices("CPU")[0]
+            tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * n)
+            devices = [d.name for d in tf.config.list_logical_devices("CPU")][:n]
+        return tf.distribute.MirroredStrategy(devices) if n > 1 else tf.distribute.OneDeviceStrategy(devices[0])
+    if len(gpus) > 1:
         return tf.distribute.MirroredStrategy()
     return tf.distribute.get_strategy()
 
@@ -121,10 +144,10 @@ def _inputs(rows, labels, image_size: int, batch_size: int, seed: int, split: st
 def run(fp: FinetuneParams, s: Setup) -> dict:
     """images (or data/prefix) + models/head.keras -> models/model.keras; reads
     ``finetune.*`` and ``Setup``."""
+    strategy = choose_strategy()  # first: it may configure devices
     seed_everything(s.seed)
     if mixed_precision_on(fp.mixed_precision):
         keras.mixed_precision.set_global_policy("mixed_float16")
-    strategy = choose_strategy()
     replicas = strategy.num_replicas_in_sync
     batch_size = fp.batch_size * replicas  # per-replica batch stays as configured
     classes = read_classes()
@@ -176,7 +199,8 @@ def run(fp: FinetuneParams, s: Setup) -> dict:
     y_val_idx = y_val.argmax(axis=1)
     temperature = fit_temperature(val_probs, y_val_idx)
     shipped_model = keras.Model(model.input, Temperature(temperature, name="temperature")(model.output), name=model.name)
-    atomic.save_keras(paths.MODEL, shipped_model)
+    mixed = keras.mixed_precision.global_policy().name == "mixed_float16"
+    atomic.save_keras(paths.MODEL, as_float32(shipped_model) if mixed else shipped_model)
     metrics.update({
         "shipped": shipped,
         "temperature": temperature,
@@ -193,7 +217,8 @@ def run(fp: FinetuneParams, s: Setup) -> dict:
         "freeze": plan.word,
         "frozen_prefix_cached": prefix,
         "replicas": replicas,
-        "mixed_precision": keras.mixed_precision.global_policy().name == "mixed_float16",
+        "global_batch_size": batch_size,
+        "mixed_precision": mixed,  # trained so; the shipped model is float32
     })
     atomic.write_json(paths.FINETUNE_METRICS, metrics)
     print(

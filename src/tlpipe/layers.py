@@ -156,3 +156,23 @@ def temperature_of(model) -> float:
     """The temperature a tlpipe model applies to its probabilities (1.0: none)."""
     last = model.layers[-1]
     return last.temperature if isinstance(last, Temperature) else 1.0
+
+
+def as_float32(model):
+    """A float32 copy of a model trained under mixed precision, same weights
+    (kept in float32 anyway): what ships, so that every consumer (CPU,
+    TFLite, tlpipe predict) reads plain float32."""
+
+    def walk(node):
+        if isinstance(node, dict):
+            if node.get("class_name") == "DTypePolicy" and node.get("config", {}).get("name") == "mixed_float16":
+                return {**node, "config": {**node["config"], "name": "float32"}}
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    keras.mixed_precision.set_global_policy("float32")
+    copy = keras.saving.deserialize_keras_object(walk(keras.saving.serialize_keras_object(model)))
+    copy.set_weights(model.get_weights())
+    return copy

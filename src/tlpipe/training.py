@@ -5,6 +5,7 @@ returns the best epoch's figures."""
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,8 +15,9 @@ import keras
 import numpy as np
 
 # What training holds in memory at most (decoded images, frozen-prefix
-# outputs); beyond it, every epoch streams from the image files.
-MEMORY_BUDGET_BYTES = 2 * 1024**3
+# outputs); beyond it, every epoch streams from the image files. A machine with
+# less memory sets TLPIPE_MEMORY_BUDGET (bytes).
+MEMORY_BUDGET_BYTES = int(os.environ.get("TLPIPE_MEMORY_BUDGET", 2 * 1024**3))
 
 
 def seed_everything(seed: int) -> None:
