@@ -49,8 +49,11 @@ REPLICAS_ENV = "TLPIPE_REPLICAS"
 
 
 def choose_strategy():
-    """Several machines (``TF_CONFIG``), ``TLPIPE_REPLICAS`` local replicas, all
-    local GPUs, or the default one-device strategy.
+    """``TLPIPE_REPLICAS`` local replicas, all local GPUs, or the default
+    one-device strategy. Several machines (``TF_CONFIG``) are refused in one
+    line: Keras 3's fit does not run under MultiWorkerMirroredStrategy
+    (keras-team/keras#20585; TensorFlow's own multi-worker tutorial fails the
+    same way), and a half-working cluster would hang or crash mid-run.
 
     ``TLPIPE_REPLICAS=N`` runs N replicas on this machine: N GPUs when there are
     that many, else N logical devices carved out of the CPU, which runs the
@@ -60,7 +63,12 @@ def choose_strategy():
     import tensorflow as tf
 
     if os.environ.get("TF_CONFIG"):
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        raise TlpipeError(
+            "TF_CONFIG is set, but training across several machines does not work with Keras 3 "
+            "(its fit fails under MultiWorkerMirroredStrategy: keras-team/keras#20585). Nothing was "
+            f"trained. Unset TF_CONFIG and use the GPUs of one machine ({REPLICAS_ENV}=N, or all GPUs "
+            "by default); share data and features between machines with a DVC remote."
+        )
     wanted = os.environ.get(REPLICAS_ENV, "").strip()
     gpus = tf.config.list_physical_devices("GPU")
     if wanted:
