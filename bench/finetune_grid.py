@@ -32,10 +32,9 @@ ROWS = {
     "block5 lr1e-4": {"freeze": "block5", "finetune.learning_rate": 0.0001},
     "block5 lr3e-4": {"freeze": "block5", "finetune.learning_rate": 0.0003},
     "block4 lr1e-4": {"freeze": "block4", "finetune.learning_rate": 0.0001},
-    "none lr5e-4 (two-phase, 10x below head)": {"freeze": "none", "finetune.learning_rate": 0.0005},
+    "none lr5e-4 two-phase (10x below head)": {"freeze": "none", "finetune.learning_rate": 0.0005},
     "block4 lr3e-4": {"freeze": "block4", "finetune.learning_rate": 0.0003},
     "block5 lr1e-4 8ep": {"freeze": "block5", "finetune.learning_rate": 0.0001, "finetune.epochs": 8},
-    "none lr1e-4 (two-phase)": {"freeze": "none", "finetune.learning_rate": 0.0001},
 }
 
 

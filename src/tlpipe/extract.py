@@ -43,13 +43,16 @@ def feature_model(spec: backbones.Backbone, image_size: int, weights: str, freez
     from tlpipe.layers import on_pixels
 
     backbone, plan = freeze.frozen_backbone(spec, image_size, weights, freeze_word)
+    # Outputs are cast to float16 inside the graph: what is stored, at half the
+    # bytes to copy out of TensorFlow (the same rounding as NumPy's cast).
+    half = keras.layers.Activation(lambda t: keras.ops.cast(t, "float16"), dtype="float32")
     pixels, features = on_pixels(spec, image_size, backbone)
-    pooled = keras.Model(pixels, features, name=f"{spec.name}_features")
+    pooled = keras.Model(pixels, half(features), name=f"{spec.name}_features")
     both = None
     if plan.has_prefix:
         two_outputs = keras.Model(backbone.input, [backbone.output, plan.boundary])
         pixels, outputs = on_pixels(spec, image_size, two_outputs)
-        both = keras.Model(pixels, outputs, name=f"{spec.name}_features_and_prefix")
+        both = keras.Model(pixels, [half(o) for o in outputs], name=f"{spec.name}_features_and_prefix")
     return pooled, both, backbone, plan
 
 
