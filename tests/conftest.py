@@ -62,6 +62,14 @@ def raw_params() -> dict:
     return yaml.safe_load((REPO / "params.yaml").read_text())
 
 
+def set_dotted(params: dict, key: str, value) -> None:
+    """params['a']['b'] = value for key 'a.b', as `dvc exp run -S a.b=value`."""
+    *parents, leaf = key.split(".")
+    for part in parents:
+        params = params[part]
+    params[leaf] = value
+
+
 def tiny_params(raw: dict, source: Path | str, **top) -> dict:
     """Params for a fast run on synthetic data with a random-weight backbone."""
     p = copy.deepcopy(raw)

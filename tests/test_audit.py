@@ -2,8 +2,6 @@
 in a folder data set made on the fly, through the real split and extract code."""
 
 import csv
-import io
-import json
 
 import numpy as np
 import pytest

@@ -103,3 +103,5 @@ def test_local_weights_file(tmp_path):
     np.testing.assert_array_equal(loaded.get_weights()[0], source.get_weights()[0])
     with pytest.raises(TlpipeError, match="'weights' parameter must be 'imagenet', 'none' or the path"):
         spec.build(32, str(tmp_path / "missing.h5"))
+    with pytest.raises(TlpipeError, match=r"The 'weights' parameter must be a weights file of backbone 'vgg16'"):
+        backbones.get("vgg16").build(32, str(path))  # mobilenet's weights

@@ -141,7 +141,7 @@ def test_class_list_that_does_not_match_the_model_is_refused(trained, tmp_path):
     )
 
 
-@pytest.mark.parametrize("fmt", ["keras", "tflite", "saved_model"])
+@pytest.mark.parametrize("fmt", ["keras", "saved_model"])  # Python's file I/O, TensorFlow's
 def test_export_to_an_unwritable_place_is_a_one_line_error(trained, tmp_path, fmt):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")  # root ignores permissions; a file in the path stops anyone

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import REPO, make_class_folders, new_dvc_repo, tiny_params, tool_env
+from conftest import REPO, make_class_folders, new_dvc_repo, set_dotted, tiny_params, tool_env
 
 
 @pytest.fixture(scope="module")
@@ -33,11 +33,7 @@ def finetune(repo, env=None, **changes):
     params = repo.params()
     original = yaml.safe_dump(params, sort_keys=False)
     for dotted, value in changes.items():
-        node = params
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            node = node[part]
-        node[leaf] = value
+        set_dotted(params, dotted, value)
     repo.write_params(params)
     try:
         proc = subprocess.run([sys.executable, "stages/finetune.py"], cwd=repo.root, capture_output=True,

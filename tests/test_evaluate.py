@@ -68,7 +68,9 @@ def test_curves_binary_and_multiclass():
 
 def test_confusion_csv_round_trips(tmp_path):
     y, pred, classes = np.array([0, 1, 2, 2]), np.array([0, 2, 2, 1]), ["a", "b", "c"]
-    text = evaluate._csv(("actual", "predicted"), [(classes[a], classes[b]) for a, b in zip(y, pred)])
+    from tlpipe.artifacts import csv_text
+
+    text = csv_text(("actual", "predicted"), [(classes[a], classes[b]) for a, b in zip(y, pred)])
     (tmp_path / "c.csv").write_text(text)
     with open(tmp_path / "c.csv", newline="") as f:
         rows = list(csv.DictReader(f))

@@ -8,7 +8,7 @@ import json
 import pytest
 import yaml
 
-from conftest import make_class_folders, new_dvc_repo, tiny_params
+from conftest import make_class_folders, new_dvc_repo, set_dotted, tiny_params
 
 STAGES = ["params", "fetch", "split", "extract", "train_head", "finetune", "evaluate", "audit", "scratch"]
 
@@ -88,11 +88,7 @@ DIRECT = [
 def test_a_params_change_touches_only_the_stages_that_read_it(repo, key, value, stages):
     original = repo.params()
     changed = copy.deepcopy(original)
-    node = changed
-    *parents, leaf = key.split(".")
-    for part in parents:
-        node = node[part]
-    node[leaf] = value
+    set_dotted(changed, key, value)
     repo.write_params(changed)
     try:
         status = json.loads(repo.dvc("status", "--json").stdout)
@@ -190,11 +186,7 @@ def test_bad_param_stops_before_any_stage_and_loses_nothing(repo, key, value, me
     before = snapshot()
     original = repo.params()
     bad = copy.deepcopy(original)
-    node = bad
-    *parents, leaf = key.split(".")
-    for part in parents:
-        node = node[part]
-    node[leaf] = value
+    set_dotted(bad, key, value)
     repo.write_params(bad)
     try:
         result = repo.dvc("repro", check=False)

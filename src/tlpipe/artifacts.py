@@ -10,6 +10,7 @@ output reruns only that stage and what consumes the output.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,15 @@ class Row:
     path: str  # relative to data/raw, POSIX separators
     label: str  # class name
     decoder: str  # "tf" or "pil", see tlpipe.images
+
+
+def csv_text(header, rows) -> str:
+    """A CSV file's text, as every stage writes them (header row, Unix newlines)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buf.getvalue()
 
 
 def read_split(name: str, folder: Path = paths.SPLIT) -> list[Row]:

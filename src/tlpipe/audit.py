@@ -19,12 +19,11 @@ Nothing here feeds a choice: the report is for people to look at.
 from __future__ import annotations
 
 import csv
-import io
 
 import numpy as np
 
 from tlpipe import atomic, paths
-from tlpipe.artifacts import SPLITS, Row, load_features, read_classes, read_split
+from tlpipe.artifacts import SPLITS, Row, csv_text, load_features, read_classes, read_split
 from tlpipe.params import AuditParams
 
 # A backbone that cannot tell images apart (random weights) makes every pair
@@ -74,12 +73,6 @@ def label_issues(y: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return np.asarray(ranked, dtype=int), get_label_quality_scores(y, probs, method="self_confidence")
 
 
-def _csv(header, rows) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    return buf.getvalue()
 
 
 def _exact_duplicates(split_of: dict[str, str], label_of: dict[str, str]) -> list[tuple]:
@@ -143,8 +136,8 @@ def run(audit: AuditParams, *, seed: int) -> dict:
 
     with atomic.atomic_dir(paths.AUDIT_PLOTS) as tmp:
         header = ("path_a", "path_b", "split_a", "split_b", "label_a", "label_b", "similarity")
-        (tmp / "duplicates.csv").write_text(_csv(header, exact + pair_rows))
-        (tmp / "label_issues.csv").write_text(_csv(("path", "split", "given", "suggested", "score"), issue_rows))
+        (tmp / "duplicates.csv").write_text(csv_text(header, exact + pair_rows))
+        (tmp / "label_issues.csv").write_text(csv_text(("path", "split", "given", "suggested", "score"), issue_rows))
         report.pairs_png(tmp / "duplicates.png", pair_rows[: audit.gallery], audit.near_duplicate_similarity)
         report.label_issues_png(tmp / "label_issues.png", issue_rows[: audit.gallery])
     metrics = {

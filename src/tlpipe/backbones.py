@@ -74,26 +74,11 @@ class Backbone:
                     "(models/<file> inside it), or set 'weights' to a local file."
                 ) from None
             if keras_weights not in ("imagenet", None):
-                raise TlpipeError(
-                    f"The weights file {weights!r} does not fit backbone '{self.name}' at "
-                    f"image_size {image_size}: {err}"
+                raise invalid(
+                    "weights", f"a weights file of backbone '{self.name}' at image_size {image_size}",
+                    weights, f"({err})".replace("\n", " "),
                 ) from None
             raise
-
-
-def resolve_weights(weights: str) -> str | None:
-    """params 'weights' -> what keras.applications takes."""
-    if weights == "imagenet":
-        return "imagenet"
-    if weights == "none":
-        return None
-    path = Path(weights)
-    if not path.is_file():
-        raise TlpipeError(
-            f"params.yaml: The 'weights' parameter must be 'imagenet', 'none' or the path of "
-            f"an existing weights file. Got {weights!r} instead (no such file)."
-        )
-    return str(path)
 
 
 def weights_fingerprint(model) -> str:

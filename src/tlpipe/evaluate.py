@@ -8,15 +8,13 @@ images) are scored side by side with the same arithmetic (scikit-learn), so
 
 from __future__ import annotations
 
-import csv
-import io
 from collections import Counter
 
 import numpy as np
 from sklearn import metrics as skm
 
 from tlpipe import atomic, images, paths
-from tlpipe.artifacts import label_indices, load_features, read_classes, read_split, sources
+from tlpipe.artifacts import csv_text, label_indices, load_features, read_classes, read_split, sources
 from tlpipe.errors import TlpipeError
 from tlpipe.params import EvaluateParams
 from tlpipe.scoring import expected_calibration_error, reliability, scores, temperature_scaled
@@ -49,12 +47,6 @@ def curves(y_true: np.ndarray, probs: np.ndarray) -> tuple[list[tuple], list[tup
     return roc, pr
 
 
-def _csv(header, rows) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    return buf.getvalue()
 
 
 def predict_images(model, rows, batch_size: int, desc: str = "") -> np.ndarray:
@@ -101,22 +93,22 @@ def run(ep: EvaluateParams) -> dict:
             for sub in ("confusion", "roc", "pr"):
                 (tmp / sub).mkdir(exist_ok=True)
             (tmp / "confusion" / f"{name}.csv").write_text(
-                _csv(("actual", "predicted"), [(classes[a], classes[b]) for a, b in zip(y_true, y_pred)])
+                csv_text(("actual", "predicted"), [(classes[a], classes[b]) for a, b in zip(y_true, y_pred)])
             )
             roc, pr = curves(y_true, probs[name])
-            (tmp / "roc" / f"{name}.csv").write_text(_csv(("fpr", "tpr"), roc))
-            (tmp / "pr" / f"{name}.csv").write_text(_csv(("recall", "precision"), pr))
+            (tmp / "roc" / f"{name}.csv").write_text(csv_text(("fpr", "tpr"), roc))
+            (tmp / "pr" / f"{name}.csv").write_text(csv_text(("recall", "precision"), pr))
             (tmp / f"most_confused_{name}.csv").write_text(
-                _csv(("actual", "predicted", "count"), most_confused(y_true, y_pred, classes))
+                csv_text(("actual", "predicted", "count"), most_confused(y_true, y_pred, classes))
             )
         (tmp / "reliability").mkdir()
         for name, p in (("uncalibrated", uncalibrated), ("calibrated", probs["finetuned"])):
             points = [(round(c, 5), round(a, 5), n) for c, a, n in reliability(y_true, p)]
-            (tmp / "reliability" / f"{name}.csv").write_text(_csv(("confidence", "accuracy", "images"), points))
+            (tmp / "reliability" / f"{name}.csv").write_text(csv_text(("confidence", "accuracy", "images"), points))
         report.reliability_png(tmp / "reliability.png", y_true, uncalibrated, probs["finetuned"], temperature)
         ft = probs["finetuned"]
         (tmp / "predictions.csv").write_text(
-            _csv(
+            csv_text(
                 ("path", "actual", "predicted", "probability", "head_predicted"),
                 [
                     (r.path, r.label, classes[int(ft[i].argmax())], round(float(ft[i].max()), 5),

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import json
 import os
 import random
@@ -38,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tlpipe import atomic, paths
-from tlpipe.artifacts import SPLIT_COLUMNS, SPLITS, Row
+from tlpipe.artifacts import SPLIT_COLUMNS, SPLITS, Row, csv_text
 from tlpipe.errors import TlpipeError
 from tlpipe.images import inspect, is_hidden, undecodable_by_tensorflow
 from tlpipe.params import SplitParams
@@ -258,12 +257,6 @@ def _rejected_at_fetch(raw: Path) -> list[tuple[str, str]]:
         return [(r["path"], r["reason"]) for r in csv.DictReader(f)]
 
 
-def _csv(header: tuple[str, ...], rows) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    return buf.getvalue()
 
 
 def run(params: SplitParams, seed: int, raw: Path = paths.RAW) -> SplitResult:
@@ -275,9 +268,9 @@ def run(params: SplitParams, seed: int, raw: Path = paths.RAW) -> SplitResult:
     with atomic.atomic_dir(paths.SPLIT) as tmp:
         for name in SPLITS:
             rows = [(r.path, r.label, r.decoder) for r in result.rows[name]]
-            paths.split_csv(name, tmp).write_text(_csv(SPLIT_COLUMNS, rows))
+            paths.split_csv(name, tmp).write_text(csv_text(SPLIT_COLUMNS, rows))
         paths.classes_file(tmp).write_text(json.dumps(result.classes, indent=2) + "\n")
-        paths.rejected_file(tmp).write_text(_csv(("path", "reason"), result.rejected))
+        paths.rejected_file(tmp).write_text(csv_text(("path", "reason"), result.rejected))
     counts = {
         name: dict(sorted(Counter(r.label for r in result.rows[name]).items())) for name in SPLITS
     }
