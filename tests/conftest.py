@@ -3,6 +3,7 @@ repo's own params.yaml, and real temporary git+DVC repositories. No network."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import shutil
@@ -82,6 +83,17 @@ def tiny_params(raw: dict, source: Path | str, **top) -> dict:
     p["finetune"].update({"epochs": 2, "batch_size": 8, "patience": 0})
     p["evaluate"].update({"batch_size": 16, "gallery": 4})
     return p
+
+
+@contextlib.contextmanager
+def working_dir(path: Path):
+    """Run stage code in ``path`` (its paths are relative to the repository root)."""
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield path
+    finally:
+        os.chdir(old)
 
 
 @pytest.fixture

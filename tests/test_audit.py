@@ -61,17 +61,12 @@ def plant(raw):
 
 
 @pytest.fixture(scope="module")
-def audited(tmp_path_factory, request):
-    import os
-
+def audited(tmp_path_factory):
     import yaml
 
-    from conftest import REPO
+    from conftest import REPO, working_dir
 
-    root = tmp_path_factory.mktemp("audit")
-    old = os.getcwd()
-    os.chdir(root)
-    try:
+    with working_dir(tmp_path_factory.mktemp("audit")) as root:
         moved = plant(paths.RAW)
         raw = yaml.safe_load((REPO / "params.yaml").read_text())
         # VGG16 at random init keeps images apart (no BatchNorm to flatten it)
@@ -79,8 +74,6 @@ def audited(tmp_path_factory, request):
         p = p.with_overrides(audit=params.AuditParams(near_duplicate_similarity=0.99, folds=5, gallery=6))
         metrics = run_stage_code(p, "split", "extract", "audit")
         yield root, moved, metrics
-    finally:
-        os.chdir(old)
 
 
 def test_near_duplicates_are_found(audited):

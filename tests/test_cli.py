@@ -11,23 +11,17 @@ import pytest
 
 from tlpipe import artifacts, cli, evaluate, params, paths
 
-from conftest import COLOURS, draw_image, make_class_folders, run_stage_code, tiny_params, tool_env
+from conftest import COLOURS, draw_image, make_class_folders, run_stage_code, tiny_params, tool_env, working_dir
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, raw_params_module):
     root = tmp_path_factory.mktemp("cli")
-    import os
-
-    old = os.getcwd()
-    os.chdir(root)
-    try:
+    with working_dir(root):
         make_class_folders(paths.RAW, per_class=8)
         p = params.parse(tiny_params(raw_params_module, paths.RAW, backbone="resnet50", freeze="block5"))
         run_stage_code(p, "split", "extract", "train_head", "finetune")
         yield root
-    finally:
-        os.chdir(old)
 
 
 @pytest.fixture(scope="module")

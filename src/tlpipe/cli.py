@@ -235,6 +235,12 @@ def _export_to(out: Path, fmt: str, model, x, expected, files, quantize) -> int:
     return 0 if ok else 1
 
 
+def plots_page(args) -> int:
+    from tlpipe import plots_page as page
+
+    return page.main()
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="tlpipe", description="Use the classifier that `dvc repro` trained.")
     sub = top.add_subparsers(dest="command", required=True)
@@ -263,7 +269,7 @@ def parser() -> argparse.ArgumentParser:
     g = sub.add_parser("plots-page", help="regenerate the offline page template of `dvc plots show`",
                        description="Write .dvc/offline_plots.html: DVC's plots page with Vega inlined "
                                    "from the pinned vl-convert-python, so every plot renders offline.")
-    g.set_defaults(func=lambda args: __import__("tlpipe.plots_page").plots_page.main())
+    g.set_defaults(func=plots_page)
     return top
 
 

@@ -57,9 +57,9 @@ def predict_images(model, rows, batch_size: int, desc: str = "") -> np.ndarray:
 
 
 def run(ep: EvaluateParams) -> dict:
-    """test split + both models -> metrics/eval.json, plots/; reads ``evaluate.*``."""
+    """test split + both models -> metrics/eval.json, plots/evaluate/; reads ``evaluate.*``."""
     from tlpipe import report
-    from tlpipe.layers import load_model
+    from tlpipe.layers import load_model, temperature_of
 
     classes = read_classes()
     rows = read_split("test")
@@ -70,8 +70,6 @@ def run(ep: EvaluateParams) -> dict:
             f"{paths.FEATURES} does not match {paths.split_csv('test')}; run `dvc repro` so "
             "that extract reruns on the current split."
         )
-    from tlpipe.layers import temperature_of
-
     shipped = load_model(paths.MODEL)
     probs = {
         "finetuned": predict_images(shipped, rows, ep.batch_size, "evaluate: test images"),

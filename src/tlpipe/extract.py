@@ -87,10 +87,9 @@ def _memmap(path, rows: int, shape: tuple[int, ...]):
 
 def run(extract: ExtractParams, *, backbone: str, image_size: int, weights: str, seed: int, freeze: str) -> dict:
     """data/split -> data/features, data/prefix; reads ``backbone``, ``image_size``,
-    ``weights``, ``seed`` (random init with ``weights: none``), ``freeze`` and ``extract.*``."""
-    from tlpipe.training import seed_everything
-
-    seed_everything(seed)
+    ``weights``, ``seed`` (random init with ``weights: none``), ``freeze`` and ``extract.*``.
+    (``freeze`` here is the params word; the module of that name is used above.)"""
+    training.seed_everything(seed)
     spec = backbones.get(backbone)
     pooled, both, built, plan = feature_model(spec, image_size, weights, freeze)
     dim = int(pooled.output.shape[-1])

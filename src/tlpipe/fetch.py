@@ -25,6 +25,7 @@ import tarfile
 import urllib.parse
 import urllib.request
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 
 from tlpipe import atomic, paths
@@ -59,8 +60,7 @@ def run(data: DataParams, target: Path = paths.RAW) -> Path:
 
 
 def _cache_dir() -> Path:
-    """$KERAS_HOME/datasets (default ~/.keras), or /tmp/.keras/datasets when that
-    is not writable (Keras' own fallback); a read-only cache is still read first."""
+    """$KERAS_HOME/datasets (default ~/.keras/datasets), where Keras keeps downloads."""
     home = Path(os.environ.get("KERAS_HOME", "~/.keras")).expanduser()
     return home / "datasets"
 
@@ -87,32 +87,28 @@ def archive_problem(path: Path) -> str | None:
         else:
             with tarfile.open(path) as tar:
                 tar.getmembers()
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, zlib_error()) as err:
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, zlib.error) as err:
         return f"not a readable archive: {err}"
     return None
-
-
-def zlib_error():
-    import zlib
-
-    return zlib.error
 
 
 def _download(url: str, sha256: str | None) -> Path:
     fname = os.path.basename(urllib.parse.urlsplit(url).path)
     cached = _cache_dir() / fname
+    writable = _writable(cached.parent)
     if cached.is_file():
         problem = archive_problem(cached)
         if problem is None:
             print(f"fetch: using cached {cached}", flush=True)
             return cached
-        if not _writable(cached.parent):
+        if not writable:
             raise TlpipeError(
                 f"The cached download {cached} is {problem}, and its folder is read-only. "
                 f"Delete it (rm {cached}) or point KERAS_HOME at a writable cache, then rerun."
             )
         print(f"fetch: the cached {cached} is {problem}; downloading it again", flush=True)
-    folder = cached.parent if _writable(cached.parent) else Path("/tmp/.keras/datasets")
+    # A read-only cache (read above) falls back to Keras' own /tmp/.keras.
+    folder = cached.parent if writable else Path("/tmp/.keras/datasets")
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / fname
     # Downloaded under a temporary name and checked before the rename: an
@@ -125,9 +121,10 @@ def _download(url: str, sha256: str | None) -> Path:
                 f"The download of data.source {url!r} is {problem} (an error page, or a cut-off "
                 "transfer?). Nothing was cached; check the URL and rerun."
             )
-        if sha256 and sha256_of(tmp).lower() != sha256.lower():
+        actual = sha256_of(tmp) if sha256 else None
+        if sha256 and actual != sha256.lower():
             raise TlpipeError(
-                f"The download of data.source {url!r} has SHA-256 {sha256_of(tmp)}, not 'data.sha256' "
+                f"The download of data.source {url!r} has SHA-256 {actual}, not 'data.sha256' "
                 f"{sha256}. Nothing was cached; fix the checksum or the source."
             )
     print(f"fetch: downloaded {target}", flush=True)
@@ -188,7 +185,7 @@ def _extract(archive: Path, sha256: str | None, target: Path) -> None:
         try:
             with tarfile.open(archive) as tar:
                 _extract_tar(tar, archive, target)
-        except (tarfile.TarError, EOFError, zlib_error()) as err:
+        except (tarfile.TarError, EOFError, zlib.error) as err:
             raise TlpipeError(
                 f"{archive} is not a readable tar archive ({err}): truncated or corrupt? "
                 "Nothing was extracted."
@@ -250,7 +247,7 @@ def _extract_zip(archive: Path, target: Path) -> None:
             try:
                 with zf.open(info) as src, open(out, "wb") as dst:
                     _copy_bounded(src, dst, info.file_size, archive, info.filename)
-            except (zipfile.BadZipFile, zlib_error(), EOFError) as err:
+            except (zipfile.BadZipFile, zlib.error, EOFError) as err:
                 raise TlpipeError(
                     f"{archive} is corrupt: member {info.filename!r} cannot be read ({err}). "
                     "Nothing was extracted; download the archive again."

@@ -354,7 +354,7 @@ def parse(raw: Any, source: str = str(paths.PARAMS)) -> Params:
     )
     a.finish()
     mixed = f.get("mixed_precision")
-    if mixed not in ("auto", True, False) or isinstance(mixed, (int, float)) and not isinstance(mixed, bool):
+    if not (mixed == "auto" or isinstance(mixed, bool)):
         f.bad("mixed_precision", "'auto', true or false", mixed)
     finetune = FinetuneParams(
         epochs=f.integer("epochs", 0, 100_000),
