@@ -1,13 +1,14 @@
 # Two entry points, each sets everything up first (idempotent):
 #   make repro   install into .venv, then `dvc repro` on params.yaml
 #   make test    install into .venv, then the test suite
+#   make test-cluster   the multi-worker tests (.ci/run runs them after make test)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup repro test bench
+.PHONY: setup repro test test-cluster bench
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -21,6 +22,10 @@ repro: setup
 
 test: setup
 	pytest -q
+
+# Multi-worker training: worker processes on 127.0.0.1 (about 2.5 minutes).
+test-cluster: setup
+	pytest -q -m cluster
 
 bench: setup
 	$(BIN)/python bench/run_all.py

@@ -7,8 +7,9 @@ For each data set, a fresh copy of the pipeline; each row is a real `dvc repro`
 with only the named params changed (DVC's run-cache shares every stage a row
 does not change, so extraction runs once per backbone and freeze boundary).
 Prints, per row: the head's and the shipped model's val accuracy and loss (what
-a choice may look at), which one was shipped, test accuracy of both (for the
-record: never used to choose), fine-tuning's fit time and the row's wall time.
+a choice may look at), which one was shipped, whether mirror-image test-time
+augmentation ships with it and its val loss with it, test accuracy of both (for
+the record: never used to choose), fine-tuning's fit time and the row's wall time.
 """
 
 import argparse
@@ -57,7 +58,7 @@ def main() -> None:
     args = ap.parse_args()
     require_keras_home()
     header = (f"{'data':6s} {'backbone':18s} {'row':24s} {'head val':>9s} {'val':>6s} {'val loss':>9s} "
-              f"{'shipped':>9s} {'head test':>9s} {'test':>6s} {'fit s':>6s} {'wall s':>7s}")
+              f"{'shipped':>9s} {'tta':>4s} {'tta loss':>9s} {'head test':>9s} {'test':>6s} {'fit s':>6s} {'wall s':>7s}")
     print(header, flush=True)
     for data in args.data.split(","):
         work = copy_pipeline(Path(tempfile.mkdtemp(prefix=f"tlpipe-grid-{data}-")) / "repo")
@@ -73,6 +74,7 @@ def main() -> None:
                 ev = json.loads((work / "metrics/eval.json").read_text())
                 print(f"{data:6s} {backbone:18s} {label:24s} {ft['head_val_accuracy']:9.4f} "
                       f"{ft['val_accuracy']:6.4f} {ft['val_loss']:9.4f} {ft['shipped']:>9s} "
+                      f"{'on' if ft['tta'] else 'off':>4s} {ft.get('val_loss_with_tta', float('nan')):9.4f} "
                       f"{ev['head']['accuracy']:9.4f} {ev['finetuned']['accuracy']:6.4f} "
                       f"{ft['fit_seconds']:6.1f} {wall:7.1f}", flush=True)
 

@@ -4,9 +4,13 @@ path of several GPUs. Each run is the finetune stage's own script in a fresh
 process (devices are configured once per process), in a repo trained by
 `dvc repro`."""
 
+import contextlib
 import json
+import re
+import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -95,24 +99,202 @@ def test_mixed_precision_trains_on_cpu_and_every_consumer_reads_the_model(traine
     assert exported.returncode == 0, exported.stdout[-2000:] + exported.stderr[-2000:]
 
 
-def test_several_machines_are_refused_in_one_line_before_any_work(trained):
-    """Keras 3's fit fails under MultiWorkerMirroredStrategy (keras-team/keras#20585):
-    two workers on 127.0.0.1 each stop at once with one line, and nothing is written."""
-    import time
+def free_ports(n: int) -> list[int]:
+    import socket
 
-    before = (trained.root / "models/model.keras").read_bytes()
-    cluster = {"worker": ["127.0.0.1:29871", "127.0.0.1:29872"]}
+    sockets = [socket.socket() for _ in range(n)]
+    for sock in sockets:
+        sock.bind(("127.0.0.1", 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+def tf_config(ports: list[int], index: int) -> str:
+    workers = [f"127.0.0.1:{port}" for port in ports]
+    return json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})
+
+
+def start_worker(root, config: str, **env):
+    return subprocess.Popen([sys.executable, "stages/finetune.py"], cwd=root, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env={**tool_env(), "TF_CONFIG": config, **env})
+
+
+def outputs(root) -> dict:
+    """What a run would write, as bytes (None where absent)."""
+    files = ["models/model.keras", "metrics/finetune.json", "dvclive/finetune/metrics.json"]
+    return {f: (root / f).read_bytes() if (root / f).exists() else None for f in files}
+
+
+@contextlib.contextmanager
+def changed_params(roots, **changes):
+    """params.yaml of every repo in ``roots`` with dotted keys changed, restored after."""
+    originals = {root: (root / "params.yaml").read_text() for root in roots}
+    for root, text in originals.items():
+        params = yaml.safe_load(text)
+        for dotted, value in changes.items():
+            set_dotted(params, dotted, value)
+        (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        yield
+    finally:
+        for root, text in originals.items():
+            (root / "params.yaml").write_text(text)
+
+
+@pytest.fixture(scope="module")
+def two_machines(trained, tmp_path_factory):
+    """A second machine's copy of the trained repo (as `dvc pull` would make it);
+    both run at a per-replica batch of 4."""
+    other = tmp_path_factory.mktemp("machine2") / "repo"
+    shutil.copytree(trained.root, other, symlinks=True)
+    with changed_params([trained.root, other], **{"finetune.batch_size": 4}):
+        yield trained.root, other
+
+
+def run_cluster(roots, **env) -> list[tuple[int, str, str]]:
+    """One worker per repo in ``roots``, started together; (exit code, stdout, stderr) each."""
+    ports = free_ports(len(roots))
+    procs = [start_worker(root, tf_config(ports, i), **env) for i, root in enumerate(roots)]
+    results = [p.communicate(timeout=600) for p in procs]
+    return [(p.returncode, out, err) for p, (out, err) in zip(procs, results)]
+
+
+# Several worker processes each: about 2.5 minutes together, so they run apart
+# from the default suite (`make test-cluster`; .ci/run runs both).
+@pytest.mark.cluster
+def test_two_workers_train_as_one_and_only_the_chief_writes(two_machines):
+    """Two processes on 127.0.0.1, each with its own TF_CONFIG and its own copy of
+    the repo, as on two machines: the chief (worker 0) writes the model and the
+    metrics; worker 1 leaves its repo as it was. A one-worker cluster at the same
+    global batch sees the same batches, so the models match."""
+    chief, other = two_machines
+    [(code, out, err)] = run_cluster([chief])
+    assert code == 0, out[-3000:] + err[-3000:]
+    one = json.loads((chief / "metrics/finetune.json").read_text())
+    one_weights = load_weights(chief)
+    before = outputs(other)
+
+    results = run_cluster([chief, other])
+    assert [code for code, _, _ in results] == [0, 0], "\n\n".join(out[-3000:] + err[-3000:] for _, out, err in results)
+    two = json.loads((chief / "metrics/finetune.json").read_text())
+    assert outputs(other) == before  # the non-chief wrote nothing
+    assert "worker 1 of 2 tasks done; the chief writes models/model.keras" in results[1][1]
+    assert one["replicas"] == 1 and one["workers"] == 1 and one["global_batch_size"] == 4
+    assert two["replicas"] == 2 and two["workers"] == 2 and two["global_batch_size"] == 8
+    assert two["epochs_run"] == 2 and two["frozen_prefix_cached"] is True
+    # Same data order and global batch; only the order of float sums differs.
+    assert two["head_val_loss"] == pytest.approx(one["head_val_loss"], abs=1e-5)
+    assert two["val_loss"] == pytest.approx(one["val_loss"], rel=1e-3)
+    # Adam moves a weight whose gradient is ~0 by up to the learning rate per
+    # step whatever the gradient's sign, so float noise shows there: a few
+    # weights differ by a few learning rates, none by more than 10.
+    lr = two_machines_lr(chief)
+    for a, b in zip(one_weights, load_weights(chief)):
+        np.testing.assert_allclose(a, b, atol=10 * lr)
+
+
+def two_machines_lr(root) -> float:
+    return float(yaml.safe_load((root / "params.yaml").read_text())["finetune"]["learning_rate"])
+
+
+def load_weights(root):
+    from tlpipe.layers import load_model
+
+    return load_model(root / "models/model.keras").get_weights()
+
+
+@pytest.mark.cluster
+def test_two_workers_stream_images_from_files(two_machines):
+    """Augmentation on and no memory to hold images: each worker streams the files
+    and takes its half of every global batch."""
+    chief, other = two_machines
+    with changed_params([chief, other], **{"finetune.augment.flip": True}):
+        results = run_cluster([chief, other], TLPIPE_MEMORY_BUDGET="0")
+    for code, out, err in results:
+        assert code == 0, out[-3000:] + err[-3000:]
+    metrics = json.loads((chief / "metrics/finetune.json").read_text())
+    assert metrics["replicas"] == 2 and metrics["frozen_prefix_cached"] is False
+    assert np.isfinite(metrics["val_loss"])
+
+
+def test_a_worker_whose_peer_never_starts_stops_within_the_timeout(two_machines):
+    chief, _ = two_machines
+    before = outputs(chief)
     start = time.monotonic()
-    procs = [
-        subprocess.Popen([sys.executable, "stages/finetune.py"], cwd=trained.root, text=True,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         env={**tool_env(), "TF_CONFIG": json.dumps({"cluster": cluster,
-                                                                      "task": {"type": "worker", "index": i}})})
-        for i in range(2)
-    ]
-    results = [p.communicate(timeout=120) for p in procs]
-    assert time.monotonic() - start < 120
-    for proc, (_, err) in zip(procs, results):
-        assert proc.returncode == 2 and "Traceback" not in err
-        assert "finetune: error: TF_CONFIG is set, but training across several machines" in err
-    assert (trained.root / "models/model.keras").read_bytes() == before
+    proc = start_worker(chief, tf_config(free_ports(2), 0), TLPIPE_PEER_TIMEOUT="8")
+    out, err = proc.communicate(timeout=120)
+    assert time.monotonic() - start < 60
+    assert proc.returncode != 0 and "Traceback" not in err  # stopped by its watchdog (SIGKILL)
+    assert "finetune: error: not every task of TF_CONFIG's cluster" in err and "joined within 8 s" in err
+    assert outputs(chief) == before
+
+
+@pytest.mark.cluster
+def test_a_worker_whose_peer_dies_mid_run_stops_with_one_line(two_machines):
+    chief, other = two_machines
+    before = outputs(chief)
+    ports = free_ports(2)
+    with changed_params([chief, other], **{"finetune.epochs": 500}):
+        lead = start_worker(chief, tf_config(ports, 0), TLPIPE_PEER_TIMEOUT="20")
+        peer = start_worker(other, tf_config(ports, 1), TLPIPE_PEER_TIMEOUT="20")
+        for line in peer.stdout:  # training has begun on both
+            if line.startswith("Epoch 2/"):
+                break
+        peer.kill()
+        peer.communicate()
+        start = time.monotonic()
+        out, err = lead.communicate(timeout=180)
+    assert time.monotonic() - start < 60
+    assert lead.returncode == 2 and "Traceback" not in err, err[-3000:]
+    assert "finetune: error: lost a peer worker during training" in err
+    assert outputs(chief)["models/model.keras"] == before["models/model.keras"]
+    assert outputs(chief)["metrics/finetune.json"] == before["metrics/finetune.json"]
+
+
+def test_a_bad_tf_config_is_one_line_before_any_work(trained):
+    proc = start_worker(trained.root, "{not json")
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in err, err[-2000:]
+    assert "finetune: error: TF_CONFIG must be JSON like" in err
+
+
+@pytest.mark.parametrize("config, message", [
+    (json.dumps({"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 3}}),
+     "with the task among the cluster's"),
+    (json.dumps({"cluster": {"ps": ["127.0.0.1:1"], "worker": ["127.0.0.1:2"]},
+                 "task": {"type": "worker", "index": 0}}), "may name the jobs 'chief' and 'worker'. Got ['ps']"),
+    (json.dumps({"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker"}}), "TF_CONFIG must be JSON like"),
+])
+def test_tf_config_is_checked(monkeypatch, config, message):
+    from tlpipe import distributed
+    from tlpipe.errors import TlpipeError
+
+    monkeypatch.setenv("TF_CONFIG", config)
+    with pytest.raises(TlpipeError, match=re.escape(message)):
+        distributed.choose_strategy()
+
+
+@pytest.mark.parametrize("cluster, index, chief", [
+    ({"worker": ["a:1", "b:1"]}, 0, True),
+    ({"worker": ["a:1", "b:1"]}, 1, False),
+    ({"chief": ["a:1"], "worker": ["b:1"]}, 0, False),
+])
+def test_the_chief_is_the_chief_task_else_worker_0(monkeypatch, cluster, index, chief):
+    from tlpipe import distributed
+
+    task_type = "worker"
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": task_type, "index": index}}))
+    assert distributed.is_chief() is chief
+    assert distributed.worker_count() == sum(len(v) for v in cluster.values())
+
+
+def test_replicas_and_a_cluster_together_are_refused(monkeypatch):
+    from tlpipe import distributed
+    from tlpipe.errors import TlpipeError
+
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 0}}))
+    monkeypatch.setenv("TLPIPE_REPLICAS", "2")
+    with pytest.raises(TlpipeError, match="Set TF_CONFIG .several machines. or TLPIPE_REPLICAS .one machine., not both"):
+        distributed.choose_strategy()

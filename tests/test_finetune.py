@@ -261,7 +261,7 @@ def test_never_ships_a_model_worse_than_the_head_on_val(trained_head_repo):
     from tlpipe.layers import load_model
 
     p = trained_head_repo
-    wild = dataclasses.replace(p.finetune, optimizer="sgd", learning_rate=9.0, schedule="constant")
+    wild = dataclasses.replace(p.finetune, optimizer="sgd", learning_rate=9.0, schedule="constant", tta=False)
     metrics = run_stage_code(p.with_overrides(finetune=wild), "finetune")
     assert metrics["shipped"] == "head" and metrics["best_epoch"] == 0 and metrics["epochs_run"] == 2
     assert metrics["val_loss"] == metrics["head_val_loss"]
@@ -279,3 +279,35 @@ def test_ships_the_finetuned_model_when_it_beats_the_head_on_val(trained_head_re
         assert metrics["val_accuracy"] >= metrics["head_val_accuracy"]
     else:
         assert metrics["val_loss"] == metrics["head_val_loss"]
+
+
+@pytest.mark.parametrize("tta", [True, False, None])
+def test_mirror_image_tta_is_chosen_on_val_and_ships_inside_the_model(trained_head_repo, tta):
+    """finetune.tta: true ships a model that averages over the image and its
+    mirror image (then the temperature); false ships the plain one; auto keeps
+    the mirror only if it lowers val loss with val accuracy no lower."""
+    import dataclasses
+
+    from tlpipe import artifacts, images, paths
+    from tlpipe.layers import load_model, temperature_of
+    from tlpipe.scoring import temperature_scaled
+
+    p = trained_head_repo
+    metrics = run_stage_code(p.with_overrides(finetune=dataclasses.replace(p.finetune, tta=tta)), "finetune")
+    shipped = load_model(paths.MODEL)
+    mirrored = "mirror" in [layer.name for layer in shipped.layers]
+    assert metrics["tta"] is mirrored
+    if tta is False:
+        assert not mirrored and "val_loss_with_tta" not in metrics
+        return
+    if tta is None:
+        better = (metrics["val_loss_with_tta"] < metrics["val_loss_without_tta"]
+                  and metrics["val_accuracy_with_tta"] >= metrics["val_accuracy_without_tta"])
+        assert mirrored is better
+    if mirrored:
+        rows = artifacts.read_split("val")
+        x = np.concatenate([b.numpy() for b in images.dataset(*artifacts.sources(rows), 32, 8)])
+        classifier = next(layer for layer in shipped.layers if isinstance(layer, keras.Model))
+        plain, flipped = (classifier.predict(v, verbose=0).astype(np.float64) for v in (x, x[:, :, ::-1]))
+        expected = temperature_scaled((plain + flipped) / 2, temperature_of(shipped))
+        np.testing.assert_allclose(shipped.predict(x, verbose=0), expected, atol=1e-5)

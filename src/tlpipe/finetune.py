@@ -18,20 +18,21 @@ fit, else streamed from the files every epoch.
 
 from __future__ import annotations
 
-import os
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import keras
 import numpy as np
 
-from tlpipe import atomic, backbones, freeze, images, paths, training
+from tlpipe import atomic, backbones, distributed, freeze, images, paths, training
 from tlpipe.artifacts import label_indices, load_prefix, read_classes, read_prefix_meta, read_split, sources
 from tlpipe.errors import TlpipeError
-from tlpipe.layers import Temperature, as_float32, augmentation, load_model, on_pixels
+from tlpipe.layers import Mirror, Temperature, as_float32, augmentation, load_model, mirror_averaged, on_pixels
 from tlpipe.params import FinetuneParams
-from tlpipe.scoring import expected_calibration_error, fit_temperature, temperature_scaled
-from tlpipe.training import Inputs, callbacks, compile_model, fit, learning_rate, optimizer, seed_everything, steps
+from tlpipe.scoring import expected_calibration_error, fit_temperature, log_loss, temperature_scaled
+from tlpipe.training import Inputs, callbacks, compile_model, learning_rate, optimizer, seed_everything, steps
 
 
 @dataclass(frozen=True)
@@ -43,48 +44,6 @@ class Setup:
     weights: str
     freeze: str
     seed: int
-
-
-REPLICAS_ENV = "TLPIPE_REPLICAS"
-
-
-def choose_strategy():
-    """``TLPIPE_REPLICAS`` local replicas, all local GPUs, or the default
-    one-device strategy. Several machines (``TF_CONFIG``) are refused in one
-    line: Keras 3's fit does not run under MultiWorkerMirroredStrategy
-    (keras-team/keras#20585; TensorFlow's own multi-worker tutorial fails the
-    same way), and a half-working cluster would hang or crash mid-run.
-
-    ``TLPIPE_REPLICAS=N`` runs N replicas on this machine: N GPUs when there are
-    that many, else N logical devices carved out of the CPU, which runs the
-    very code path of N GPUs (how the tests exercise it without a GPU). Must
-    run before TensorFlow initialises its devices.
-    """
-    import tensorflow as tf
-
-    if os.environ.get("TF_CONFIG"):
-        raise TlpipeError(
-            "TF_CONFIG is set, but training across several machines does not work with Keras 3 "
-            "(its fit fails under MultiWorkerMirroredStrategy: keras-team/keras#20585). Nothing was "
-            f"trained. Unset TF_CONFIG and use the GPUs of one machine ({REPLICAS_ENV}=N, or all GPUs "
-            "by default); share data and features between machines with a DVC remote."
-        )
-    wanted = os.environ.get(REPLICAS_ENV, "").strip()
-    gpus = tf.config.list_physical_devices("GPU")
-    if wanted:
-        if not wanted.isdigit() or int(wanted) < 1:
-            raise TlpipeError(f"{REPLICAS_ENV} must be a whole number of replicas >= 1. Got {wanted!r} instead.")
-        n = int(wanted)
-        if len(gpus) >= n:
-            devices = [d.name for d in tf.config.list_logical_devices("GPU")][:n]
-        else:
-            cpu = tf.config.list_physical_devices("CPU")[0]
-            tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * n)
-            devices = [d.name for d in tf.config.list_logical_devices("CPU")][:n]
-        return tf.distribute.MirroredStrategy(devices) if n > 1 else tf.distribute.OneDeviceStrategy(devices[0])
-    if len(gpus) > 1:
-        return tf.distribute.MirroredStrategy()
-    return tf.distribute.get_strategy()
 
 
 def mixed_precision_on(setting: bool | None) -> bool:
@@ -149,15 +108,38 @@ def _inputs(rows, labels, image_size: int, batch_size: int, seed: int, split: st
     return Inputs(stream)
 
 
+def _mirror_choice(model: keras.Model, val_rows, y_val_idx, image_size: int, batch_size: int, tta: bool | None):
+    """Whether the shipped model averages over the image and its mirror image
+    (``finetune.tta``; auto: when that lowers val loss, accuracy no lower), and
+    the val probabilities of the model that ships. Both variants are scored
+    on the val images through the whole model, so they compare like for like."""
+    pixels = keras.Input(model.input_shape[1:], name="pixels")
+    both = keras.Model(pixels, [model(pixels), model(Mirror()(pixels))])
+    parts = list(images.predict(both, *sources(val_rows), image_size, batch_size, "finetune: val, mirrored too"))
+    plain = np.concatenate([p[0] for p in parts]).astype(np.float64)
+    averaged = (plain + np.concatenate([p[1] for p in parts]).astype(np.float64)) / 2
+    scores = {name: (log_loss(y_val_idx, probs), float(np.mean(probs.argmax(1) == y_val_idx)))
+              for name, probs in (("without", plain), ("with", averaged))}
+    (loss_without, acc_without), (loss_with, acc_with) = scores["without"], scores["with"]
+    use = tta if tta is not None else (loss_with < loss_without and acc_with >= acc_without)
+    report = {"val_loss_without_tta": round(loss_without, 4), "val_accuracy_without_tta": round(acc_without, 4),
+              "val_loss_with_tta": round(loss_with, 4), "val_accuracy_with_tta": round(acc_with, 4)}
+    print(f"finetune: mirror-image test-time augmentation {'on' if use else 'off'} (val loss {loss_without:.4f} "
+          f"without, {loss_with:.4f} with)")
+    return use, averaged if use else plain, report
+
+
 def run(fp: FinetuneParams, s: Setup) -> dict:
     """images (or data/prefix) + models/head.keras -> models/model.keras; reads
-    ``finetune.*`` and ``Setup``."""
-    strategy = choose_strategy()  # first: it may configure devices
+    ``finetune.*`` and ``Setup``. On several machines every worker trains and
+    the chief alone writes (see tlpipe.distributed)."""
+    strategy = distributed.choose_strategy()  # first: it may configure devices
     seed_everything(s.seed)
     if mixed_precision_on(fp.mixed_precision):
         keras.mixed_precision.set_global_policy("mixed_float16")
     replicas = strategy.num_replicas_in_sync
     batch_size = fp.batch_size * replicas  # per-replica batch stays as configured
+    chief = distributed.is_chief()
     classes = read_classes()
     train_rows, val_rows = read_split("train"), read_split("val")
     y_train = keras.utils.to_categorical(label_indices(train_rows, classes), len(classes))
@@ -174,6 +156,7 @@ def run(fp: FinetuneParams, s: Setup) -> dict:
         lr = learning_rate(fp.learning_rate, fp.schedule, fp.epochs, steps_per_epoch, fp.warmup_epochs)
         compile_model(fit_model, optimizer(fp.optimizer, lr), fp.label_smoothing)
         fit_model.jit_compile = fp.xla
+    trainer = distributed.trainer(strategy, fit_model, fp.label_smoothing, batch_size, s.seed)
 
     start = time.perf_counter()
     val = _inputs(val_rows, y_val, s.image_size, batch_size, s.seed, "val", prefix)
@@ -181,15 +164,17 @@ def run(fp: FinetuneParams, s: Setup) -> dict:
         train = _inputs(train_rows, y_train, s.image_size, batch_size, s.seed, "train", prefix, shuffle=True)
     data_seconds = time.perf_counter() - start
     # The starting point (trained head on the frozen backbone) is the first candidate.
-    head_loss, head_accuracy = (float(v) for v in fit_model.evaluate(**val.fit_kwargs(), verbose=0))
+    head_loss, head_accuracy = trainer.evaluate(val)
     metrics = {"val_accuracy": round(head_accuracy, 4), "val_loss": round(head_loss, 4),
                "best_epoch": 0, "epochs_run": 0, "fit_seconds": 0.0}
     shipped = "head"
-    with atomic.atomic_dir(paths.FINETUNE_LOGS) as log_dir:
+    # Other workers of a cluster log to a scratch folder: the chief's logs are the run's.
+    with (atomic.atomic_dir(paths.FINETUNE_LOGS) if chief else tempfile.TemporaryDirectory()) as log_dir:
+        log_dir = Path(log_dir)
         if trains:
             start_weights = model.get_weights()
             warmup = (fp.learning_rate, fp.warmup_epochs * steps_per_epoch)
-            result = fit(fit_model, train, val, fp.epochs, callbacks(fp.patience, fp.schedule, log_dir, warmup))
+            result = trainer.fit(train, val, fp.epochs, callbacks(fp.patience, fp.schedule, log_dir, warmup))
             if result.val_loss < head_loss and result.val_accuracy >= head_accuracy:
                 metrics, shipped = result.metrics(), "finetuned"
             else:
@@ -199,18 +184,29 @@ def run(fp: FinetuneParams, s: Setup) -> dict:
                       f"{head_accuracy:.4f}): shipping the head on the frozen backbone")
         else:
             log_dir.joinpath("metrics.json").write_text("{}\n")  # nothing to train: freeze all, or epochs 0
+    if not chief:
+        print(f"finetune: {distributed.describe_task()} done; the chief writes {paths.MODEL} and "
+              f"{paths.FINETUNE_METRICS}, this worker writes nothing")
+        return metrics
 
+    y_val_idx = y_val.argmax(axis=1)
+    if fp.tta is False:
+        tta, val_probs, tta_report = False, trainer.predict(val).astype(np.float64), {}
+    else:
+        tta, val_probs, tta_report = _mirror_choice(model, val_rows, y_val_idx, s.image_size, batch_size, fp.tta)
     # Calibration: one temperature fitted on val (never test), stored in the
     # shipped model, so that its probabilities (evaluate, tlpipe predict) mean
     # what they say; its decisions do not change.
-    val_probs = fit_model.predict(val.x, batch_size=batch_size, verbose=0).astype(np.float64)
-    y_val_idx = y_val.argmax(axis=1)
     temperature = fit_temperature(val_probs, y_val_idx)
-    shipped_model = keras.Model(model.input, Temperature(temperature, name="temperature")(model.output), name=model.name)
+    classifier = mirror_averaged(model) if tta else model
+    shipped_model = keras.Model(classifier.input, Temperature(temperature, name="temperature")(classifier.output),
+                                name=model.name)
     mixed = keras.mixed_precision.global_policy().name == "mixed_float16"
     atomic.save_keras(paths.MODEL, as_float32(shipped_model) if mixed else shipped_model)
     metrics.update({
         "shipped": shipped,
+        "tta": tta,
+        **tta_report,
         "temperature": temperature,
         "val_ece": round(expected_calibration_error(y_val_idx, val_probs), 4),
         "val_ece_calibrated": round(
@@ -225,12 +221,13 @@ def run(fp: FinetuneParams, s: Setup) -> dict:
         "freeze": plan.word,
         "frozen_prefix_cached": prefix,
         "replicas": replicas,
+        "workers": distributed.worker_count(),
         "global_batch_size": batch_size,
         "mixed_precision": mixed,  # trained so; the shipped model is float32
     })
     atomic.write_json(paths.FINETUNE_METRICS, metrics)
     print(
-        f"finetune: shipped the {shipped} model: val accuracy {metrics['val_accuracy']:.4f}, "
-        f"val loss {metrics['val_loss']:.4f} (freeze {plan.word})"
+        f"finetune: shipped the {shipped} model{' with mirror-image TTA' if tta else ''}: val accuracy "
+        f"{metrics['val_accuracy']:.4f}, val loss {metrics['val_loss']:.4f} (freeze {plan.word})"
     )
     return metrics

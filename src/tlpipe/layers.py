@@ -152,6 +152,27 @@ class Temperature(keras.layers.Layer):
         return {**super().get_config(), "temperature": self.temperature}
 
 
+@keras.saving.register_keras_serializable(package="tlpipe")
+class Mirror(keras.layers.Layer):
+    """The image flipped left to right (NHWC), always: test-time augmentation,
+    unlike RandomFlip, which is off at inference."""
+
+    def call(self, images):
+        return ops.flip(images, axis=2)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+def mirror_averaged(model: keras.Model) -> keras.Model:
+    """``model``'s probabilities averaged over the image and its mirror image:
+    one shared set of weights, saved once; what ships when mirror-image
+    test-time augmentation is on (finetune.tta)."""
+    pixels = keras.Input(model.input_shape[1:], name="pixels")
+    both = [model(pixels), model(Mirror(name="mirror")(pixels))]
+    return keras.Model(pixels, keras.layers.Average(name="mirror_average", dtype="float32")(both), name=model.name)
+
+
 def temperature_of(model) -> float:
     """The temperature a tlpipe model applies to its probabilities (1.0: none)."""
     last = model.layers[-1]

@@ -133,6 +133,7 @@ class FinetuneParams:
     augment: AugmentParams
     mixed_precision: bool | None  # None: on when a GPU is present
     xla: bool
+    tta: bool | None  # mirror-image test-time augmentation; None: chosen on val
 
 
 @dataclass(frozen=True)
@@ -251,6 +252,13 @@ class _Section:
             self.bad(key, "a non-empty string" + (" or null" if allow_null else ""), value)
         return value
 
+    def auto_or_bool(self, key: str) -> bool | None:
+        """``auto`` (None: decided at run time), true or false."""
+        value = self.get(key)
+        if not (value == "auto" or isinstance(value, bool)):
+            self.bad(key, "'auto', true or false", value)
+        return None if value == "auto" else value
+
     def finish(self):
         unknown = sorted(set(self.mapping) - self.used, key=str)
         if unknown:
@@ -353,9 +361,6 @@ def parse(raw: Any, source: str = str(paths.PARAMS)) -> Params:
         crop=a.real("crop", 0.0, 1.0),
     )
     a.finish()
-    mixed = f.get("mixed_precision")
-    if not (mixed == "auto" or isinstance(mixed, bool)):
-        f.bad("mixed_precision", "'auto', true or false", mixed)
     finetune = FinetuneParams(
         epochs=f.integer("epochs", 0, 100_000),
         batch_size=f.integer("batch_size", 1, 65_536),
@@ -366,8 +371,9 @@ def parse(raw: Any, source: str = str(paths.PARAMS)) -> Params:
         patience=f.integer("patience", 0, 100_000),
         label_smoothing=f.real("label_smoothing", 0.0, 1.0),
         augment=augment,
-        mixed_precision=None if mixed == "auto" else mixed,
+        mixed_precision=f.auto_or_bool("mixed_precision"),
         xla=f.boolean("xla"),
+        tta=f.auto_or_bool("tta"),
     )
     f.finish()
 

@@ -68,6 +68,11 @@ def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, bins: int 
     return float(sum(count / n * abs(conf - acc) for conf, acc, count in reliability(y_true, probs, bins)))
 
 
+def log_loss(y_true: np.ndarray, probs: np.ndarray) -> float:
+    """Mean negative log-probability of the true class."""
+    return float(-np.mean(np.log(np.clip(probs[np.arange(len(y_true)), y_true], 1e-12, None))))
+
+
 def temperature_scaled(probs: np.ndarray, temperature: float) -> np.ndarray:
     """softmax(log p / T): the same ranking, sharper (T < 1) or softer (T > 1)."""
     logits = np.log(np.clip(probs, 1e-12, 1.0)) / temperature
@@ -82,8 +87,7 @@ def fit_temperature(probs: np.ndarray, y_true: np.ndarray) -> float:
     from scipy.optimize import minimize_scalar
 
     def nll(log_t: float) -> float:
-        p = temperature_scaled(probs, float(np.exp(log_t)))
-        return float(-np.mean(np.log(np.clip(p[np.arange(len(y_true)), y_true], 1e-12, None))))
+        return log_loss(y_true, temperature_scaled(probs, float(np.exp(log_t))))
 
     best = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded", options={"xatol": 1e-4})
     return round(float(np.exp(best.x)), 4)

@@ -1,0 +1,352 @@
+"""Where fine-tuning runs, and how it trains there: one device, several
+replicas on one machine, or several machines.
+
+``choose_strategy`` picks the ``tf.distribute`` strategy; ``trainer`` hands
+back what evaluates and fits a model under it:
+
+- one machine (one device, ``TLPIPE_REPLICAS=N`` or all its GPUs): Keras'
+  own ``evaluate`` and ``fit`` (``KerasTrainer``);
+- several machines (``TF_CONFIG`` set): Keras 3's ``fit`` and ``evaluate``
+  fail under ``MultiWorkerMirroredStrategy`` (keras-team/keras#20585: its
+  symbolic build and its metric reduction call collectives that break in
+  eager mode), so ``WorkerLoop`` trains with a loop of its own that drives
+  the very same Keras callbacks (early stopping with best-weights restore,
+  learning-rate warmup and plateau, DVCLive).
+
+``WorkerLoop`` splits every global batch between all replicas of all workers,
+in order, so a run on N workers sees the same batches as a run on one (the
+tests compare them); every figure it reports (train and val loss and
+accuracy) is summed across workers, so every worker takes the same
+early-stopping and head-or-fine-tuned decision, and none waits forever for
+a peer that stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import keras
+import numpy as np
+
+from tlpipe.errors import TlpipeError
+from tlpipe.training import FitResult, Inputs, fit
+
+REPLICAS_ENV = "TLPIPE_REPLICAS"
+# Seconds a worker waits for its peers: to join the cluster at start, and at
+# every collective step (a peer that died or hangs). Generous by default: the
+# slowest machine may still be decoding images when the others are ready.
+PEER_TIMEOUT_ENV = "TLPIPE_PEER_TIMEOUT"
+DEFAULT_PEER_TIMEOUT = 300
+
+
+def _positive_int(name: str, unit: str, default: int | None) -> int | None:
+    """An environment variable holding a whole number >= 1, or ``default``."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) < 1:
+        raise TlpipeError(f"{name} must be a whole number of {unit} >= 1. Got {raw!r} instead.")
+    return int(raw)
+
+
+def _cluster() -> dict | None:
+    """TF_CONFIG, parsed and checked; None when it is not set."""
+    raw = os.environ.get("TF_CONFIG", "").strip()
+    if not raw:
+        return None
+    try:
+        config = json.loads(raw)
+        workers = {job: list(addresses) for job, addresses in config["cluster"].items()}
+        task_type, task_index = config["task"]["type"], int(config["task"]["index"])
+        workers[task_type][task_index]
+    except (ValueError, KeyError, TypeError, IndexError) as err:
+        raise TlpipeError(
+            f"TF_CONFIG must be JSON like {{\"cluster\": {{\"worker\": [\"host1:port\", \"host2:port\"]}}, "
+            f"\"task\": {{\"type\": \"worker\", \"index\": 0}}}} with the task among the cluster's. "
+            f"Got {raw!r} instead ({type(err).__name__}: {err})."
+        ) from None
+    unknown = sorted(set(workers) - {"chief", "worker"})
+    if unknown:
+        raise TlpipeError(f"TF_CONFIG's cluster may name the jobs 'chief' and 'worker'. Got {unknown} instead.")
+    return {"cluster": workers, "type": task_type, "index": task_index}
+
+
+def is_chief() -> bool:
+    """Whether this process writes the results: always on one machine; in a
+    cluster, the 'chief' task, or worker 0 when there is none."""
+    cluster = _cluster()
+    if cluster is None:
+        return True
+    if "chief" in cluster["cluster"]:
+        return cluster["type"] == "chief"
+    return cluster["index"] == 0
+
+
+def worker_count() -> int:
+    """Machines training together: the tasks of TF_CONFIG's cluster, else 1."""
+    cluster = _cluster()
+    return 1 if cluster is None else sum(len(a) for a in cluster["cluster"].values())
+
+
+def describe_task() -> str:
+    cluster = _cluster()
+    if cluster is None:
+        return "this machine"
+    return f"{cluster['type']} {cluster['index']} of {worker_count()} tasks"
+
+
+# Runs beside a worker while it joins its cluster: TensorFlow's join blocks in
+# C++ holding the GIL, so no thread of the worker can time it out.
+_WATCHDOG = """
+import os, signal, sys, time
+parent, timeout, message = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+time.sleep(timeout)
+if os.getppid() == parent:
+    print(message, file=sys.stderr, flush=True)
+    os.kill(parent, signal.SIGKILL)
+"""
+
+
+def _join_cluster(cluster: dict, timeout: int):
+    """MultiWorkerMirroredStrategy, once every task has joined; after
+    ``timeout`` seconds without, one line on stderr and the worker is stopped
+    (TensorFlow itself would wait forever for a task that never starts)."""
+    import subprocess
+
+    import tensorflow as tf
+
+    addresses = ", ".join(a for job in cluster["cluster"].values() for a in job)
+    message = (
+        f"finetune: error: not every task of TF_CONFIG's cluster ({addresses}) joined within {timeout} s "
+        f"({PEER_TIMEOUT_ENV}); nothing was written. Start the finetune stage on every machine of the cluster, "
+        "and check that each address is reachable from the others."
+    )
+    watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(timeout), message])
+    try:
+        options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=timeout)
+        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    finally:
+        watchdog.kill()
+        watchdog.wait()
+
+
+def choose_strategy():
+    """Several machines when ``TF_CONFIG`` is set; else ``TLPIPE_REPLICAS``
+    local replicas, all local GPUs, or the default one-device strategy.
+
+    ``TLPIPE_REPLICAS=N`` runs N replicas on this machine: N GPUs when there are
+    that many, else N logical devices carved out of the CPU, which runs the
+    very code path of N GPUs (how the tests exercise it without a GPU). Must
+    run before TensorFlow initialises its devices.
+    """
+    import tensorflow as tf
+
+    cluster = _cluster()
+    wanted = _positive_int(REPLICAS_ENV, "replicas", None)
+    if cluster is not None:
+        if wanted is not None:
+            raise TlpipeError(f"Set TF_CONFIG (several machines) or {REPLICAS_ENV} (one machine), not both.")
+        return _join_cluster(cluster, _positive_int(PEER_TIMEOUT_ENV, "seconds", DEFAULT_PEER_TIMEOUT))
+    gpus = tf.config.list_physical_devices("GPU")
+    if wanted:
+        if len(gpus) >= wanted:
+            devices = [d.name for d in tf.config.list_logical_devices("GPU")][:wanted]
+        else:
+            cpu = tf.config.list_physical_devices("CPU")[0]
+            tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * wanted)
+            devices = [d.name for d in tf.config.list_logical_devices("CPU")][:wanted]
+        if wanted > 1:
+            return tf.distribute.MirroredStrategy(devices)
+        return tf.distribute.OneDeviceStrategy(devices[0])
+    if len(gpus) > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def is_multi_worker(strategy) -> bool:
+    import tensorflow as tf
+
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
+def _reason(err) -> str:
+    """The line of a TensorFlow error that says what happened to the peer."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    for line in lines:
+        if any(word in line for word in ("unhealthy", "aborted by", "Deadline", "timed out", "Connection")):
+            return line[:300]
+    return lines[0][:300] if lines else ""
+
+
+class KerasTrainer:
+    """One machine: Keras' own evaluate and fit."""
+
+    def __init__(self, model: keras.Model):
+        self.model = model
+
+    def evaluate(self, data: Inputs) -> tuple[float, float]:
+        loss, accuracy = self.model.evaluate(**data.fit_kwargs(), verbose=0)
+        return float(loss), float(accuracy)
+
+    def fit(self, train: Inputs, val: Inputs, epochs: int, callbacks: list) -> FitResult:
+        return fit(self.model, train, val, epochs, callbacks)
+
+    def predict(self, data: Inputs) -> np.ndarray:
+        return self.model.predict(data.x, batch_size=data.batch_size, verbose=0)
+
+
+class WorkerLoop:
+    """Several machines: evaluate and fit under MultiWorkerMirroredStrategy.
+
+    ``model`` is compiled (its optimizer is used) and was built in the
+    strategy's scope; ``global_batch`` is split between all replicas.
+    """
+
+    def __init__(self, strategy, model: keras.Model, label_smoothing: float, global_batch: int, seed: int):
+        import tensorflow as tf
+
+        self.tf, self.strategy, self.model = tf, strategy, model
+        self.global_batch, self.seed = global_batch, seed
+        self._tensors: dict[int, tuple] = {}
+        self.loss = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing, reduction=None)
+        self._train_step = tf.function(self._step_fn(train=True))
+        self._eval_step = tf.function(self._step_fn(train=False))
+
+    # -- data: every replica takes its own slice of each global batch, in order
+    def _slices(self, ctx, batch):
+        """The slices of one global batch that this worker's replicas take, in
+        their order. Every slice has exactly the per-replica batch size: past
+        the end of a short last batch, rows repeat the batch's first with
+        weight 0 (an empty batch breaks some fused kernels, and fixed shapes
+        trace once). Each slice carries the global batch's size: the loss
+        divides by it."""
+        tf = self.tf
+        per = ctx.get_per_replica_batch_size(self.global_batch)
+        local = ctx.num_replicas_in_sync // ctx.num_input_pipelines
+        first = ctx.input_pipeline_id * local
+        n = tf.shape(batch[0])[0]
+
+        def take(r):
+            rows = tf.range(per) + (first + tf.cast(r, tf.int32)) * per
+            real = rows < n
+            rows = tf.where(real, rows, 0)
+            return tuple(tf.gather(t, rows) for t in batch) + (tf.cast(real, tf.float32), n)
+
+        return tf.data.Dataset.range(local).map(take)
+
+    def _distributed(self, data: Inputs, order: np.ndarray | None):
+        """A distributed dataset over ``data``: arrays in ``order`` (row indices,
+        sliced before any row is gathered), or a stream of (image, label)
+        global batches, sliced after decoding."""
+        tf = self.tf
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+        options.deterministic = True
+        if data.y is None:
+            def per_worker(ctx):
+                return data.x.flat_map(lambda x, y: self._slices(ctx, (x, y))).with_options(options)
+        else:
+            if id(data.x) not in self._tensors:  # copied into TensorFlow once, not every epoch
+                self._tensors[id(data.x)] = (tf.constant(data.x), tf.constant(data.y, tf.float32))
+            x, y = self._tensors[id(data.x)]
+            rows = np.arange(len(data.x)) if order is None else order
+
+            def per_worker(ctx):
+                batches = tf.data.Dataset.from_tensor_slices(rows).batch(self.global_batch)
+                sliced = batches.flat_map(lambda idx: self._slices(ctx, (idx,)))
+                return sliced.map(lambda idx, w, n: (tf.gather(x, idx), tf.gather(y, idx), w, n)).with_options(options)
+
+        return self.strategy.distribute_datasets_from_function(per_worker)
+
+    # -- steps
+    def _step_fn(self, train: bool):
+        tf, model = self.tf, self.model
+
+        def replica(x, y, weight, n):
+            with tf.GradientTape() as tape:
+                probs = model(x, training=train)
+                per_example = tf.cast(self.loss(y, probs), tf.float32) * weight
+                # Summed over all replicas, the gradients are those of the global batch's mean loss.
+                loss = tf.reduce_sum(per_example) / tf.cast(n, tf.float32)
+                scaled = model.optimizer.scale_loss(loss) if train else loss
+            if train:
+                grads = tape.gradient(scaled, model.trainable_variables)
+                model.optimizer.apply(grads, model.trainable_variables)
+            correct = tf.cast(tf.argmax(probs, axis=-1) == tf.argmax(y, axis=-1), tf.float32) * weight
+            return tf.reduce_sum(per_example), tf.reduce_sum(correct), tf.reduce_sum(weight)
+
+        def step(batch):
+            totals = self.strategy.run(replica, args=batch)
+            return [self.strategy.reduce("SUM", t, axis=None) for t in totals]
+
+        return step
+
+    def _run(self, step, dataset, on_batch=None) -> tuple[float, float]:
+        """Mean loss and accuracy over ``dataset``, summed across every worker."""
+        totals = np.zeros(3)
+        try:
+            for i, batch in enumerate(dataset):
+                if on_batch:
+                    on_batch("begin", i)
+                totals += [float(t) for t in step(batch)]
+                if on_batch:
+                    on_batch("end", i)
+        except (self.tf.errors.UnavailableError, self.tf.errors.DeadlineExceededError,
+                self.tf.errors.AbortedError, self.tf.errors.CancelledError) as err:  # a peer died or hung
+            raise TlpipeError(
+                f"lost a peer worker during training ({type(err).__name__}: {_reason(err)}). Nothing was "
+                "written; start the finetune stage again on every machine of TF_CONFIG's cluster."
+            ) from None
+        return totals[0] / max(totals[2], 1), totals[1] / max(totals[2], 1)
+
+    def evaluate(self, data: Inputs) -> tuple[float, float]:
+        return self._run(self._eval_step, self._distributed(data, None))
+
+    def fit(self, train: Inputs, val: Inputs, epochs: int, callbacks: list) -> FitResult:
+        """Keras fit's contract: the callbacks see every batch and epoch (logs
+        ``loss``, ``accuracy``, ``val_loss``, ``val_accuracy``), and
+        ``model.stop_training`` ends the run."""
+        callback_list = keras.callbacks.CallbackList(callbacks, model=self.model, epochs=epochs, verbose=2)
+        history: dict[str, list[float]] = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}
+        shuffle = np.random.default_rng(self.seed)  # the same orders on every worker
+        start = time.perf_counter()
+        self.model.stop_training = False
+        callback_list.on_train_begin()
+
+        def on_batch(when, i):
+            (callback_list.on_train_batch_begin if when == "begin" else callback_list.on_train_batch_end)(i)
+
+        for epoch in range(epochs):
+            epoch_start = time.perf_counter()
+            callback_list.on_epoch_begin(epoch)
+            order = shuffle.permutation(len(train.x)) if train.y is not None else None
+            loss, accuracy = self._run(self._train_step, self._distributed(train, order), on_batch)
+            val_loss, val_accuracy = self.evaluate(val)
+            logs = {"loss": loss, "accuracy": accuracy, "val_loss": val_loss, "val_accuracy": val_accuracy}
+            print(f"Epoch {epoch + 1}/{epochs} - {time.perf_counter() - epoch_start:.0f}s - "
+                  + " - ".join(f"{k}: {v:.4f}" for k, v in logs.items()), flush=True)
+            for key, value in logs.items():
+                history[key].append(value)
+            callback_list.on_epoch_end(epoch, logs)
+            if self.model.stop_training:
+                break
+        callback_list.on_train_end()
+        return FitResult(history, time.perf_counter() - start)
+
+    def predict(self, data: Inputs) -> np.ndarray:
+        """Probabilities on this worker alone (every worker holds the same weights)."""
+        tf = self.tf
+        forward = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True)
+        if data.y is None:
+            return np.concatenate([forward(x).numpy() for x, _ in data.x])
+        return np.concatenate([forward(data.x[i:i + self.global_batch]).numpy()
+                               for i in range(0, len(data.x), self.global_batch)])
+
+
+def trainer(strategy, model: keras.Model, label_smoothing: float, global_batch: int, seed: int):
+    if is_multi_worker(strategy):
+        return WorkerLoop(strategy, model, label_smoothing, global_batch, seed)
+    return KerasTrainer(model)
