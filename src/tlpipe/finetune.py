@@ -14,6 +14,12 @@ top runs here (``frozen_prefix_cached``). The trainable layers are the very
 same layer objects as in the full model, so the saved model holds what was
 trained. With augmentation on, images are decoded once into memory when they
 fit, else streamed from the files every epoch.
+
+What ships is then chosen on val once more: with ``finetune.tta`` auto, the
+model averaged over the image and its mirror image when that lowers val loss
+(accuracy no lower), and a temperature fitted on val in either case. Where it
+trains (one device, several replicas, several machines) is
+tlpipe.distributed's business; on several machines only the chief writes.
 """
 
 from __future__ import annotations
