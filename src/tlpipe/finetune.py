@@ -135,6 +135,36 @@ def _mirror_choice(model: keras.Model, val_rows, y_val_idx, image_size: int, bat
     return use, averaged if use else plain, report
 
 
+def _save_shipped(model, trainer, val: Inputs, val_rows, y_val_idx, tta: bool | None, image_size: int,
+                  batch_size: int) -> dict:
+    """models/model.keras: ``model`` (mirror-averaged if ``tta`` says so, see
+    _mirror_choice) with a temperature fitted on val. Returns what
+    metrics/finetune.json reports of it."""
+    if tta is False:
+        use_tta, val_probs, report = False, trainer.predict(val).astype(np.float64), {}
+    else:
+        use_tta, val_probs, report = _mirror_choice(model, val_rows, y_val_idx, image_size, batch_size, tta)
+    # Calibration: one temperature fitted on val (never test), stored in the
+    # shipped model, so that its probabilities (evaluate, tlpipe predict) mean
+    # what they say; its decisions do not change.
+    temperature = fit_temperature(val_probs, y_val_idx)
+    classifier = mirror_averaged(model) if use_tta else model
+    shipped = keras.Model(classifier.input, Temperature(temperature, name="temperature")(classifier.output),
+                          name=model.name)
+    mixed = keras.mixed_precision.global_policy().name == "mixed_float16"
+    atomic.save_keras(paths.MODEL, as_float32(shipped) if mixed else shipped)
+    return {
+        "tta": use_tta,
+        **report,
+        "temperature": temperature,
+        "val_ece": round(expected_calibration_error(y_val_idx, val_probs), 4),
+        "val_ece_calibrated": round(
+            expected_calibration_error(y_val_idx, temperature_scaled(val_probs, temperature)), 4
+        ),
+        "mixed_precision": mixed,  # trained so; the shipped model is float32
+    }
+
+
 def run(fp: FinetuneParams, s: Setup) -> dict:
     """images (or data/prefix) + models/head.keras -> models/model.keras; reads
     ``finetune.*`` and ``Setup``. On several machines every worker trains and
@@ -195,29 +225,10 @@ def run(fp: FinetuneParams, s: Setup) -> dict:
               f"{paths.FINETUNE_METRICS}, this worker writes nothing")
         return metrics
 
-    y_val_idx = y_val.argmax(axis=1)
-    if fp.tta is False:
-        tta, val_probs, tta_report = False, trainer.predict(val).astype(np.float64), {}
-    else:
-        tta, val_probs, tta_report = _mirror_choice(model, val_rows, y_val_idx, s.image_size, batch_size, fp.tta)
-    # Calibration: one temperature fitted on val (never test), stored in the
-    # shipped model, so that its probabilities (evaluate, tlpipe predict) mean
-    # what they say; its decisions do not change.
-    temperature = fit_temperature(val_probs, y_val_idx)
-    classifier = mirror_averaged(model) if tta else model
-    shipped_model = keras.Model(classifier.input, Temperature(temperature, name="temperature")(classifier.output),
-                                name=model.name)
-    mixed = keras.mixed_precision.global_policy().name == "mixed_float16"
-    atomic.save_keras(paths.MODEL, as_float32(shipped_model) if mixed else shipped_model)
+    shipping = _save_shipped(model, trainer, val, val_rows, y_val.argmax(axis=1), fp.tta, s.image_size, batch_size)
     metrics.update({
         "shipped": shipped,
-        "tta": tta,
-        **tta_report,
-        "temperature": temperature,
-        "val_ece": round(expected_calibration_error(y_val_idx, val_probs), 4),
-        "val_ece_calibrated": round(
-            expected_calibration_error(y_val_idx, temperature_scaled(val_probs, temperature)), 4
-        ),
+        **shipping,
         "head_val_accuracy": round(head_accuracy, 4),
         "head_val_loss": round(head_loss, 4),
         # Time spent loading stored frozen-prefix outputs, or decoding images into memory.
@@ -229,11 +240,11 @@ def run(fp: FinetuneParams, s: Setup) -> dict:
         "replicas": replicas,
         "workers": distributed.worker_count(),
         "global_batch_size": batch_size,
-        "mixed_precision": mixed,  # trained so; the shipped model is float32
     })
     atomic.write_json(paths.FINETUNE_METRICS, metrics)
+    mirrored = " with mirror-image TTA" if shipping["tta"] else ""
     print(
-        f"finetune: shipped the {shipped} model{' with mirror-image TTA' if tta else ''}: val accuracy "
-        f"{metrics['val_accuracy']:.4f}, val loss {metrics['val_loss']:.4f} (freeze {plan.word})"
+        f"finetune: shipped the {shipped} model{mirrored}: val accuracy {metrics['val_accuracy']:.4f}, "
+        f"val loss {metrics['val_loss']:.4f} (freeze {plan.word})"
     )
     return metrics
