@@ -54,6 +54,7 @@ def test_repo_params_are_valid(raw_params):
         ("finetune.augment.flip", 1, "'finetune.augment.flip' parameter must be a bool"),
         ("finetune.mixed_precision", "maybe", "'finetune.mixed_precision' parameter must be 'auto', true or false"),
         ("finetune.xla", "on", "'finetune.xla' parameter must be a bool"),
+        ("finetune.tta", "mirror", "'finetune.tta' parameter must be 'auto', true or false"),
         ("evaluate.top_k", 1, "'evaluate.top_k' parameter must be an int in the range [2, 100]"),
         ("split.test_from_val", 1.0, "'split.test_from_val' parameter must be a float in the range (0.0, 1.0)"),
         ("seed", -1, "'seed' parameter must be an int in the range [0, 2147483647]"),

@@ -112,6 +112,21 @@ def test_exp_run_finetune_param_reuses_the_stored_prefix(repo):
     assert set(ran(repo.dvc("repro").stdout)) <= {"params"}  # back to the committed run, from the run-cache
 
 
+def test_exp_run_tta_off_ships_the_plain_model(repo):
+    """The README's `dvc exp run -S finetune.tta=false`, typed as a user types it."""
+    from tlpipe.layers import load_model
+
+    original = repo.params()
+    result = repo.dvc("exp", "run", "-n", "plain", "-S", "finetune.tta=false")
+    assert ran(result.stdout)[:2] == ["params", "finetune"]
+    assert "tta: false" in (repo.root / "params.yaml").read_text()
+    ft = json.loads((repo.root / "metrics/finetune.json").read_text())
+    assert ft["tta"] is False and "val_loss_with_tta" not in ft
+    assert "mirror" not in [layer.name for layer in load_model(repo.root / "models/model.keras").layers]
+    repo.write_params(original)
+    assert set(ran(repo.dvc("repro").stdout)) <= {"params"}
+
+
 def test_exp_run_freeze_recomputes_only_the_prefix_then_reuses_it(repo):
     result = repo.dvc("exp", "run", "-n", "block4", "-S", "freeze=block4")
     # extract writes the new prefix; the pooled features are unchanged, so the head is kept

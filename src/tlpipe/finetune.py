@@ -114,16 +114,18 @@ def _inputs(rows, labels, image_size: int, batch_size: int, seed: int, split: st
     return Inputs(stream)
 
 
-def _mirror_choice(model: keras.Model, val_rows, y_val_idx, image_size: int, batch_size: int, tta: bool | None):
+def _mirror_choice(model: keras.Model, plain: np.ndarray, val_rows, y_val_idx, image_size: int, batch_size: int,
+                   tta: bool | None):
     """Whether the shipped model averages over the image and its mirror image
     (``finetune.tta``; auto: when that lowers val loss, accuracy no lower), and
-    the val probabilities of the model that ships. Both variants are scored
-    on the val images through the whole model, so they compare like for like."""
+    the val probabilities of the model that ships. ``plain``: val probabilities
+    as the head-or-fine-tuned choice scored them (from the stored prefix when
+    there is one, float16 storage aside the same numbers); the mirror images go
+    through the whole model."""
     pixels = keras.Input(model.input_shape[1:], name="pixels")
-    both = keras.Model(pixels, [model(pixels), model(Mirror()(pixels))])
-    parts = list(images.predict(both, *sources(val_rows), image_size, batch_size, "finetune: val, mirrored too"))
-    plain = np.concatenate([p[0] for p in parts]).astype(np.float64)
-    averaged = (plain + np.concatenate([p[1] for p in parts]).astype(np.float64)) / 2
+    mirrored = keras.Model(pixels, model(Mirror()(pixels)))
+    batches = images.predict(mirrored, *sources(val_rows), image_size, batch_size, "finetune: val, mirrored")
+    averaged = (plain + np.concatenate(list(batches)).astype(np.float64)) / 2
     scores = {name: (log_loss(y_val_idx, probs), float(np.mean(probs.argmax(1) == y_val_idx)))
               for name, probs in (("without", plain), ("with", averaged))}
     (loss_without, acc_without), (loss_with, acc_with) = scores["without"], scores["with"]
@@ -140,10 +142,9 @@ def _save_shipped(model, trainer, val: Inputs, val_rows, y_val_idx, tta: bool | 
     """models/model.keras: ``model`` (mirror-averaged if ``tta`` says so, see
     _mirror_choice) with a temperature fitted on val. Returns what
     metrics/finetune.json reports of it."""
-    if tta is False:
-        use_tta, val_probs, report = False, trainer.predict(val).astype(np.float64), {}
-    else:
-        use_tta, val_probs, report = _mirror_choice(model, val_rows, y_val_idx, image_size, batch_size, tta)
+    use_tta, val_probs, report = False, trainer.predict(val).astype(np.float64), {}
+    if tta is not False:
+        use_tta, val_probs, report = _mirror_choice(model, val_probs, val_rows, y_val_idx, image_size, batch_size, tta)
     # Calibration: one temperature fitted on val (never test), stored in the
     # shipped model, so that its probabilities (evaluate, tlpipe predict) mean
     # what they say; its decisions do not change.
