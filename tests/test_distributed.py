@@ -32,18 +32,27 @@ def trained(tmp_path_factory):
     return repo
 
 
+@contextlib.contextmanager
+def changed_params(roots, **changes):
+    """params.yaml of every repo in ``roots`` with dotted keys changed, restored after."""
+    originals = {root: (root / "params.yaml").read_text() for root in roots}
+    for root, text in originals.items():
+        params = yaml.safe_load(text)
+        for dotted, value in changes.items():
+            set_dotted(params, dotted, value)
+        (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        yield
+    finally:
+        for root, text in originals.items():
+            (root / "params.yaml").write_text(text)
+
+
 def finetune(repo, env=None, **changes):
     """Run stages/finetune.py with params changed; return metrics/finetune.json."""
-    params = repo.params()
-    original = yaml.safe_dump(params, sort_keys=False)
-    for dotted, value in changes.items():
-        set_dotted(params, dotted, value)
-    repo.write_params(params)
-    try:
+    with changed_params([repo.root], **changes):
         proc = subprocess.run([sys.executable, "stages/finetune.py"], cwd=repo.root, capture_output=True,
                               text=True, env={**tool_env(), **(env or {})}, timeout=600)
-    finally:
-        (repo.root / "params.yaml").write_text(original)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads((repo.root / "metrics/finetune.json").read_text())
 
@@ -125,22 +134,6 @@ def outputs(root) -> dict:
     """What a run would write, as bytes (None where absent)."""
     files = ["models/model.keras", "metrics/finetune.json", "dvclive/finetune/metrics.json"]
     return {f: (root / f).read_bytes() if (root / f).exists() else None for f in files}
-
-
-@contextlib.contextmanager
-def changed_params(roots, **changes):
-    """params.yaml of every repo in ``roots`` with dotted keys changed, restored after."""
-    originals = {root: (root / "params.yaml").read_text() for root in roots}
-    for root, text in originals.items():
-        params = yaml.safe_load(text)
-        for dotted, value in changes.items():
-            set_dotted(params, dotted, value)
-        (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    try:
-        yield
-    finally:
-        for root, text in originals.items():
-            (root / "params.yaml").write_text(text)
 
 
 @pytest.fixture(scope="module")
