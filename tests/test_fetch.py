@@ -245,3 +245,24 @@ def test_dangling_symlink_in_a_folder_source_is_recorded(images_dir, tmp_path):
     assert (out / "red" / "alias.jpg").is_file() and not (out / "red" / "alias.jpg").is_symlink()
     rejected = (out / ".fetch_rejected.csv").read_text()
     assert "red/gone.jpg" in rejected and "does not exist" in rejected
+
+
+def test_names_that_are_not_utf8_never_reach_data_raw(tmp_path):
+    """Latin-1 names (the bytes caf\\xe9) in a folder source and inside a .tar.gz:
+    DVC cannot hash them, so they are listed (readably) for rejected.csv, not copied."""
+    import os
+
+    src = make_class_folders(tmp_path / "src", per_class=3)
+    odd = os.fsencode(src / "red") + b"/caf\xe9.jpg"
+    with open(odd, "wb") as f:
+        f.write((src / "red" / "red_000.jpg").read_bytes())
+    archive = tmp_path / "data.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(src, arcname="dataset")
+    for source, target in ((src, tmp_path / "raw_folder"), (archive, tmp_path / "raw_tar")):
+        out = fetch(source, target)
+        names = [os.fsencode(p) for p in out.rglob("*")]
+        assert all(name.decode("utf-8") for name in names)  # every name DVC will see is UTF-8
+        assert len(list((out / "red").iterdir())) == 3
+        rejected = (out / ".fetch_rejected.csv").read_text()
+        assert "red/caf\\xe9.jpg" in rejected and "not valid UTF-8" in rejected, rejected

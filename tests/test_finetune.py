@@ -154,9 +154,10 @@ def test_finetune_stage_with_every_augmentation_on(in_tmp_cwd, raw_params):
     metrics = run_stage_code(p, "split", "extract", "train_head", "finetune")
     assert metrics["frozen_prefix_cached"] is False and metrics["epochs_run"] == 2
     model = load_model(paths.MODEL)
-    assert {"aug_crop", "aug_flip", "aug_rotation", "aug_zoom", "aug_translation", "aug_contrast"} <= {
-        l.name for l in model.layers
-    }
+    def names(m):  # at any depth: with mirror-image TTA the classifier is a sub-model
+        return {l.name for l in m.layers} | {n for l in m.layers if isinstance(l, keras.Model) for n in names(l)}
+
+    assert {"aug_crop", "aug_flip", "aug_rotation", "aug_zoom", "aug_translation", "aug_contrast"} <= names(model)
     x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
     np.testing.assert_array_equal(model.predict(x, verbose=0), model.predict(x, verbose=0))
     assert json.loads(paths.FINETUNE_METRICS.read_text())["trainable_params"] > 0
@@ -174,10 +175,13 @@ def test_finetune_streams_from_files_when_data_does_not_fit(in_tmp_cwd, raw_para
     from tlpipe import training
 
     make_class_folders(paths.RAW, per_class=8)
-    p = params.parse(tiny_params(raw_params, paths.RAW, backbone="resnet50", freeze="block5"))
-    monkeypatch.setattr(training, "MEMORY_BUDGET_BYTES", 0)  # extract stores no prefix either
+    raw = tiny_params(raw_params, paths.RAW, backbone="resnet50", freeze="block5")
+    raw["extract"]["prefix_max_gb"] = 0  # no disk for the prefix
+    p = params.parse(raw)
+    monkeypatch.setattr(training, "MEMORY_BUDGET_BYTES", 0)  # nor memory for the decoded images
     run_stage_code(p, "split", "extract", "train_head")
-    assert "exceed the memory budget" in json.loads(paths.prefix_meta().read_text())["reason"]
+    reason = json.loads(paths.prefix_meta().read_text())["reason"]
+    assert "more than 'extract.prefix_max_gb' (0); raise it (dvc exp run -S extract.prefix_max_gb=1)" in reason
     runs = []
     for _ in range(2):
         metrics = run_stage_code(p, "finetune")

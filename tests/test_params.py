@@ -34,6 +34,8 @@ def test_repo_params_are_valid(raw_params):
     p = parse(raw_params)
     assert p.backbone == "mobilenet_0.75" and p.image_size == 224
     assert p.head.hidden == () and p.finetune.augment.any is False
+    assert p.head.l2 is None  # auto: chosen on val
+    assert parse(with_change(raw_params, "head.l2", 0.001)).head.l2 == 0.001
 
 
 @pytest.mark.parametrize(
@@ -48,6 +50,8 @@ def test_repo_params_are_valid(raw_params):
         ("head.batchnorm", "yes", "'head.batchnorm' parameter must be a bool"),
         ("head.optimizer", "adagrad", "one of 'adam', 'adamw', 'sgd', 'rmsprop'. Got 'adagrad'"),
         ("head.class_weight", "balanced", "'head.class_weight' parameter must be one of 'auto', 'none'"),
+        ("head.l2", -0.1, "The 'head.l2' parameter must be 'auto' or a float >= 0.0. Got -0.1 instead."),
+        ("head.l2", "strong", "The 'head.l2' parameter must be 'auto' or a float >= 0.0. Got 'strong' instead."),
         ("finetune.learning_rate", 0, "'finetune.learning_rate' parameter must be a float in the range (0.0, 10.0)"),
         ("finetune.schedule", "step", "'finetune.schedule' parameter must be one of 'constant', 'cosine', 'plateau'"),
         ("finetune.augment.rotation", 0.9, "'finetune.augment.rotation' parameter must be a float in the range [0.0, 0.5]"),

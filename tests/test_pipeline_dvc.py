@@ -4,11 +4,12 @@ module (in order), since every `dvc repro` starts TensorFlow per stage."""
 
 import copy
 import json
+import os
 
 import pytest
 import yaml
 
-from conftest import make_class_folders, new_dvc_repo, set_dotted, tiny_params
+from conftest import DvcRepo, draw_image, make_class_folders, new_dvc_repo, set_dotted, tiny_params
 
 STAGES = ["params", "fetch", "split", "extract", "train_head", "finetune", "evaluate", "audit", "scratch"]
 
@@ -25,6 +26,9 @@ def repo(tmp_path_factory, request):
 
     root = tmp_path_factory.mktemp("pipeline")
     source = make_class_folders(root / "images", per_class=10, classes=("red", "green", "blue"))
+    # A Latin-1 file name (bytes that are not UTF-8), as old archives and systems write them: DVC
+    # cannot hash such a name, so fetch must keep it out of data/raw, and the run goes on.
+    draw_image("red", 99).save(os.fsencode(source / "red") + b"/caf\xe9.jpg", "JPEG")
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     repo = new_dvc_repo(root / "repo", tiny_params(raw, source))
     result = repo.dvc("repro")
@@ -54,6 +58,20 @@ def test_full_repro_writes_every_output(repo):
     assert "frozen_prefix_cached" in json.loads((root / "metrics/finetune.json").read_text())
     assert json.loads((root / "metrics/scratch.json").read_text()) == {"enabled": False}
     assert repo.dvc("status").stdout.strip().endswith("Data and pipelines are up to date.")
+    rejected = (root / "data/split/rejected.csv").read_text()
+    assert "red/caf\\xe9.jpg" in rejected and "not valid UTF-8" in rejected
+
+
+def test_a_fresh_clone_is_up_to_date_after_dvc_pull(repo, tmp_path):
+    """A collaborator's round trip: push to a (local) remote, `git clone`, `dvc pull`."""
+    repo.dvc("remote", "add", "-d", "store", str(tmp_path / "remote"))
+    repo.commit("remote")
+    repo.dvc("push")
+    clone = DvcRepo(tmp_path / "clone")
+    repo.run("git", "clone", "-q", str(repo.root), str(clone.root))
+    clone.dvc("pull")
+    assert clone.dvc("status").stdout.strip().endswith("Data and pipelines are up to date.")
+    assert ran(clone.dvc("repro").stdout) == []
 
 
 @pytest.mark.parametrize("stage", ["extract", "train_head", "finetune"])
@@ -110,6 +128,19 @@ def test_exp_run_finetune_param_reuses_the_stored_prefix(repo):
     assert ft["frozen_prefix_cached"] is True and ft["prefix_seconds"] < 2
     repo.write_params(original)
     assert set(ran(repo.dvc("repro").stdout)) <= {"params"}  # back to the committed run, from the run-cache
+
+
+def test_exp_run_fixed_head_l2_skips_the_choice_on_val(repo):
+    """The README's `dvc exp run -S head.l2=0.001`, typed as a user types it."""
+    original = repo.params()
+    head = json.loads((repo.root / "metrics/head.json").read_text())
+    assert head["solver"] == "lbfgs" and head["l2_chosen_on_val"] is True and len(head["l2_val_loss"]) >= 3
+    result = repo.dvc("exp", "run", "-n", "l2", "-S", "head.l2=0.001")
+    assert ran(result.stdout)[:2] == ["params", "train_head"]
+    head = json.loads((repo.root / "metrics/head.json").read_text())
+    assert head["l2"] == 0.001 and head["l2_chosen_on_val"] is False and list(head["l2_val_loss"]) == ["1e-03"]
+    repo.write_params(original)
+    assert set(ran(repo.dvc("repro").stdout)) <= {"params"}
 
 
 def test_exp_run_tta_off_ships_the_plain_model(repo):

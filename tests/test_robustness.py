@@ -91,3 +91,28 @@ def test_kill_9_then_repro_completes_with_valid_identical_outputs(
 
     assert load_model(repo.root / "models/model.keras").count_params() > 0
     assert metrics_without_timings(repo.root) == reference
+
+
+def test_ctrl_c_ends_the_stage_with_one_line_and_the_rerun_is_clean(tmp_path, params_, reference):
+    """A real SIGINT to `dvc repro`'s process group while extract writes, as
+    Ctrl-C in a terminal sends it (the child gets SIGINT's default disposition:
+    a process started in the background inherits it ignored)."""
+    repo = new_dvc_repo(tmp_path / "repo", params_)
+    proc = subprocess.Popen(
+        ["dvc", "repro"], cwd=repo.root, env=tool_env(), start_new_session=True, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    deadline = time.monotonic() + 300
+    while not list(repo.root.glob("data/.features.*.tmp")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "dvc repro ended before extract wrote anything"
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert "extract: interrupted (Ctrl-C); nothing half-written was kept" in err
+    assert "Traceback" not in out + err and "KeyboardInterrupt" not in out + err
+    assert "exited with 130" in err or "interrupted" in err.lower()
+    assert not list(repo.root.glob("data/.features.*.tmp")) and not (repo.root / "data/features").exists()
+    repo.dvc("repro")
+    assert metrics_without_timings(repo.root) == reference

@@ -1,7 +1,12 @@
-"""The head learns separable classes; class weights balance skewed classes."""
+"""The head: an exact logistic regression (scikit-learn's answer), its L2
+strength chosen on val by the one-standard-error rule; Keras for hidden layers;
+class weights balance skewed classes."""
 
 import keras
 import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
 
 from tlpipe import params, train_head
 from tlpipe.training import compile_model
@@ -9,13 +14,22 @@ from tlpipe.training import compile_model
 from conftest import tiny_params
 
 
-def test_head_learns_separable_classes(in_tmp_cwd, raw_params):
-    rng = np.random.default_rng(0)
-    centres = rng.normal(0, 1, (3, 16))
-    y = np.repeat(np.arange(3), 60)
-    x = (centres[y] + rng.normal(0, 0.3, (180, 16))).astype("float32")
-    p = params.parse(tiny_params(raw_params, "unused"))
-    hp = p.head.__class__(**{**p.head.__dict__, "hidden": (8,), "epochs": 30, "batch_size": 16})
+def blobs(n_per_class=60, classes=3, dim=16, spread=0.9, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 1, (classes, dim))
+    y = np.repeat(np.arange(classes), n_per_class)
+    x = (centres[y] + rng.normal(0, spread, (len(y), dim))).astype("float32")
+    return x, y
+
+
+def head_params(raw_params, **changes):
+    p = params.parse(tiny_params(raw_params, "unused")).head
+    return p.__class__(**{**p.__dict__, **changes})
+
+
+def test_head_with_hidden_layers_learns_separable_classes(in_tmp_cwd, raw_params):
+    x, y = blobs(spread=0.3)
+    hp = head_params(raw_params, hidden=(8,), epochs=30, batch_size=16)
     model = train_head.build(16, 3, hp)
     compile_model(model, keras.optimizers.Adam(0.01), 0.0)
     model.fit(x, keras.utils.to_categorical(y, 3), epochs=30, batch_size=16, verbose=0)
@@ -23,8 +37,67 @@ def test_head_learns_separable_classes(in_tmp_cwd, raw_params):
     assert acc > 0.95
 
 
+def test_linear_head_is_scikit_learns_logistic_regression(tmp_path, raw_params):
+    """Same objective (C = 1 / (2 n l2) on standardised features), same answer;
+    the Keras head on raw features gives the standardised solution's probabilities."""
+    x, y = blobs()
+    x_val, y_val = blobs(n_per_class=20, seed=1)
+    l2 = 0.01
+    hp = head_params(raw_params, l2=l2, class_weight="none")
+    model, metrics = train_head.train_linear(hp, x, y, x_val, y_val, 3, tmp_path / "logs")
+    scaler = StandardScaler().fit(x)
+    probe = LogisticRegression(C=1 / (2 * len(y) * l2), max_iter=5000, tol=1e-10).fit(scaler.transform(x), y)
+    expected = probe.predict_proba(scaler.transform(x_val))
+    np.testing.assert_allclose(model.predict(x_val, verbose=0), expected, atol=2e-3)
+    assert metrics["solver"] == "lbfgs" and metrics["l2"] == l2 and metrics["l2_chosen_on_val"] is False
+    # the head keeps the penalty it was fitted with, so fine-tuning continues the same objective
+    kernel = model.get_layer("head_probs").get_weights()[0]
+    standardised = kernel * (x.std(axis=0, dtype=np.float64) + 1e-6)[:, None]
+    assert float(sum(model.losses)) == pytest.approx(l2 * np.sum(standardised**2), rel=1e-4)
+
+
+def test_auto_l2_is_chosen_on_val_and_reported(tmp_path, raw_params):
+    x, y = blobs(n_per_class=15, dim=64, spread=2.0)  # few images, many features: needs regularising
+    x_val, y_val = blobs(n_per_class=40, dim=64, spread=2.0, seed=1)
+    model, metrics = train_head.train_linear(head_params(raw_params, l2=None), x, y, x_val, y_val, 3,
+                                             tmp_path / "logs")
+    assert metrics["l2_chosen_on_val"] is True
+    tried = {float(k): v for k, v in metrics["l2_val_loss"].items()}
+    assert metrics["l2"] in train_head.L2_GRID and len(tried) >= 3
+    assert tried[min(tried)] > min(tried.values())  # the weakest strength overfits: not chosen
+    assert metrics["val_loss"] == pytest.approx(tried[min(tried, key=lambda k: abs(k - metrics["l2"]))], abs=1e-4)
+    # one DVCLive step per strength tried, train and val
+    steps = (tmp_path / "logs" / "plots" / "metrics" / "val" / "loss.tsv").read_text().splitlines()
+    assert len(steps) == 1 + len(tried)
+
+
+def test_one_standard_error_rule_prefers_the_stronger_of_two_equal_strengths():
+    rng = np.random.default_rng(0)
+    noise = rng.normal(0, 0.5, 200)
+    losses = {
+        1.0: 1.0 + noise,  # clearly worse
+        0.1: 0.5 + noise + rng.normal(0, 0.3, 200),  # as good as the best, within noise
+        0.01: 0.49 + noise,  # the best mean, by a hair
+    }
+    assert train_head.choose_l2(losses) == 0.1
+    losses[0.1] = losses[0.1] + 0.2  # now clearly worse than the best
+    assert train_head.choose_l2(losses) == 0.01
+
+
 def test_class_weights_balance_skewed_classes():
     labels = np.array([0] * 90 + [1] * 10)
     weights = train_head.class_weights(labels, 2, "auto")
     assert weights[1] / weights[0] == 9.0
     assert train_head.class_weights(labels, 2, "none") is None
+
+
+def test_balanced_weights_move_the_boundary_toward_the_large_class(tmp_path, raw_params):
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(-0.5, 1, (180, 2)), rng.normal(0.5, 1, (20, 2))]).astype("float32")
+    y = np.array([0] * 180 + [1] * 20)
+    recall = {}
+    for mode in ("none", "auto"):
+        model, _ = train_head.train_linear(head_params(raw_params, l2=1e-4, class_weight=mode), x, y, x, y, 2,
+                                           tmp_path / mode)
+        recall[mode] = np.mean(model.predict(x[y == 1], verbose=0).argmax(1) == 1)
+    assert recall["auto"] > recall["none"] + 0.2

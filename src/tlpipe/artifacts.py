@@ -77,5 +77,6 @@ def read_prefix_meta(folder: Path = paths.PREFIX) -> dict:
 
 
 def load_prefix(split: str, folder: Path = paths.PREFIX) -> np.ndarray:
-    """The frozen prefix's outputs for one split (float16, split CSV order)."""
-    return np.load(paths.prefix_file(split, folder))
+    """The frozen prefix's outputs for one split (float16, split CSV order),
+    memory-mapped: rows are read from disk as they are indexed."""
+    return np.load(paths.prefix_file(split, folder), mmap_mode="r")

@@ -13,6 +13,7 @@ import glob
 import json
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tlpipe import paths
@@ -23,6 +24,8 @@ from tlpipe.images import IMAGE_SUFFIXES, is_hidden
 # exported artifact, per format.
 # Quantised TFLite models are judged by their decisions instead (same top class).
 TOLERANCE = {"keras": 1e-6, "saved_model": 1e-5, "tflite": 1e-4}
+# Files checked and predicted per step of `tlpipe predict`: bounds its memory.
+PREDICT_CHUNK = 1024
 
 
 def _collect(args: list[str]) -> list[Path]:
@@ -117,24 +120,28 @@ def predict(args) -> int:
         else:
             out.write(json.dumps(row) + "\n")
 
-    with tqdm(total=len(files), desc="predict", unit="img", disable=len(files) < 100 or None) as bar:
-        for start in range(0, len(files), args.batch_size):
-            chunk = files[start : start + args.batch_size]
-            checks = [(p, images.inspect(p) if p.is_file() else None) for p in chunk]
+    def check(path):
+        return path, images.inspect(path) if path.is_file() else None
+
+    # Streamed in chunks: memory stays flat over any number of files, and
+    # within a chunk decoding and the forward pass overlap as in extract.
+    with tqdm(total=len(files), desc="predict", unit="img", disable=len(files) < 100 or None) as bar, \
+            ThreadPoolExecutor(min(8, (os.cpu_count() or 1) * 2)) as pool:
+        for start in range(0, len(files), PREDICT_CHUNK):
+            checks = list(pool.map(check, files[start : start + PREDICT_CHUNK]))
             good = [(p, c) for p, c in checks if c is not None and c.ok]
-            probs = {}
+            rows = iter(())
             if good:
-                ds = images.dataset([p for p, _ in good], [c.decoder for _, c in good], size, len(good))
-                batch = next(iter(ds))
-                for (p, _), row in zip(good, model.predict_on_batch(batch)):
-                    probs[p] = row
+                batches = images.predict(model, [p for p, _ in good], [c.decoder for _, c in good], size,
+                                         args.batch_size)
+                rows = (row for batch in batches for row in batch)
             for p, c in checks:  # in input order
                 if c is None or not c.ok:
                     failed += 1
                     emit(p, error="no such file" if c is None else c.reason)
                 else:
-                    emit(p, probs[p])
-            bar.update(len(chunk))
+                    emit(p, next(rows))
+                bar.update(1)
     if args.out:
         out.close()
     if failed:

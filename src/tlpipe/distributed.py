@@ -2,10 +2,10 @@
 replicas on one machine, or several machines.
 
 ``choose_strategy`` picks the ``tf.distribute`` strategy; ``trainer`` hands
-back what evaluates and fits a model under it:
+back what fits a model under it and predicts with it:
 
 - one machine (one device, ``TLPIPE_REPLICAS=N`` or all its GPUs): Keras'
-  own ``evaluate`` and ``fit`` (``KerasTrainer``);
+  own ``fit`` and ``predict`` (``KerasTrainer``);
 - several machines (``TF_CONFIG`` set): Keras 3's ``fit`` and ``evaluate``
   fail under ``MultiWorkerMirroredStrategy`` (keras-team/keras#20585: its
   symbolic build and its metric reduction call collectives that break in
@@ -17,7 +17,8 @@ back what evaluates and fits a model under it:
 in order, so a run on N workers sees the same batches as a run on one (the
 tests compare them); every figure it reports (train and val loss and
 accuracy) is summed across workers, so every worker takes the same
-early-stopping and head-or-fine-tuned decision, and none waits forever for
+early-stopping decision (and, holding the same weights, predicts the same val
+probabilities for the head-or-fine-tuned choice), and none waits forever for
 a peer that stopped.
 """
 
@@ -186,10 +187,6 @@ class KerasTrainer:
 
     def __init__(self, model: keras.Model):
         self.model = model
-
-    def evaluate(self, data: Inputs) -> tuple[float, float]:
-        loss, accuracy = self.model.evaluate(**data.fit_kwargs(), verbose=0)
-        return float(loss), float(accuracy)
 
     def fit(self, train: Inputs, val: Inputs, epochs: int, callbacks: list) -> FitResult:
         return fit(self.model, train, val, epochs, callbacks)

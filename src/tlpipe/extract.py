@@ -11,7 +11,8 @@ the frozen layers again. It is its own DVC output: a new ``freeze`` value
 rewrites it and leaves the pooled features (and so the head) untouched, and
 DVC's run-cache restores it for a value seen before. It is left empty (with
 the reason in its meta.json) when nothing is frozen below trained layers, or
-when it would not fit in ``training.MEMORY_BUDGET_BYTES``.
+when it would take more than ``extract.prefix_max_gb`` (or the free disk);
+fine-tuning reads it from disk in batches, so its size never costs memory.
 
 Images stream through tf.data (parallel decode and resize, batching,
 prefetch) and outputs go straight into memory-mapped files, so memory stays
@@ -21,6 +22,7 @@ flat as data grows.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 
 import numpy as np
@@ -69,15 +71,20 @@ def stream_features(model, rows, image_size: int, batch_size: int, outs, desc: s
     return len(rows) / max(time.perf_counter() - start, 1e-9)
 
 
-def _prefix_plan(plan: freeze.Plan, rows: dict[str, list[Row]]) -> tuple[tuple[int, ...] | None, str]:
-    """(prefix output shape, "") when the prefix is worth writing, else (None, why not)."""
+def _prefix_plan(plan: freeze.Plan, rows: dict[str, list[Row]], max_gb: float) -> tuple[tuple[int, ...] | None, str]:
+    """(prefix output shape, "") when the prefix is worth writing, else (None, why not).
+    Disk decides, not memory: fine-tuning reads the stored outputs from disk in batches."""
     if not plan.has_prefix:
         return None, f"freeze '{plan.word}' leaves no frozen layers below trained ones"
     shape = tuple(int(d) for d in plan.boundary.shape[1:])
-    size = max(len(rows[s]) for s in PREFIX_SPLITS) * int(np.prod(shape)) * 2  # float16
-    if size >= training.MEMORY_BUDGET_BYTES:
-        return None, (f"the prefix outputs ({size / 1e9:.1f} GB) exceed the memory budget "
-                      f"({training.MEMORY_BUDGET_BYTES / 1e9:.1f} GB): fine-tuning streams images")
+    size = sum(len(rows[s]) for s in PREFIX_SPLITS) * int(np.prod(shape)) * 2  # float16
+    free = shutil.disk_usage(paths.PREFIX.parent if paths.PREFIX.parent.exists() else ".").free
+    if size > max_gb * 1e9 or size > free:
+        limit = (f"more than 'extract.prefix_max_gb' ({max_gb:g}); raise it (dvc exp run -S "
+                 f"extract.prefix_max_gb={max(1, int(np.ceil(size * 1.2 / 1e9)))})" if size > max_gb * 1e9
+                 else f"more than the {free / 1e9:.1f} GB free on the disk")
+        return None, (f"the frozen prefix's outputs would take {size / 1e9:.1f} GB, {limit}; "
+                      "fine-tuning streams images through the whole backbone instead")
     return shape, ""
 
 
@@ -105,10 +112,11 @@ def run(extract: ExtractParams, *, backbone: str, image_size: int, weights: str,
         "classes": classes,
         "images": {},  # no timings here: a rerun must give a byte-identical output
     }
-    prefix_shape, why_not = _prefix_plan(plan, rows)
+    prefix_shape, why_not = _prefix_plan(plan, rows, extract.prefix_max_gb)
     prefix_meta = {
         "backbone": backbone, "image_size": image_size, "weights_sha256": fingerprint, "freeze": plan.word,
         "cached": prefix_shape is not None, "shape": list(prefix_shape or ()), "reason": why_not,
+        "bytes_per_image": int(np.prod(prefix_shape)) * 2 if prefix_shape else 0,
     }
     with atomic.atomic_dir(paths.FEATURES) as feats_dir, atomic.atomic_dir(paths.PREFIX) as prefix_dir:
         for split in SPLITS:

@@ -15,9 +15,7 @@ refused by name, and a corrupt member ends in one clear line.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import os
 import shutil
 import stat
@@ -29,6 +27,7 @@ import zlib
 from pathlib import Path, PurePosixPath
 
 from tlpipe import atomic, paths
+from tlpipe.artifacts import csv_text
 from tlpipe.errors import TlpipeError
 from tlpipe.images import is_hidden
 from tlpipe.params import DataParams, archive_kind, check_source
@@ -266,6 +265,9 @@ def _copy_bounded(src, dst, declared: int, archive: Path, name: str) -> None:
 
 def _extract_tar(tar: tarfile.TarFile, archive: Path, target: Path) -> None:
     members = tar.getmembers()  # reads every header: a truncated archive fails here, before writing
+    # tarfile keeps undecodable name bytes as surrogates; such a file is listed, never extracted.
+    rejected = [(shown_name(m.name), NOT_UTF8) for m in members if m.isfile() and not is_utf8(m.name)]
+    members = [m for m in members if is_utf8(m.name)]
     for m in members:  # check everything before writing anything
         _check_member_name(archive, m.name)
         if m.issym() or m.islnk() or m.isdev() or m.isfifo():
@@ -282,6 +284,7 @@ def _extract_tar(tar: tarfile.TarFile, archive: Path, target: Path) -> None:
         tar.extractall(target, members=members, filter="data")
     except tarfile.FilterError as err:
         raise TlpipeError(f"Refusing to extract {archive}: {err}. Nothing was kept.") from None
+    _list_rejected(target, rejected)
 
 
 # ---------------------------------------------------------------- folders
@@ -289,7 +292,8 @@ def _extract_tar(tar: tarfile.TarFile, archive: Path, target: Path) -> None:
 
 def _copy_folder(source: Path, target: Path) -> None:
     """Copy (hard-link where possible) a folder source; a link that points
-    nowhere is listed in data/raw/.fetch_rejected.csv, which split reports."""
+    nowhere, or a file whose name is not UTF-8, is listed in
+    data/raw/.fetch_rejected.csv, which split reports."""
     print(f"fetch: copying {source}", flush=True)
     rejected = []
     for path in sorted(source.rglob("*")):
@@ -297,7 +301,10 @@ def _copy_folder(source: Path, target: Path) -> None:
         if is_hidden(rel):
             continue
         out = target / rel
-        if path.is_symlink() and not path.exists():
+        if not is_utf8(str(rel)):
+            if path.is_file():
+                rejected.append((shown_name(rel.as_posix()), NOT_UTF8))
+        elif path.is_symlink() and not path.exists():
             rejected.append((rel.as_posix(), f"a symbolic link to {os.readlink(path)!r}, which does not exist"))
         elif path.is_dir():
             out.mkdir(parents=True, exist_ok=True)
@@ -307,10 +314,33 @@ def _copy_folder(source: Path, target: Path) -> None:
                 os.link(path.resolve(), out)
             except OSError:
                 shutil.copy2(path, out)
+    _list_rejected(target, rejected)
+
+
+# A name DVC cannot hash (it encodes paths as UTF-8) must never reach data/raw.
+NOT_UTF8 = ("file name is not valid UTF-8, so DVC cannot track it: rename it in UTF-8 "
+            "(e.g. `convmv -f latin1 -t utf8 -r --notest FOLDER`)")
+
+
+def is_utf8(name: str) -> bool:
+    """Whether a file name (as Python decodes it, undecodable bytes as surrogates) is valid UTF-8."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def shown_name(name: str) -> str:
+    """A name with its undecodable bytes written as \\xNN, printable in any report."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _list_rejected(target: Path, rejected: list[tuple[str, str]]) -> None:
     if rejected:
-        buf = io.StringIO()
-        csv.writer(buf, lineterminator="\n").writerows([("path", "reason"), *rejected])
-        (target / paths.FETCH_REJECTED.name).write_text(buf.getvalue())
+        (target / paths.FETCH_REJECTED.name).write_text(csv_text(("path", "reason"), rejected))
+        print(f"fetch: {len(rejected)} file(s) not copied (split lists them in {paths.REJECTED}), "
+              f"e.g. {rejected[0][0]!r}: {rejected[0][1]}", flush=True)
 
 
 def _unwrap(root: Path) -> None:

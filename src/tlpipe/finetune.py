@@ -37,7 +37,7 @@ from tlpipe.artifacts import label_indices, load_prefix, read_classes, read_pref
 from tlpipe.errors import TlpipeError
 from tlpipe.layers import Mirror, Temperature, as_float32, augmentation, load_model, mirror_averaged, on_pixels
 from tlpipe.params import FinetuneParams
-from tlpipe.scoring import expected_calibration_error, fit_temperature, log_loss, temperature_scaled
+from tlpipe.scoring import beats, expected_calibration_error, fit_temperature, temperature_scaled, val_figures
 from tlpipe.training import Inputs, callbacks, compile_model, learning_rate, optimizer, seed_everything, steps
 
 
@@ -99,56 +99,52 @@ def _stored_prefix(s: Setup, fp: FinetuneParams, plan: freeze.Plan, fingerprint:
     return True
 
 
-def _inputs(rows, labels, image_size: int, batch_size: int, seed: int, split: str, prefix: bool, shuffle=False):
-    """What one split feeds to fit/evaluate: stored frozen-prefix outputs, or
-    decoded images held in memory when they fit, or a tf.data stream of
-    (image, label) batches from the files."""
-    if prefix:
-        return Inputs(load_prefix(split), labels, batch_size)
+def _inputs(rows, labels, image_size: int, batch_size: int, seed: int, split: str, on_prefix: bool, shuffle=False):
+    """What one split feeds to fit/evaluate: stored frozen-prefix outputs read
+    from disk batch by batch, or decoded images held in memory when they fit,
+    or a tf.data stream of (image, label) batches from the files."""
+    shuffle_seed = seed if shuffle else None
+    if on_prefix:
+        return Inputs(training.disk_batches(load_prefix(split), labels, batch_size, shuffle_seed))
     if len(rows) * image_size**2 * 3 < training.MEMORY_BUDGET_BYTES:
         desc = f"finetune: decoding {split} ({len(rows)} images)"
         return Inputs(images.decode_all(*sources(rows), image_size, batch_size, desc), labels, batch_size)
-    stream = images.dataset(
-        *sources(rows), image_size, batch_size, labels=labels, shuffle_seed=seed if shuffle else None
-    )
-    return Inputs(stream)
+    return Inputs(images.dataset(*sources(rows), image_size, batch_size, labels=labels, shuffle_seed=shuffle_seed))
 
 
-def _mirror_choice(model: keras.Model, plain: np.ndarray, val_rows, y_val_idx, image_size: int, batch_size: int,
-                   tta: bool | None):
+def _mirror_choice(model: keras.Model, plain: np.ndarray, val_rows, y_val: np.ndarray, image_size: int,
+                   batch_size: int, tta: bool | None):
     """Whether the shipped model averages over the image and its mirror image
-    (``finetune.tta``; auto: when that lowers val loss, accuracy no lower), and
-    the val probabilities of the model that ships. ``plain``: val probabilities
-    as the head-or-fine-tuned choice scored them (from the stored prefix when
-    there is one, float16 storage aside the same numbers); the mirror images go
-    through the whole model."""
+    (``finetune.tta``; auto: when the average beats the plain model on val,
+    see scoring.beats), and the val probabilities of the model that ships.
+    ``plain``: val probabilities as the head-or-fine-tuned choice scored them
+    (from the stored prefix when there is one, float16 storage aside the same
+    numbers); the mirror images go through the whole model."""
     pixels = keras.Input(model.input_shape[1:], name="pixels")
     mirrored = keras.Model(pixels, model(Mirror()(pixels)))
     batches = images.predict(mirrored, *sources(val_rows), image_size, batch_size, "finetune: val, mirrored")
     averaged = (plain + np.concatenate(list(batches)).astype(np.float64)) / 2
-    scores = {name: (log_loss(y_val_idx, probs), float(np.mean(probs.argmax(1) == y_val_idx)))
-              for name, probs in (("without", plain), ("with", averaged))}
-    (loss_without, acc_without), (loss_with, acc_with) = scores["without"], scores["with"]
-    use = tta if tta is not None else (loss_with < loss_without and acc_with >= acc_without)
-    report = {"val_loss_without_tta": round(loss_without, 4), "val_accuracy_without_tta": round(acc_without, 4),
-              "val_loss_with_tta": round(loss_with, 4), "val_accuracy_with_tta": round(acc_with, 4)}
+    use = tta if tta is not None else beats(y_val, averaged, plain)
+    (loss_without, acc_without), (loss_with, acc_with) = val_figures(y_val, plain), val_figures(y_val, averaged)
+    report = {"val_loss_without_tta": loss_without, "val_accuracy_without_tta": acc_without,
+              "val_loss_with_tta": loss_with, "val_accuracy_with_tta": acc_with}
     print(f"finetune: mirror-image test-time augmentation {'on' if use else 'off'} (val loss {loss_without:.4f} "
           f"without, {loss_with:.4f} with)")
     return use, averaged if use else plain, report
 
 
-def _save_shipped(model, trainer, val: Inputs, val_rows, y_val_idx, tta: bool | None, image_size: int,
+def _save_shipped(model, val_probs: np.ndarray, val_rows, y_val: np.ndarray, tta: bool | None, image_size: int,
                   batch_size: int) -> dict:
     """models/model.keras: ``model`` (mirror-averaged if ``tta`` says so, see
-    _mirror_choice) with a temperature fitted on val. Returns what
-    metrics/finetune.json reports of it."""
-    use_tta, val_probs, report = False, trainer.predict(val).astype(np.float64), {}
+    _mirror_choice) with a temperature fitted on val. ``val_probs``: the
+    model's val probabilities. Returns what metrics/finetune.json reports of it."""
+    use_tta, report = False, {}
     if tta is not False:
-        use_tta, val_probs, report = _mirror_choice(model, val_probs, val_rows, y_val_idx, image_size, batch_size, tta)
+        use_tta, val_probs, report = _mirror_choice(model, val_probs, val_rows, y_val, image_size, batch_size, tta)
     # Calibration: one temperature fitted on val (never test), stored in the
     # shipped model, so that its probabilities (evaluate, tlpipe predict) mean
     # what they say; its decisions do not change.
-    temperature = fit_temperature(val_probs, y_val_idx)
+    temperature = fit_temperature(val_probs, y_val)
     classifier = mirror_averaged(model) if use_tta else model
     shipped = keras.Model(classifier.input, Temperature(temperature, name="temperature")(classifier.output),
                           name=model.name)
@@ -158,87 +154,100 @@ def _save_shipped(model, trainer, val: Inputs, val_rows, y_val_idx, tta: bool | 
         "tta": use_tta,
         **report,
         "temperature": temperature,
-        "val_ece": round(expected_calibration_error(y_val_idx, val_probs), 4),
-        "val_ece_calibrated": round(
-            expected_calibration_error(y_val_idx, temperature_scaled(val_probs, temperature)), 4
-        ),
+        "val_ece": round(expected_calibration_error(y_val, val_probs), 4),
+        "val_ece_calibrated": round(expected_calibration_error(y_val, temperature_scaled(val_probs, temperature)), 4),
         "mixed_precision": mixed,  # trained so; the shipped model is float32
     }
+
+
+def _devices(fp: FinetuneParams, seed: int):
+    """(strategy, global batch size): where training runs, seeded, with mixed
+    precision when asked for (auto: with a GPU)."""
+    strategy = distributed.choose_strategy()  # first: it may configure devices
+    seed_everything(seed)
+    if mixed_precision_on(fp.mixed_precision):
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    return strategy, fp.batch_size * strategy.num_replicas_in_sync  # the per-replica batch stays as configured
+
+
+def _fit_or_keep_head(trainer, model: keras.Model, train, val: Inputs, y_val: np.ndarray, fp: FinetuneParams,
+                      steps_per_epoch: int, log_dir: Path) -> tuple[str, np.ndarray, dict]:
+    """Train from the head; keep the result only if it beats the head on val
+    (scoring.beats). -> (shipped: "finetuned" or "head", its val probabilities,
+    its figures for metrics/finetune.json)."""
+    head_probs = trainer.predict(val).astype(np.float64)
+    loss, accuracy = val_figures(y_val, head_probs)
+    figures = {"val_accuracy": accuracy, "val_loss": loss, "best_epoch": 0, "epochs_run": 0, "fit_seconds": 0.0,
+               "head_val_accuracy": accuracy, "head_val_loss": loss}
+    if train is None:  # nothing to train: freeze all, or epochs 0
+        log_dir.joinpath("metrics.json").write_text("{}\n")
+        return "head", head_probs, figures
+    start_weights = model.get_weights()
+    warmup = (fp.learning_rate, fp.warmup_epochs * steps_per_epoch)
+    result = trainer.fit(train, val, fp.epochs, callbacks(fp.patience, fp.schedule, log_dir, warmup))
+    tuned_probs = trainer.predict(val).astype(np.float64)
+    figures.update(epochs_run=len(result.history["val_loss"]), fit_seconds=round(result.seconds, 2))
+    if beats(y_val, tuned_probs, head_probs):
+        loss, accuracy = val_figures(y_val, tuned_probs)
+        figures.update(val_accuracy=accuracy, val_loss=loss, best_epoch=result.best + 1)
+        return "finetuned", tuned_probs, figures
+    model.set_weights(start_weights)
+    print(f"finetune: no epoch beat the trained head on val by more than noise (head: loss {figures['val_loss']:.4f}, "
+          f"accuracy {figures['val_accuracy']:.4f}): shipping the head on the frozen backbone")
+    return "head", head_probs, figures
 
 
 def run(fp: FinetuneParams, s: Setup) -> dict:
     """images (or data/prefix) + models/head.keras -> models/model.keras; reads
     ``finetune.*`` and ``Setup``. On several machines every worker trains and
     the chief alone writes (see tlpipe.distributed)."""
-    strategy = distributed.choose_strategy()  # first: it may configure devices
-    seed_everything(s.seed)
-    if mixed_precision_on(fp.mixed_precision):
-        keras.mixed_precision.set_global_policy("mixed_float16")
-    replicas = strategy.num_replicas_in_sync
-    batch_size = fp.batch_size * replicas  # per-replica batch stays as configured
+    strategy, batch_size = _devices(fp, s.seed)
     chief = distributed.is_chief()
     classes = read_classes()
     train_rows, val_rows = read_split("train"), read_split("val")
     y_train = keras.utils.to_categorical(label_indices(train_rows, classes), len(classes))
-    y_val = keras.utils.to_categorical(label_indices(val_rows, classes), len(classes))
+    y_val_idx = label_indices(val_rows, classes)
+    y_val = keras.utils.to_categorical(y_val_idx, len(classes))
 
-    with strategy.scope():
+    with strategy.scope():  # build: the classifier, and what trains (its top alone on a stored prefix)
         spec = backbones.get(s.backbone)
         backbone, plan = freeze.frozen_backbone(spec, s.image_size, s.weights, s.freeze)  # first: same init as extract
         model = assemble(s, fp, backbone, plan, load_model(paths.HEAD_MODEL))
         trains = not plan.trains_nothing and fp.epochs > 0
-        prefix = trains and _stored_prefix(s, fp, plan, backbones.weights_fingerprint(backbone))
-        fit_model = _top_model(model, backbone, plan) if prefix else model
+        on_prefix = trains and _stored_prefix(s, fp, plan, backbones.weights_fingerprint(backbone))
+        fit_model = _top_model(model, backbone, plan) if on_prefix else model
         steps_per_epoch = steps(len(train_rows), batch_size)
         lr = learning_rate(fp.learning_rate, fp.schedule, fp.epochs, steps_per_epoch, fp.warmup_epochs)
         compile_model(fit_model, optimizer(fp.optimizer, lr), fp.label_smoothing)
         fit_model.jit_compile = fp.xla
     trainer = distributed.trainer(strategy, fit_model, fp.label_smoothing, batch_size, s.seed)
 
-    start = time.perf_counter()
-    val = _inputs(val_rows, y_val, s.image_size, batch_size, s.seed, "val", prefix)
-    if trains:
-        train = _inputs(train_rows, y_train, s.image_size, batch_size, s.seed, "train", prefix, shuffle=True)
+    start = time.perf_counter()  # data: stored prefix outputs, or images
+    val = _inputs(val_rows, y_val, s.image_size, batch_size, s.seed, "val", on_prefix)
+    train = _inputs(train_rows, y_train, s.image_size, batch_size, s.seed, "train", on_prefix, shuffle=True) if trains else None
     data_seconds = time.perf_counter() - start
-    # The starting point (trained head on the frozen backbone) is the first candidate.
-    head_loss, head_accuracy = trainer.evaluate(val)
-    metrics = {"val_accuracy": round(head_accuracy, 4), "val_loss": round(head_loss, 4),
-               "best_epoch": 0, "epochs_run": 0, "fit_seconds": 0.0}
-    shipped = "head"
+
     # Other workers of a cluster log to a scratch folder: the chief's logs are the run's.
     with (atomic.atomic_dir(paths.FINETUNE_LOGS) if chief else tempfile.TemporaryDirectory()) as log_dir:
-        log_dir = Path(log_dir)
-        if trains:
-            start_weights = model.get_weights()
-            warmup = (fp.learning_rate, fp.warmup_epochs * steps_per_epoch)
-            result = trainer.fit(train, val, fp.epochs, callbacks(fp.patience, fp.schedule, log_dir, warmup))
-            if result.val_loss < head_loss and result.val_accuracy >= head_accuracy:
-                metrics, shipped = result.metrics(), "finetuned"
-            else:
-                model.set_weights(start_weights)
-                metrics.update(epochs_run=len(result.history["val_loss"]), fit_seconds=round(result.seconds, 2))
-                print(f"finetune: no epoch beat the trained head on val (loss {head_loss:.4f}, accuracy "
-                      f"{head_accuracy:.4f}): shipping the head on the frozen backbone")
-        else:
-            log_dir.joinpath("metrics.json").write_text("{}\n")  # nothing to train: freeze all, or epochs 0
+        shipped, val_probs, metrics = _fit_or_keep_head(trainer, model, train, val, y_val_idx, fp, steps_per_epoch,
+                                                        Path(log_dir))
     if not chief:
         print(f"finetune: {distributed.describe_task()} done; the chief writes {paths.MODEL} and "
               f"{paths.FINETUNE_METRICS}, this worker writes nothing")
         return metrics
 
-    shipping = _save_shipped(model, trainer, val, val_rows, y_val.argmax(axis=1), fp.tta, s.image_size, batch_size)
+    shipping = _save_shipped(model, val_probs, val_rows, y_val_idx, fp.tta, s.image_size, batch_size)
     metrics.update({
         "shipped": shipped,
         **shipping,
-        "head_val_accuracy": round(head_accuracy, 4),
-        "head_val_loss": round(head_loss, 4),
         # Time spent loading stored frozen-prefix outputs, or decoding images into memory.
-        "prefix_seconds": round(data_seconds, 2) if prefix else 0.0,
+        "prefix_seconds": round(data_seconds, 2) if on_prefix else 0.0,
         "data_seconds": round(data_seconds, 2),
         "trainable_params": trainable_count(model),
         "freeze": plan.word,
-        "frozen_prefix_cached": prefix,
-        "replicas": replicas,
+        "frozen_prefix_cached": on_prefix,
+        "prefix_bytes_per_image": read_prefix_meta()["bytes_per_image"] if on_prefix else 0,
+        "replicas": strategy.num_replicas_in_sync,
         "workers": distributed.worker_count(),
         "global_batch_size": batch_size,
     })

@@ -87,6 +87,7 @@ class SplitParams:
 @dataclass(frozen=True)
 class ExtractParams:
     batch_size: int
+    prefix_max_gb: float  # disk for data/prefix; beyond it fine-tuning streams images
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ class HeadParams:
     hidden: tuple[int, ...]
     dropout: float
     batchnorm: bool
-    l2: float
+    l2: float | None  # None: chosen on val (a linear head), 0 for hidden layers
     optimizer: str
     learning_rate: float
     epochs: int
@@ -252,6 +253,16 @@ class _Section:
             self.bad(key, "a non-empty string" + (" or null" if allow_null else ""), value)
         return value
 
+    def auto_or_real(self, key: str, low: float, high: float | None) -> float | None:
+        """``auto`` (None: chosen at run time) or a float in [low, high)."""
+        value = self.get(key)
+        if value == "auto":
+            return None
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not ok or not (value >= low and (high is None or value < high)):
+            self.bad(key, "'auto' or a float" + _range_text(low, high, True, False), value)
+        return float(value)
+
     def auto_or_bool(self, key: str) -> bool | None:
         """``auto`` (None: decided at run time), true or false."""
         value = self.get(key)
@@ -326,7 +337,8 @@ def parse(raw: Any, source: str = str(paths.PARAMS)) -> Params:
     s.finish()
 
     e = top.section("extract")
-    extract = ExtractParams(batch_size=e.integer("batch_size", 1, 4096))
+    extract = ExtractParams(batch_size=e.integer("batch_size", 1, 4096),
+                            prefix_max_gb=e.real("prefix_max_gb", 0.0, None))
     e.finish()
 
     h = top.section("head")
@@ -339,7 +351,7 @@ def parse(raw: Any, source: str = str(paths.PARAMS)) -> Params:
         hidden=tuple(hidden),
         dropout=h.real("dropout", 0.0, 1.0),
         batchnorm=h.boolean("batchnorm"),
-        l2=h.real("l2", 0.0, None),
+        l2=h.auto_or_real("l2", 0.0, None),
         optimizer=h.choice("optimizer", OPTIMIZERS),
         learning_rate=h.real("learning_rate", 0.0, 10.0, low_closed=False),
         epochs=h.integer("epochs", 1, 100_000),

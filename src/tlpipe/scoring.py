@@ -25,8 +25,7 @@ def scores(y_true: np.ndarray, probs: np.ndarray, classes: list[str], top_k: int
             y_true, y_pred, labels=labels, average=avg, zero_division=0
         )
         out.update({f"precision_{avg}": p, f"recall_{avg}": r, f"f1_{avg}": f})
-    clipped = np.clip(probs, 1e-7, 1.0)
-    out["log_loss"] = skm.log_loss(y_true, clipped / clipped.sum(axis=1, keepdims=True), labels=labels)
+    out["log_loss"] = log_loss(y_true, probs)
     present = np.unique(y_true)
     if len(present) == k:  # ROC-AUC needs every class among the true labels
         if k == 2:
@@ -68,9 +67,43 @@ def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, bins: int 
     return float(sum(count / n * abs(conf - acc) for conf, acc, count in reliability(y_true, probs, bins)))
 
 
+def image_losses(y_true: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Each image's negative log-probability of its true class."""
+    return -np.log(np.clip(probs[np.arange(len(y_true)), y_true], 1e-12, None))
+
+
 def log_loss(y_true: np.ndarray, probs: np.ndarray) -> float:
     """Mean negative log-probability of the true class."""
-    return float(-np.mean(np.log(np.clip(probs[np.arange(len(y_true)), y_true], 1e-12, None))))
+    return float(np.mean(image_losses(y_true, probs)))
+
+
+def standard_error(values: np.ndarray) -> float:
+    """Standard error of the mean of ``values``."""
+    values = np.asarray(values, dtype=np.float64)
+    return float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else float("inf")
+
+
+def clearly_lower(new_losses: np.ndarray, old_losses: np.ndarray) -> bool:
+    """Whether ``new`` beats ``old`` on the same images by more than noise: the
+    mean of the paired per-image differences is below zero by more than one
+    standard error of that mean. A gain carried by one image is not one."""
+    diff = np.asarray(new_losses, np.float64) - np.asarray(old_losses, np.float64)
+    return bool(diff.mean() < -standard_error(diff))
+
+
+def beats(y_true: np.ndarray, new_probs: np.ndarray, old_probs: np.ndarray) -> bool:
+    """The rule for replacing one model by another on val: a log loss clearly
+    lower (``clearly_lower``), and an accuracy no lower, so that what ships is
+    never worse on val than what it replaced."""
+    accuracy = lambda probs: np.mean(probs.argmax(axis=1) == y_true)  # noqa: E731
+    return clearly_lower(image_losses(y_true, new_probs), image_losses(y_true, old_probs)) and bool(
+        accuracy(new_probs) >= accuracy(old_probs)
+    )
+
+
+def val_figures(y_true: np.ndarray, probs: np.ndarray) -> tuple[float, float]:
+    """(log loss, accuracy), rounded as metrics files report them."""
+    return round(log_loss(y_true, probs), 4), round(float(np.mean(probs.argmax(axis=1) == y_true)), 4)
 
 
 def temperature_scaled(probs: np.ndarray, temperature: float) -> np.ndarray:

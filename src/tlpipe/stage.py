@@ -2,11 +2,12 @@
 with the params it reads, report.
 
 User mistakes (bad params, bad data) end the stage with one line on stderr and
-exit status 2, never a traceback.
+exit status 2, never a traceback; so does Ctrl-C, with exit status 130.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -26,6 +27,7 @@ def _process_seconds() -> float:
 
 
 _LOADED = time.perf_counter()
+INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
 
 
 def run_stage(name: str, body: Callable[[params.Params], object]) -> None:
@@ -36,4 +38,13 @@ def run_stage(name: str, body: Callable[[params.Params], object]) -> None:
     except TlpipeError as err:
         print(f"{name}: error: {err}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        # Every output is written under a temporary name (tlpipe.atomic), and
+        # the unwinding that brought us here removed those: nothing to report
+        # but that. Exit at once, 128 + SIGINT as shells do: waiting for
+        # TensorFlow's and the decoders' threads to wind down would take seconds.
+        print(f"{name}: interrupted (Ctrl-C); nothing half-written was kept. `dvc repro` continues from here.",
+              file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(INTERRUPTED)
     print(f"{name}: done in {_process_seconds():.1f}s (process wall time, start-up included)", flush=True)

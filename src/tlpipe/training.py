@@ -14,9 +14,9 @@ from typing import Any
 import keras
 import numpy as np
 
-# What training holds in memory at most (decoded images, frozen-prefix
-# outputs); beyond it, every epoch streams from the image files. A machine with
-# less memory sets TLPIPE_MEMORY_BUDGET (bytes).
+# What training holds in memory at most (decoded images, when augmentation
+# keeps fine-tuning off the stored prefix); beyond it, every epoch streams from
+# the image files. A machine with less memory sets TLPIPE_MEMORY_BUDGET (bytes).
 MEMORY_BUDGET_BYTES = int(os.environ.get("TLPIPE_MEMORY_BUDGET", 2 * 1024**3))
 
 
@@ -197,6 +197,33 @@ class LiveLogger(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         if self.live is not None:
             self.live.end()
+
+
+def disk_batches(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle_seed: int | None = None):
+    """A tf.data stream of (x, y) batches gathered from ``x``, a memory-mapped
+    array on disk (the stored frozen prefix): a batch in memory at a time, so
+    memory stays flat whatever the array's size. ``shuffle_seed``: a new
+    seeded permutation of all rows every epoch, as Keras shuffles arrays;
+    None: in order (val, predict)."""
+    import tensorflow as tf
+
+    n = len(x)
+    y = np.asarray(y, dtype=np.float32)
+
+    def gather(rows):
+        rows = np.sort(rows)  # ascending offsets: sequential reads within the file
+        return np.asarray(x[rows], dtype=np.float16), y[rows]
+
+    def load(rows):
+        xb, yb = tf.numpy_function(gather, [rows], (tf.float16, tf.float32), stateful=False)
+        xb.set_shape((None, *x.shape[1:]))
+        yb.set_shape((None, *y.shape[1:]))
+        return xb, yb
+
+    rows = tf.data.Dataset.range(n)
+    if shuffle_seed is not None:
+        rows = rows.shuffle(n, seed=shuffle_seed, reshuffle_each_iteration=True)
+    return rows.batch(batch_size).map(load).prefetch(2)
 
 
 def steps(n: int, batch_size: int) -> int:
