@@ -50,6 +50,7 @@ def test_repo_params_are_valid(raw_params):
         ("head.batchnorm", "yes", "'head.batchnorm' parameter must be a bool"),
         ("head.optimizer", "adagrad", "one of 'adam', 'adamw', 'sgd', 'rmsprop'. Got 'adagrad'"),
         ("head.class_weight", "balanced", "'head.class_weight' parameter must be one of 'auto', 'none'"),
+        ("head.solver", "newton", "The 'head.solver' parameter must be one of 'keras', 'lbfgs'. Got 'newton'"),
         ("head.l2", -0.1, "The 'head.l2' parameter must be 'auto' or a float >= 0.0. Got -0.1 instead."),
         ("head.l2", "strong", "The 'head.l2' parameter must be 'auto' or a float >= 0.0. Got 'strong' instead."),
         ("finetune.learning_rate", 0, "'finetune.learning_rate' parameter must be a float in the range (0.0, 10.0)"),
@@ -149,3 +150,10 @@ def test_local_checks_use_the_same_wording(tmp_path):
         params.check_source(params.DataParams(str(tmp_path / "notes.txt"), None))
     with pytest.raises(TlpipeError, match=r"The 'data.sha256' parameter must be null when 'data.source' is a folder"):
         params.check_source(params.DataParams(str(tmp_path), "a" * 64))
+
+
+def test_lbfgs_solves_linear_heads_only(raw_params):
+    raw = with_change(with_change(raw_params, "head.solver", "lbfgs"), "head.hidden", [64])
+    message = error_of(raw)
+    assert "The 'head.solver' parameter must be 'keras' for a head with hidden layers" in message
+    assert parse(with_change(raw_params, "head.solver", "lbfgs")).head.solver == "lbfgs"

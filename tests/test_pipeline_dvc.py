@@ -9,7 +9,7 @@ import os
 import pytest
 import yaml
 
-from conftest import DvcRepo, draw_image, make_class_folders, new_dvc_repo, set_dotted, tiny_params
+from conftest import COLOURS, DvcRepo, draw_image, make_class_folders, new_dvc_repo, set_dotted, tiny_params
 
 STAGES = ["params", "fetch", "split", "extract", "train_head", "finetune", "evaluate", "audit", "scratch"]
 
@@ -28,7 +28,7 @@ def repo(tmp_path_factory, request):
     source = make_class_folders(root / "images", per_class=10, classes=("red", "green", "blue"))
     # A Latin-1 file name (bytes that are not UTF-8), as old archives and systems write them: DVC
     # cannot hash such a name, so fetch must keep it out of data/raw, and the run goes on.
-    draw_image("red", 99).save(os.fsencode(source / "red") + b"/caf\xe9.jpg", "JPEG")
+    draw_image(COLOURS["red"], 99_999).save(os.fsencode(source / "red") + b"/caf\xe9.jpg", "JPEG")
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     repo = new_dvc_repo(root / "repo", tiny_params(raw, source))
     result = repo.dvc("repro")
@@ -130,13 +130,14 @@ def test_exp_run_finetune_param_reuses_the_stored_prefix(repo):
     assert set(ran(repo.dvc("repro").stdout)) <= {"params"}  # back to the committed run, from the run-cache
 
 
-def test_exp_run_fixed_head_l2_skips_the_choice_on_val(repo):
-    """The README's `dvc exp run -S head.l2=0.001`, typed as a user types it."""
+def test_exp_run_exact_head_chooses_l2_on_val_or_takes_a_fixed_one(repo):
+    """The README's `dvc exp run -S head.solver=lbfgs` and `... -S head.l2=0.001`, typed as a user types them."""
     original = repo.params()
+    result = repo.dvc("exp", "run", "-n", "lbfgs", "-S", "head.solver=lbfgs")
+    assert ran(result.stdout)[:2] == ["params", "train_head"]
     head = json.loads((repo.root / "metrics/head.json").read_text())
     assert head["solver"] == "lbfgs" and head["l2_chosen_on_val"] is True and len(head["l2_val_loss"]) >= 3
-    result = repo.dvc("exp", "run", "-n", "l2", "-S", "head.l2=0.001")
-    assert ran(result.stdout)[:2] == ["params", "train_head"]
+    repo.dvc("exp", "run", "-n", "lbfgs-l2", "-S", "head.solver=lbfgs", "-S", "head.l2=0.001")
     head = json.loads((repo.root / "metrics/head.json").read_text())
     assert head["l2"] == 0.001 and head["l2_chosen_on_val"] is False and list(head["l2_val_loss"]) == ["1e-03"]
     repo.write_params(original)

@@ -133,25 +133,6 @@ def on_pixels(spec, image_size: int, body, augment_layers=(), preprocess_name: s
 
 
 @keras.saving.register_keras_serializable(package="tlpipe")
-class ScaledL2(keras.regularizers.Regularizer):
-    """``l2 * sum((scale[:, None] * kernel)**2)``: the linear head's L2 penalty,
-    chosen on standardised features (``scale``: their standard deviations),
-    written for the kernel on raw features, so fine-tuning continues the very
-    objective the head was fitted with."""
-
-    def __init__(self, l2: float, scale):
-        self.l2 = float(l2)
-        self.scale = [float(v) for v in scale]
-
-    def __call__(self, kernel):
-        scaled = kernel * ops.expand_dims(ops.convert_to_tensor(self.scale, kernel.dtype), -1)
-        return self.l2 * ops.sum(ops.square(scaled))
-
-    def get_config(self):
-        return {"l2": self.l2, "scale": self.scale}
-
-
-@keras.saving.register_keras_serializable(package="tlpipe")
 class Temperature(keras.layers.Layer):
     """Calibrated probabilities: softmax(log p / T), with T fitted on val by the
     finetune stage; the model's decisions are unchanged."""

@@ -30,6 +30,7 @@ from tlpipe.errors import TlpipeError
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SCHEDULES = ("constant", "cosine", "plateau")
+HEAD_SOLVERS = ("keras", "lbfgs")
 FREEZE_WORDS = ("auto", "all", "none")
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
 _BLOCK = re.compile(r"block([0-9]+)")
@@ -92,10 +93,11 @@ class ExtractParams:
 
 @dataclass(frozen=True)
 class HeadParams:
+    solver: str  # keras (Adam, dropout, early stopping) | lbfgs (exact logistic regression; linear heads)
     hidden: tuple[int, ...]
     dropout: float
     batchnorm: bool
-    l2: float | None  # None: chosen on val (a linear head), 0 for hidden layers
+    l2: float | None  # None (auto): chosen on val by the lbfgs solver, 0 for keras
     optimizer: str
     learning_rate: float
     epochs: int
@@ -348,6 +350,7 @@ def parse(raw: Any, source: str = str(paths.PARAMS)) -> Params:
     ):
         h.bad("hidden", "a list of layer widths (ints >= 1); [] for a linear head", hidden)
     head = HeadParams(
+        solver=h.choice("solver", HEAD_SOLVERS),
         hidden=tuple(hidden),
         dropout=h.real("dropout", 0.0, 1.0),
         batchnorm=h.boolean("batchnorm"),
@@ -360,6 +363,9 @@ def parse(raw: Any, source: str = str(paths.PARAMS)) -> Params:
         label_smoothing=h.real("label_smoothing", 0.0, 1.0),
         class_weight=h.choice("class_weight", ("auto", "none")),
     )
+    if head.solver == "lbfgs" and head.hidden:
+        h.bad("solver", "'keras' for a head with hidden layers ('lbfgs' solves a linear head, head.hidden: [])",
+              head.solver)
     h.finish()
 
     f = top.section("finetune")

@@ -85,20 +85,23 @@ def standard_error(values: np.ndarray) -> float:
 
 def clearly_lower(new_losses: np.ndarray, old_losses: np.ndarray) -> bool:
     """Whether ``new`` beats ``old`` on the same images by more than noise: the
-    mean of the paired per-image differences is below zero by more than one
-    standard error of that mean. A gain carried by one image is not one."""
+    mean of the paired per-image differences is below zero by more than two
+    standard errors of that mean. A gain carried by one image is not one (it
+    comes to about one standard error, however large)."""
     diff = np.asarray(new_losses, np.float64) - np.asarray(old_losses, np.float64)
-    return bool(diff.mean() < -standard_error(diff))
+    return bool(diff.mean() < -2 * standard_error(diff))
 
 
 def beats(y_true: np.ndarray, new_probs: np.ndarray, old_probs: np.ndarray) -> bool:
     """The rule for replacing one model by another on val: a log loss clearly
-    lower (``clearly_lower``), and an accuracy no lower, so that what ships is
-    never worse on val than what it replaced."""
-    accuracy = lambda probs: np.mean(probs.argmax(axis=1) == y_true)  # noqa: E731
-    return clearly_lower(image_losses(y_true, new_probs), image_losses(y_true, old_probs)) and bool(
-        accuracy(new_probs) >= accuracy(old_probs)
-    )
+    lower (``clearly_lower``) and an accuracy not evidently lower: the images it
+    newly gets wrong may outnumber those it newly gets right by no more than
+    the standard error of that count (McNemar's, sqrt of their sum), so that
+    one image decides nothing either way."""
+    new_right, old_right = new_probs.argmax(axis=1) == y_true, old_probs.argmax(axis=1) == y_true
+    lost, won = int(np.sum(old_right & ~new_right)), int(np.sum(new_right & ~old_right))
+    accuracy_clearly_lower = lost - won > np.sqrt(lost + won)
+    return clearly_lower(image_losses(y_true, new_probs), image_losses(y_true, old_probs)) and not accuracy_clearly_lower
 
 
 def val_figures(y_true: np.ndarray, probs: np.ndarray) -> tuple[float, float]:

@@ -1,0 +1,40 @@
+"""scoring: the one rule that replaces a model on val, robust to single images."""
+
+import numpy as np
+
+from tlpipe.scoring import beats, clearly_lower, log_loss, scores
+
+
+def probs_for(y, right_prob):
+    """Two-class probabilities giving the true class ``right_prob`` (per image)."""
+    p = np.empty((len(y), 2))
+    p[np.arange(len(y)), y] = right_prob
+    p[np.arange(len(y)), 1 - y] = 1 - np.asarray(right_prob)
+    return p
+
+
+def test_a_gain_carried_by_one_image_is_not_clearly_lower():
+    old = np.full(100, 0.10)
+    one_image = old.copy()
+    one_image[0] = 0.0  # a big gain on one image, nothing elsewhere
+    assert not clearly_lower(one_image, old)
+    assert clearly_lower(old - 0.01, old)  # a small gain on every image is one
+
+
+def test_beats_needs_a_clear_loss_gain_and_no_clear_accuracy_loss():
+    y = np.array([0, 1] * 50)
+    old = probs_for(y, np.full(100, 0.7))
+    better = probs_for(y, np.full(100, 0.8))
+    assert beats(y, better, old) and not beats(y, old, better)
+    one_wrong = better.copy()
+    one_wrong[0] = [0.45, 0.55]  # the better model now misses one image: noise, still better
+    assert beats(y, one_wrong, old)
+    three_wrong = better.copy()
+    three_wrong[:3] = three_wrong[:3, ::-1] * 0 + [[0.45, 0.55], [0.55, 0.45], [0.45, 0.55]]
+    assert not beats(y, three_wrong, old)  # three images lost, none won: clearly less accurate
+
+
+def test_eval_log_loss_is_the_same_arithmetic_as_the_choices():
+    y = np.array([0, 1, 1])
+    p = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
+    assert scores(y, p, ["a", "b"])["log_loss"] == round(log_loss(y, p), 4)
