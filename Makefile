@@ -1,6 +1,7 @@
 # Two entry points, each sets everything up first (idempotent):
 #   make repro   install into .venv, then `dvc repro` on params.yaml
 #   make test    install into .venv, then the test suite
+#   make test-heavy     the interruption tests (.ci/run runs them after make test)
 #   make test-cluster   the multi-worker tests (.ci/run runs them after make test)
 PYTHON ?= python3
 VENV := .venv
@@ -8,7 +9,7 @@ BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup repro test test-cluster bench
+.PHONY: setup repro test test-heavy test-cluster bench
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -22,6 +23,10 @@ repro: setup
 
 test: setup
 	pytest -q
+
+# Whole-pipeline interruptions (kill -9, Ctrl-C), each in a fresh DVC repo (about 8 minutes).
+test-heavy: setup
+	pytest -q -m heavy
 
 # Multi-worker training: worker processes on 127.0.0.1 (about 2.5 minutes).
 test-cluster: setup

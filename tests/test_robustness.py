@@ -17,6 +17,7 @@ import yaml
 
 from conftest import REPO, make_class_folders, new_dvc_repo, tiny_params, tool_env
 
+pytestmark = pytest.mark.heavy  # `make test-heavy`: each test runs a whole pipeline in a fresh repo
 
 
 def metrics_without_timings(root):
