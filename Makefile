@@ -24,7 +24,8 @@ repro: setup
 test: setup
 	pytest -q
 
-# Whole-pipeline interruptions (kill -9, Ctrl-C), each in a fresh DVC repo (about 8 minutes).
+# Whole-pipeline runs: interruptions (kill -9, Ctrl-C) in fresh DVC repos, the finetune
+# script under several replicas and mixed precision (about 13 minutes).
 test-heavy: setup
 	pytest -q -m heavy
 

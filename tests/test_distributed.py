@@ -57,6 +57,7 @@ def finetune(repo, env=None, **changes):
     return json.loads((repo.root / "metrics/finetune.json").read_text())
 
 
+@pytest.mark.heavy  # the finetune stage's script in a trained repo
 def test_two_replicas_match_one_at_the_same_global_batch(trained):
     one = finetune(trained, **{"finetune.batch_size": 8})
     two = finetune(trained, {"TLPIPE_REPLICAS": "2"}, **{"finetune.batch_size": 4})
@@ -69,6 +70,7 @@ def test_two_replicas_match_one_at_the_same_global_batch(trained):
     assert two["val_loss"] == pytest.approx(one["val_loss"], rel=0.05, abs=1e-3)
 
 
+@pytest.mark.heavy  # the finetune stage's script in a trained repo
 def test_two_replicas_stream_images_from_files(trained):
     """Augmentation on and no memory to hold images: tf.data streams the files,
     and the strategy splits each global batch between the replicas."""
@@ -79,6 +81,7 @@ def test_two_replicas_stream_images_from_files(trained):
     assert np.isfinite(metrics["val_loss"])
 
 
+@pytest.mark.heavy  # the finetune stage's script in a trained repo
 def test_bad_replica_count_is_one_line(trained):
     proc = subprocess.run([sys.executable, "stages/finetune.py"], cwd=trained.root, capture_output=True,
                           text=True, env={**tool_env(), "TLPIPE_REPLICAS": "two"}, timeout=300)
@@ -86,6 +89,7 @@ def test_bad_replica_count_is_one_line(trained):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.heavy  # the finetune stage's script in a trained repo
 def test_mixed_precision_trains_on_cpu_and_every_consumer_reads_the_model(trained, tmp_path):
     metrics = finetune(trained, **{"finetune.mixed_precision": True})
     assert metrics["mixed_precision"] is True and np.isfinite(metrics["val_loss"])
@@ -212,6 +216,7 @@ def test_two_workers_stream_images_from_files(two_machines):
     assert np.isfinite(metrics["val_loss"])
 
 
+@pytest.mark.heavy  # a worker of a trained repo's copy
 def test_a_worker_whose_peer_never_starts_stops_within_the_timeout(two_machines):
     chief, _ = two_machines
     before = outputs(chief)
@@ -246,6 +251,7 @@ def test_a_worker_whose_peer_dies_mid_run_stops_with_one_line(two_machines):
     assert outputs(chief)["metrics/finetune.json"] == before["metrics/finetune.json"]
 
 
+@pytest.mark.heavy  # the finetune stage's script in a trained repo
 def test_a_bad_tf_config_is_one_line_before_any_work(trained):
     proc = start_worker(trained.root, "{not json")
     _, err = proc.communicate(timeout=300)
