@@ -3,8 +3,8 @@
 The model is ``pixels -> augmentation -> the backbone's own preprocessing ->
 backbone -> head``, with the head's trained weights loaded, so fine-tuning
 starts from a trained head, never from a random one. That starting point is a
-candidate like every epoch: unless an epoch beats it on val (lower loss, and
-accuracy no lower), the shipped model is the head on the frozen backbone
+candidate: unless the fine-tuned model beats it on val (scoring.beats: a
+clearly lower loss, accuracy not evidently lower), the shipped model is the head on the frozen backbone
 (``shipped: head`` in metrics/finetune.json).
 
 Speed: when augmentation is off, the frozen part of the backbone computes the
@@ -16,8 +16,8 @@ trained. With augmentation on, images are decoded once into memory when they
 fit, else streamed from the files every epoch.
 
 What ships is then chosen on val once more: with ``finetune.tta`` auto, the
-model averaged over the image and its mirror image when that lowers val loss
-(accuracy no lower), and a temperature fitted on val in either case. Where it
+model averaged over the image and its mirror image when that beats the plain one
+(by the same rule), and a temperature fitted on val in either case. Where it
 trains (one device, several replicas, several machines) is
 tlpipe.distributed's business; on several machines only the chief writes.
 """
