@@ -58,3 +58,16 @@ def timed(cmd: list[str], cwd: Path) -> float:
         print(proc.stdout[-3000:], proc.stderr[-3000:])
         raise SystemExit(f"{' '.join(cmd)} failed")
     return time.perf_counter() - start
+
+
+def repo_from_argv(name: str, up_to_stage: str) -> Path:
+    """The repository named on the command line, else a fresh copy of the
+    pipeline with ``dvc repro up_to_stage`` run on the default params."""
+    import tempfile
+
+    require_keras_home()
+    if len(sys.argv) > 1:
+        return Path(sys.argv[1])
+    repo = copy_pipeline(Path(tempfile.mkdtemp(prefix=f"tlpipe-{name}-")) / "repo")
+    timed(["dvc", "repro", up_to_stage], repo)
+    return repo

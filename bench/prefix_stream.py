@@ -18,10 +18,9 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-from _common import copy_pipeline, require_keras_home, timed, tool_env
+from _common import repo_from_argv, tool_env
 
 
 def finetune_once(repo: Path, env: dict) -> dict:
@@ -38,12 +37,7 @@ def finetune_once(repo: Path, env: dict) -> dict:
 
 
 def main() -> None:
-    require_keras_home()
-    if len(sys.argv) > 1:
-        repo = Path(sys.argv[1])
-    else:
-        repo = copy_pipeline(Path(tempfile.mkdtemp(prefix="tlpipe-prefix-")) / "repo")
-        timed(["dvc", "repro", "train_head"], repo)
+    repo = repo_from_argv("prefix", "train_head")
     prefix_bytes = sum(p.stat().st_size for p in (repo / "data" / "prefix").glob("*.npy"))
     print(f"data/prefix: {prefix_bytes / 1e6:.0f} MB on disk")
     for label, env in (("default budget", {}), ("TLPIPE_MEMORY_BUDGET=100000000", {"TLPIPE_MEMORY_BUDGET": "100000000"})):

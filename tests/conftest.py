@@ -82,6 +82,9 @@ def tiny_params(raw: dict, source: Path | str, **top) -> dict:
     p["head"].update({"epochs": 3, "batch_size": 8, "patience": 0})
     p["finetune"].update({"epochs": 2, "batch_size": 8, "patience": 0})
     p["evaluate"].update({"batch_size": 16, "gallery": 4})
+    # Two runtimes of the five (the others: tests/test_export.py); every
+    # model change reruns export.
+    p["export"].update({"formats": ["tflite_int8", "onnx"], "representative_images": 8})
     return p
 
 
@@ -182,7 +185,7 @@ needs_shared = pytest.mark.skipif(
 def run_stage_code(p, *names: str):
     """Call stages' code in this process as their scripts in stages/ do, in order;
     return the last one's result."""
-    from tlpipe import audit, evaluate, extract, fetch, finetune, scratch, split, train_head
+    from tlpipe import audit, evaluate, export, extract, fetch, finetune, scratch, split, train_head
 
     calls = {
         "fetch": lambda: fetch.run(p.data),
@@ -193,6 +196,7 @@ def run_stage_code(p, *names: str):
         "train_head": lambda: train_head.run(p.head, seed=p.seed),
         "finetune": lambda: finetune.run(p.finetune, finetune_setup(p)),
         "evaluate": lambda: evaluate.run(p.evaluate),
+        "export": lambda: export.run(p.export, seed=p.seed),
         "audit": lambda: audit.run(p.audit, seed=p.seed),
         "scratch": lambda: scratch.run(p.scratch, image_size=p.image_size, seed=p.seed, top_k=p.evaluate.top_k),
     }

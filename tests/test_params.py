@@ -73,6 +73,13 @@ def test_repo_params_are_valid(raw_params):
         ("finetune.learning_rate", "3e-05", "'finetune.learning_rate' parameter must be a float"),
         ("image_size", 16, "'image_size' parameter must be an int in the range [32, 1024]. Got 16"),
         ("head", [1, 2], "The 'head' section must be a mapping"),
+        ("export.formats", "onnx", "The 'export.formats' parameter must be a list of distinct formats among "
+                                   "saved_model, tflite, tflite_float16, tflite_int8, onnx ([] exports nothing). "
+                                   "Got 'onnx' instead."),
+        ("export.formats", ["onnx", "onnx"], "'export.formats' parameter must be a list of distinct formats"),
+        ("export.formats", ["tflite_int4"], "Got ['tflite_int4'] instead."),
+        ("export.representative_images", 0, "'export.representative_images' parameter must be an int in the range [1"),
+        ("export.max_accuracy_drop", 1.5, "'export.max_accuracy_drop' parameter must be a float in the range [0.0, 1.0]"),
     ],
 )
 def test_bad_values_name_key_rule_and_value(raw_params, key, value, expected):
@@ -157,3 +164,9 @@ def test_lbfgs_solves_linear_heads_only(raw_params):
     message = error_of(raw)
     assert "The 'head.solver' parameter must be 'keras' for a head with hidden layers" in message
     assert parse(with_change(raw_params, "head.solver", "lbfgs")).head.solver == "lbfgs"
+
+
+def test_export_formats_are_kept_in_the_order_written(raw_params):
+    p = params.parse(with_change(raw_params, "export.formats", ["onnx", "tflite_int8"]))
+    assert p.export.formats == ("tflite_int8", "onnx")
+    assert params.parse(with_change(raw_params, "export.formats", [])).export.formats == ()

@@ -11,7 +11,7 @@ import yaml
 
 from conftest import COLOURS, DvcRepo, draw_image, make_class_folders, new_dvc_repo, set_dotted, tiny_params
 
-STAGES = ["params", "fetch", "split", "extract", "train_head", "finetune", "evaluate", "audit", "scratch"]
+STAGES = ["params", "fetch", "split", "extract", "train_head", "finetune", "evaluate", "export", "audit", "scratch"]
 
 
 def ran(output: str) -> list[str]:
@@ -42,7 +42,8 @@ def test_full_repro_writes_every_output(repo):
     root = repo.root
     for path in ("data/raw/red", "data/split/train.csv", "data/features/train.npy", "data/prefix/train.npy",
                  "models/head.keras",
-                 "models/model.keras", "plots/evaluate/confusion.png", "plots/evaluate/mistakes.png",
+                 "models/model.keras", "models/export/model_tflite_int8.tflite", "models/export/model_onnx.onnx",
+                 "models/export/classes.json", "plots/evaluate/confusion.png", "plots/evaluate/mistakes.png",
                  "plots/evaluate/per_class_f1.png", "plots/audit/duplicates.csv", "plots/audit/label_issues.png",
                  "dvclive/head/plots/metrics/train/loss.tsv", "dvclive/finetune/plots/metrics/val/accuracy.tsv"):
         assert (root / path).exists(), path
@@ -88,7 +89,7 @@ def test_rerunning_a_stage_on_the_same_inputs_invalidates_nothing(repo, stage):
 DIRECT = [
     ("data.source", "elsewhere", {"fetch"}),
     ("split.val_fraction", 0.3, {"split"}),
-    ("seed", 7, {"split", "extract", "train_head", "finetune", "audit", "scratch"}),
+    ("seed", 7, {"split", "extract", "train_head", "finetune", "export", "audit", "scratch"}),
     ("backbone", "mobilenet_0.5", {"extract", "finetune"}),
     ("image_size", 40, {"extract", "finetune", "scratch"}),
     ("extract.batch_size", 4, {"extract"}),
@@ -97,6 +98,7 @@ DIRECT = [
     ("finetune.learning_rate", 0.01, {"finetune"}),
     ("evaluate.gallery", 2, {"evaluate"}),
     ("audit.folds", 3, {"audit"}),
+    ("export.max_accuracy_drop", 0.5, {"export"}),
     ("evaluate.top_k", 3, {"evaluate", "scratch"}),
     ("scratch.enabled", True, {"scratch"}),
 ]
@@ -122,7 +124,7 @@ def test_exp_run_finetune_param_reuses_the_stored_prefix(repo):
     original = repo.params()
     result = repo.dvc("exp", "run", "-n", "lr", "-S", "finetune.learning_rate=0.00003")
     # evaluate follows only if the shipped model changed (the head may still win on val)
-    assert ran(result.stdout) in (["params", "finetune"], ["params", "finetune", "evaluate"])
+    assert ran(result.stdout) in (["params", "finetune"], ["params", "finetune", "evaluate", "export"])
     assert "learning_rate: 3e-05" in (repo.root / "params.yaml").read_text()
     ft = json.loads((repo.root / "metrics/finetune.json").read_text())
     assert ft["frozen_prefix_cached"] is True and ft["prefix_seconds"] < 2
@@ -159,10 +161,30 @@ def test_exp_run_tta_off_ships_the_plain_model(repo):
     assert set(ran(repo.dvc("repro").stdout)) <= {"params"}
 
 
+def test_exp_run_export_formats_scores_each_in_its_runtime_and_metrics_diff_shows_it(repo):
+    """The README's `dvc exp run -S 'export.formats=[...]'`, typed as a user types it."""
+    original = repo.params()
+    result = repo.dvc("exp", "run", "-n", "formats", "-S", "export.formats=[tflite_float16,saved_model]")  # README
+    assert ran(result.stdout) == ["params", "export"]
+    assert "tflite_float16" in result.stdout and "one thread, batch 1" in result.stdout
+    written = json.loads((repo.root / "metrics/export.json").read_text())
+    assert set(written) == {"keras", "saved_model", "tflite_float16", "shipped"}
+    assert written["saved_model"]["agreement"] == 1.0
+    assert sorted(f.name for f in (repo.root / "models/export").iterdir()) == [
+        "classes.json", "model_saved_model", "model_tflite_float16.tflite"]
+    diff = json.loads(repo.dvc("metrics", "diff", "--json").stdout)["metrics/export.json"]
+    assert "tflite_float16.accuracy" in diff and "onnx.accuracy" in diff  # new and gone, side by side
+    top = repo.dvc("exp", "run", "-n", "none", "-S", "export.formats=[]")
+    assert ran(top.stdout) == ["params", "export"] and "nothing exported" in top.stdout
+    assert json.loads((repo.root / "metrics/export.json").read_text()) == {}
+    repo.write_params(original)
+    assert set(ran(repo.dvc("repro").stdout)) <= {"params"}
+
+
 def test_exp_run_freeze_recomputes_only_the_prefix_then_reuses_it(repo):
     result = repo.dvc("exp", "run", "-n", "block4", "-S", "freeze=block4")
     # extract writes the new prefix; the pooled features are unchanged, so the head is kept
-    assert ran(result.stdout) == ["params", "extract", "finetune", "evaluate"]
+    assert ran(result.stdout) == ["params", "extract", "finetune", "evaluate", "export"]
     shown = json.loads(repo.dvc("exp", "show", "--json").stdout)
     assert "block4" in json.dumps(shown)
     diff = repo.dvc("metrics", "diff", "--json").stdout
@@ -215,6 +237,8 @@ def test_plots_show_renders_every_plot(repo):
     "key, value, message",
     [
         ("evaluate.top_k", 1, "The 'evaluate.top_k' parameter must be an int in the range [2, 100]. Got 1"),
+        ("export.formats", ["onnx", "coreml"], "The 'export.formats' parameter must be a list of distinct formats "
+                                               "among saved_model, tflite, tflite_float16, tflite_int8, onnx"),
         ("freeze", "block0", "an exact Keras layer name of the backbone. Got 'block0' instead."),
         ("freeze", "conv_pw_99", "Got 'conv_pw_99' instead. (backbone 'mobilenet_0.25' has no such layer"),
     ],

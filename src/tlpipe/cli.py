@@ -1,7 +1,8 @@
 """The ``tlpipe`` command: use the trained model.
 
-    tlpipe predict PATH...        classify image files, folders (recursively) and globs
-    tlpipe export --format F      write the model as keras | saved_model | tflite, then check it
+    tlpipe predict PATH...        classify image files, folders (recursively) and globs,
+                                  with the Keras model or any exported one (--model)
+    tlpipe export --format F      write the model as one export format, then score it on test
     tlpipe plots-page             regenerate .dvc/offline_plots.html (`dvc plots show` offline)
 """
 
@@ -19,11 +20,7 @@ from pathlib import Path
 from tlpipe import paths
 from tlpipe.errors import TlpipeError
 from tlpipe.images import IMAGE_SUFFIXES, is_hidden
-
-# Largest probability difference accepted between the Keras model and an
-# exported artifact, per format.
-# Quantised TFLite models are judged by their decisions instead (same top class).
-TOLERANCE = {"keras": 1e-6, "saved_model": 1e-5, "tflite": 1e-4}
+from tlpipe.params import EXPORT_FORMATS
 # Files checked and predicted per step of `tlpipe predict`: bounds its memory.
 PREDICT_CHUNK = 1024
 
@@ -54,9 +51,14 @@ def _collect(args: list[str]) -> list[Path]:
     return found
 
 
-def _load(model_path: Path, classes_path: Path):
-    if not model_path.is_file():
-        raise TlpipeError(f"No model at {model_path}; run `dvc repro` first or pass --model PATH.")
+def _load(model_path: Path, classes_path: Path | None):
+    """The model in its own runtime and its class names (by default the list
+    shipped beside an exported artifact, else the pipeline's)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from tlpipe import runtimes
+
+    runtimes.kind_of(model_path)  # a missing or unknown model is named before the class list
+    classes_path = classes_path or runtimes.classes_beside(model_path) or paths.CLASSES
     if not classes_path.is_file():
         raise TlpipeError(f"No class list at {classes_path}; pass --classes PATH (a JSON list of names).")
     try:
@@ -66,24 +68,14 @@ def _load(model_path: Path, classes_path: Path):
     if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)):
         raise TlpipeError(f"{classes_path} must hold a JSON list of class names, e.g. [\"cats\", \"dogs\"]; "
                           f"it does not ({str(classes)[:80]!r}).")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from tlpipe.layers import load_model
-
-    try:
-        model = load_model(model_path)
-    except Exception as err:  # Keras raises ValueError, OSError, zipfile/h5py errors alike
-        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+    runtime = runtimes.open_model(model_path)
+    if runtime.n_classes != len(classes):
         raise TlpipeError(
-            f"{model_path} is not a readable tlpipe Keras model ({first}). Rebuild it with `dvc repro`, "
-            f"or restore the last one with `dvc checkout {model_path}`."
-        ) from None
-    outputs = int(model.output_shape[-1])
-    if outputs != len(classes):
-        raise TlpipeError(
-            f"{classes_path} lists {len(classes)} classes but {model_path} predicts {outputs}: they come from "
-            "different runs. Pass the class list the model was trained with (--classes), or rerun `dvc repro`."
+            f"{classes_path} lists {len(classes)} classes but {model_path} predicts {runtime.n_classes}: they "
+            "come from different runs. Pass the class list the model was trained with (--classes), or rerun "
+            "`dvc repro`."
         )
-    return model, classes
+    return runtime, classes
 
 
 def predict(args) -> int:
@@ -92,8 +84,7 @@ def predict(args) -> int:
 
     from tlpipe import images
 
-    model, classes = _load(Path(args.model), Path(args.classes))
-    size = int(model.input_shape[1])
+    runtime, classes = _load(Path(args.model), args.classes and Path(args.classes))
     files = _collect(args.paths)
     top_k = min(args.top_k, len(classes))
     out = open(args.out, "w", newline="") if args.out else sys.stdout
@@ -132,9 +123,9 @@ def predict(args) -> int:
             good = [(p, c) for p, c in checks if c is not None and c.ok]
             rows = iter(())
             if good:
-                batches = images.predict(model, [p for p, _ in good], [c.decoder for _, c in good], size,
+                batches = images.dataset([p for p, _ in good], [c.decoder for _, c in good], runtime.image_size,
                                          args.batch_size)
-                rows = (row for batch in batches for row in batch)
+                rows = (row for batch in batches for row in runtime(batch.numpy()))
             for p, c in checks:  # in input order
                 if c is None or not c.ok:
                     failed += 1
@@ -149,97 +140,61 @@ def predict(args) -> int:
     return 1 if failed else 0
 
 
-def _check_images(n: int = 8):
-    """A few real test images, read exactly as in training."""
-    from tlpipe import images
-    from tlpipe.artifacts import read_split
-
-    rows = read_split("test")[:n]
-    return [paths.RAW / r.path for r in rows], [r.decoder for r in rows], images
-
-
 def export(args) -> int:
+    """One format, written where --out says, then scored on the test split by
+    its own runtime against the Keras model (what the export stage does for
+    every format in export.formats)."""
     import tensorflow as tf
 
-    model, _ = _load(Path(args.model), Path(args.classes))
-    size = int(model.input_shape[1])
-    files, decoders, images = _check_images()
-    if not files:
-        raise TlpipeError("The test split is empty; nothing to check the export against.")
-    x = next(iter(images.dataset(files, decoders, size, len(files)))).numpy()
-    expected = model.predict_on_batch(x)
+    from tlpipe import atomic, runtimes
+    from tlpipe import export as exporting
+    from tlpipe.artifacts import read_split
+
+    reference, classes = _load(Path(args.model), args.classes and Path(args.classes))
+    if reference.kind != "keras":
+        raise TlpipeError(f"tlpipe export converts a tlpipe .keras model; {args.model} is a {reference.kind} "
+                          "model. Pass --model models/model.keras.")
+    rows = read_split("test")
+    if not rows:
+        raise TlpipeError(f"{paths.split_csv('test')} is empty; no test images to check the export on.")
     fmt = args.format
-    out = Path(args.out or {"keras": "models/export.keras", "saved_model": "models/saved_model",
-                            "tflite": "models/model.tflite"}[fmt])
-    if args.quantize and fmt != "tflite":
-        raise TlpipeError("--quantize applies to --format tflite only.")
+    out = Path(args.out) if args.out else exporting.artifact_path(fmt)
+    representative = None
+    if fmt == "tflite_int8":
+        calibration = exporting.representative_rows(args.representative_images, _seed())
+        representative = lambda: exporting.pixel_batches(calibration, reference.image_size)  # noqa: E731
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        return _export_to(out, fmt, model, x, expected, files, args.quantize)
+        if fmt == "saved_model":
+            with atomic.atomic_dir(out) as tmp:
+                exporting.write_artifact(reference.keep, fmt, tmp, representative)
+        else:
+            with atomic.atomic_path(out, out.suffix) as tmp:
+                exporting.write_artifact(reference.keep, fmt, tmp, representative)
+        atomic.write_text(out.parent / "classes.json", json.dumps(classes))
     except (OSError, tf.errors.OpError) as err:  # TensorFlow's own file I/O raises OpError
         reason = getattr(err, "strerror", None) or str(getattr(err, "message", err)).splitlines()[0]
         raise TlpipeError(
             f"Cannot write the export to {out}: {reason}. Choose a writable place with --out PATH."
         ) from None
+    results = exporting.score_runtimes({"keras": reference, fmt: runtimes.open_model(out)}, rows, classes)
+    r = results[fmt]
+    print(f"export: wrote {out} ({exporting.size_bytes(out) / 1e6:.2f} MB) and {out.parent / 'classes.json'}")
+    print(f"export: on {len(rows)} test images: accuracy {r['accuracy']:.4f} (Keras model "
+          f"{results['keras']['accuracy']:.4f}), same top class {r['agreement']:.4f}, largest probability "
+          f"difference {r['max_probability_difference']:.2e}")
+    failures = exporting.accuracy_drops(results, args.max_accuracy_drop)
+    print(f"export: {'FAILED: ' + failures[0] if failures else 'OK'}")
+    return 1 if failures else 0
 
 
-def _export_to(out: Path, fmt: str, model, x, expected, files, quantize) -> int:
-    import numpy as np
-    import tensorflow as tf
+def _seed() -> int:
+    """params.yaml's seed where there is one: the export stage's calibration sample."""
+    from tlpipe import params
 
-    if fmt == "keras":
-        from tlpipe import atomic
-        from tlpipe.layers import load_model
-
-        atomic.save_keras(out, model)
-        got = load_model(out).predict_on_batch(x)
-        size_bytes = out.stat().st_size
-    elif fmt == "saved_model":
-        from tlpipe import atomic
-
-        with atomic.atomic_dir(out) as tmp_dir:
-            model.export(str(tmp_dir), format="tf_saved_model", verbose=False)
-        loaded = tf.saved_model.load(str(out))  # keep a reference: its variables die with it
-        got = loaded.serve(tf.constant(x)).numpy()
-        size_bytes = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
-    else:
-        import tempfile
-
-        with tempfile.TemporaryDirectory() as tmp:
-            model.export(tmp, format="tf_saved_model", verbose=False)
-            converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
-            if quantize:
-                converter.optimizations = [tf.lite.Optimize.DEFAULT]
-            if quantize == "float16":
-                converter.target_spec.supported_types = [tf.float16]
-            data = converter.convert()
-        from tlpipe import atomic
-
-        with atomic.atomic_path(out, ".tflite") as tmp_path:
-            tmp_path.write_bytes(data)
-        interpreter = tf.lite.Interpreter(model_path=str(out))
-        inp, outp = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-        interpreter.resize_tensor_input(inp["index"], x.shape)
-        interpreter.allocate_tensors()
-        interpreter.set_tensor(inp["index"], x.astype(inp["dtype"]))
-        interpreter.invoke()
-        got = interpreter.get_tensor(outp["index"])
-        size_bytes = out.stat().st_size
-    got = np.asarray(got, dtype=np.float64)
-    diff = float(np.abs(got - expected).max())
-    agree = int((got.argmax(axis=1) == expected.argmax(axis=1)).sum())
-    print(f"export: wrote {out} ({size_bytes / 1e6:.2f} MB)")
-    print(f"export: on {len(files)} test images: largest probability difference {diff:.2e}, "
-          f"same top class {agree}/{len(files)}")
-    if quantize:
-        # Quantisation changes probabilities by design; what must hold is the decision.
-        ok = agree == len(files)
-        print(f"export: {'OK' if ok else 'FAILED'}: quantised model must pick the same class on every check image")
-    else:
-        tolerance = TOLERANCE[fmt]
-        ok = diff <= tolerance
-        print(f"export: {'OK' if ok else 'FAILED'}: tolerance {tolerance:g}")
-    return 0 if ok else 1
+    try:
+        return params.load().seed
+    except TlpipeError:
+        return 0
 
 
 def plots_page(args) -> int:
@@ -252,8 +207,10 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="tlpipe", description="Use the classifier that `dvc repro` trained.")
     sub = top.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--model", default=str(paths.MODEL), help="a tlpipe .keras model (default: %(default)s)")
-    common.add_argument("--classes", default=str(paths.CLASSES), help="class names, JSON (default: %(default)s)")
+    common.add_argument("--model", default=str(paths.MODEL),
+                        help="a tlpipe model: .keras, .tflite, .onnx or a SavedModel folder (default: %(default)s)")
+    common.add_argument("--classes", help="class names, a JSON list (default: classes.json beside an exported "
+                                          f"model, else {paths.CLASSES})")
 
     p = sub.add_parser("predict", parents=[common], help="classify images",
                        description="Classify image files, folders (recursively) and globs. Exit status 1 "
@@ -265,12 +222,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32, help="images per batch (default: 32)")
     p.set_defaults(func=predict)
 
-    e = sub.add_parser("export", parents=[common], help="export the model and check the export",
-                       description="Write the model in another format, reload it and compare its predictions "
-                                   "with the Keras model's on real test images.")
-    e.add_argument("--format", choices=("keras", "saved_model", "tflite"), required=True)
-    e.add_argument("--quantize", choices=("dynamic", "float16"), help="TFLite post-training quantisation")
-    e.add_argument("--out", help="output path (default: under models/)")
+    e = sub.add_parser("export", parents=[common], help="export the model and score the export on test",
+                       description="Write the model in one format (the export stage writes every format in "
+                                   "export.formats), then score it on the test split in its own runtime "
+                                   "against the Keras model. Exit status 1 if it loses more accuracy than "
+                                   "--max-accuracy-drop.")
+    e.add_argument("--format", choices=("keras", *EXPORT_FORMATS), required=True)
+    e.add_argument("--out", help="output path (default: models/export/model_FORMAT...)")
+    e.add_argument("--representative-images", type=int, default=200,
+                   help="train images that calibrate tflite_int8 (default: %(default)s)")
+    e.add_argument("--max-accuracy-drop", type=float, default=0.01,
+                   help="test accuracy the export may lose (default: %(default)s)")
     e.set_defaults(func=export)
 
     g = sub.add_parser("plots-page", help="regenerate the offline page template of `dvc plots show`",

@@ -85,6 +85,7 @@ def run(ep: EvaluateParams) -> dict:
         "ece_before": round(expected_calibration_error(y_true, uncalibrated), 4),
         "ece_after": round(expected_calibration_error(y_true, probs["finetuned"]), 4),
     }
+    confused = {}
     with atomic.atomic_dir(paths.PLOTS) as tmp:
         for name in MODELS:
             y_pred = probs[name].argmax(axis=1)
@@ -96,9 +97,8 @@ def run(ep: EvaluateParams) -> dict:
             roc, pr = curves(y_true, probs[name])
             (tmp / "roc" / f"{name}.csv").write_text(csv_text(("fpr", "tpr"), roc))
             (tmp / "pr" / f"{name}.csv").write_text(csv_text(("recall", "precision"), pr))
-            (tmp / f"most_confused_{name}.csv").write_text(
-                csv_text(("actual", "predicted", "count"), most_confused(y_true, y_pred, classes))
-            )
+            confused[name] = most_confused(y_true, y_pred, classes)
+            (tmp / f"most_confused_{name}.csv").write_text(csv_text(("actual", "predicted", "count"), confused[name]))
         (tmp / "reliability").mkdir()
         for name, p in (("uncalibrated", uncalibrated), ("calibrated", probs["finetuned"])):
             points = [(round(c, 5), round(a, 5), n) for c, a, n in reliability(y_true, p)]
@@ -126,6 +126,6 @@ def run(ep: EvaluateParams) -> dict:
         r = results[name]
         print(f"evaluate: {name:9s} test accuracy {r['accuracy']:.4f}  macro F1 {r['f1_macro']:.4f}  "
               f"log loss {r['log_loss']:.4f}")
-    for a, b, n in most_confused(y_true, ft.argmax(axis=1), classes)[:5]:
+    for a, b, n in confused["finetuned"][:5]:
         print(f"evaluate: most confused: {n} x {a} predicted as {b}")
     return results

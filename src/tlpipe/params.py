@@ -31,6 +31,8 @@ from tlpipe.errors import TlpipeError
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SCHEDULES = ("constant", "cosine", "plateau")
 HEAD_SOLVERS = ("keras", "lbfgs")
+# What the export stage writes (models/export/model_<format>...), in the order written.
+EXPORT_FORMATS = ("saved_model", "tflite", "tflite_float16", "tflite_int8", "onnx")
 FREEZE_WORDS = ("auto", "all", "none")
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
 _BLOCK = re.compile(r"block([0-9]+)")
@@ -147,6 +149,13 @@ class EvaluateParams:
 
 
 @dataclass(frozen=True)
+class ExportParams:
+    formats: tuple[str, ...]
+    representative_images: int
+    max_accuracy_drop: float
+
+
+@dataclass(frozen=True)
 class AuditParams:
     near_duplicate_similarity: float
     folds: int
@@ -175,6 +184,7 @@ class Params:
     head: HeadParams
     finetune: FinetuneParams
     evaluate: EvaluateParams
+    export: ExportParams
     audit: AuditParams
     scratch: ScratchParams
 
@@ -403,6 +413,19 @@ def parse(raw: Any, source: str = str(paths.PARAMS)) -> Params:
     )
     v.finish()
 
+    x = top.section("export")
+    formats = x.get("formats")
+    if not (isinstance(formats, list) and all(f in EXPORT_FORMATS for f in formats)
+            and len(set(formats)) == len(formats)):
+        x.bad("formats", "a list of distinct formats among " + ", ".join(EXPORT_FORMATS) + " ([] exports nothing)",
+              formats)
+    export = ExportParams(
+        formats=tuple(f for f in EXPORT_FORMATS if f in formats),
+        representative_images=x.integer("representative_images", 1, 100_000),
+        max_accuracy_drop=x.real("max_accuracy_drop", 0.0, 1.0, high_closed=True),
+    )
+    x.finish()
+
     u = top.section("audit")
     audit = AuditParams(
         near_duplicate_similarity=u.real("near_duplicate_similarity", 0.0, 1.0, low_closed=False, high_closed=True),
@@ -434,6 +457,7 @@ def parse(raw: Any, source: str = str(paths.PARAMS)) -> Params:
         head=head,
         finetune=finetune,
         evaluate=evaluate,
+        export=export,
         audit=audit,
         scratch=scratch,
     )

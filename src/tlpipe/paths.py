@@ -35,12 +35,15 @@ PREFIX = Path("data/prefix")
 MODELS = Path("models")
 HEAD_MODEL = MODELS / "head.keras"
 MODEL = MODELS / "model.keras"
+# The shipped model in the formats export.formats names, with classes.json.
+EXPORT = MODELS / "export"
 
 METRICS = Path("metrics")
 DATA_METRICS = METRICS / "data.json"
 HEAD_METRICS = METRICS / "head.json"
 FINETUNE_METRICS = METRICS / "finetune.json"
 EVAL_METRICS = METRICS / "eval.json"
+EXPORT_METRICS = METRICS / "export.json"
 
 # Each stage that draws owns one folder under plots/, so DVC outputs never overlap.
 PLOTS = Path("plots/evaluate")

@@ -1,0 +1,205 @@
+"""export: the shipped model in the formats it is deployed in, each one scored
+on the test split by its own runtime -> models/export/, metrics/export.json.
+
+What an exported file scores is measured, not assumed: TFLite's interpreter,
+ONNX Runtime and a reloaded SavedModel each classify every test image, and
+``metrics/export.json`` holds, per format, the accuracy, macro F1, agreement
+with the Keras model (same top-1 class), bytes and milliseconds per image
+(one thread, batch 1), so ``dvc metrics diff`` shows what a deployment choice
+costs. A format that loses more than ``export.max_accuracy_drop`` of test
+accuracy fails the stage, after the metrics are written.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+from sklearn import metrics as skm
+
+from tlpipe import atomic, images, paths, runtimes
+from tlpipe.artifacts import label_indices, read_classes, read_split, sources
+from tlpipe.errors import TlpipeError
+from tlpipe.params import ExportParams
+
+# Each artifact's file under models/export/, named after its format.
+_FILE_SUFFIX = {"saved_model": "", "tflite": ".tflite", "tflite_float16": ".tflite",
+                "tflite_int8": ".tflite", "onnx": ".onnx", "keras": ".keras"}
+
+
+def artifact_path(fmt: str, folder: Path = paths.EXPORT) -> Path:
+    return folder / f"model_{fmt}{_FILE_SUFFIX[fmt]}"
+
+
+def write_artifact(model, fmt: str, out: Path, representative=None) -> None:
+    """Write ``model`` as ``fmt`` to ``out`` (a folder for saved_model).
+
+    ``representative``: a function giving an iterator of float32 pixel
+    batches (train images), the calibration data of full-integer quantisation.
+    """
+    import tensorflow as tf
+
+    if fmt == "keras":
+        atomic.save_keras(out, model)
+    elif fmt == "saved_model":
+        model.export(str(out), format="tf_saved_model", verbose=False)
+    elif fmt == "onnx":
+        # Keras' own exporter (tf2onnx underneath); batch size left dynamic.
+        with warnings.catch_warnings():  # tf2onnx on NumPy 2: "np.object ... FutureWarning", harmless
+            warnings.simplefilter("ignore", FutureWarning)
+            model.export(str(out), format="onnx", verbose=False)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            model.export(tmp, format="tf_saved_model", verbose=False)
+            converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]  # at least int8 weights (dynamic range)
+            if fmt == "tflite_float16":
+                converter.target_spec.supported_types = [tf.float16]
+            if fmt == "tflite_int8":
+                if representative is None:
+                    raise TlpipeError("tflite_int8 needs representative images to calibrate on.")
+                converter.representative_dataset = lambda: ([batch] for batch in representative())
+                # Integers end to end (uint8 pixels in, uint8 probabilities out): what
+                # microcontrollers and the Edge TPU compiler require.
+                converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+                converter.inference_input_type = tf.uint8
+                converter.inference_output_type = tf.uint8
+            out.write_bytes(converter.convert())
+
+
+def size_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
+
+
+def representative_rows(n: int, seed: int):
+    """A seeded sample of ``n`` train images (never val or test) to calibrate int8 on."""
+    rows = read_split("train")
+    if not rows:
+        raise TlpipeError(f"{paths.split_csv('train')} is empty: no images to calibrate tflite_int8 on.")
+    n = min(n, len(rows))
+    keep = np.sort(np.random.default_rng(seed).choice(len(rows), n, replace=False))
+    return [rows[i] for i in keep]
+
+
+def pixel_batches(rows, image_size: int):
+    """The images of ``rows`` one by one (batch 1), read exactly as in training."""
+    for batch in images.dataset(*sources(rows), image_size, 1):
+        yield batch.numpy()
+
+
+def score_runtimes(opened: dict[str, runtimes.Runtime], rows, classes: list[str]) -> dict:
+    """One pass over the test images; every runtime classifies each image
+    (one thread, batch 1, each call timed) -> probabilities and ms per image."""
+    from tqdm import tqdm
+
+    size = opened["keras"].image_size
+    probs = {name: [] for name in opened}
+    seconds = {name: [] for name in opened}
+    for x in tqdm(pixel_batches(rows, size), total=len(rows), desc=f"export: {len(opened)} runtimes on test",
+                  unit="img", mininterval=1):
+        for name, runtime in opened.items():
+            start = time.perf_counter()
+            probs[name].append(runtime(x))
+            seconds[name].append(time.perf_counter() - start)
+    y_true = label_indices(rows, classes)
+    reference = np.concatenate(probs["keras"])
+    results = {}
+    for name in opened:
+        p = np.concatenate(probs[name])
+        # Decisions only: a quantised model's probabilities need not sum to 1.
+        y_pred = p.argmax(axis=1)
+        results[name] = {
+            "accuracy": round(float(skm.accuracy_score(y_true, y_pred)), 4),
+            "f1_macro": round(float(skm.f1_score(y_true, y_pred, labels=list(range(len(classes))), average="macro",
+                                                 zero_division=0)), 4),
+            "agreement": round(float(np.mean(p.argmax(axis=1) == reference.argmax(axis=1))), 4),
+            "max_probability_difference": float(f"{np.abs(p - reference).max():.3g}"),
+            "ms_per_image": round(1000 * float(np.median(seconds[name])), 3),
+        }
+    return results
+
+
+def accuracy_drops(results: dict, max_drop: float) -> list[str]:
+    """One line per format that loses more than ``max_drop`` of test accuracy."""
+    reference = results["keras"]["accuracy"]
+    return [
+        f"{fmt} scores {r['accuracy']:.4f} test accuracy against the Keras model's {reference:.4f}, a drop of "
+        f"{reference - r['accuracy']:.4f} > export.max_accuracy_drop={max_drop:g}"
+        for fmt, r in results.items()
+        if fmt != "keras" and reference - r["accuracy"] > max_drop + 1e-9
+    ]
+
+
+def _one_thread() -> bool:
+    """TensorFlow's thread pools limited to one thread (ms_per_image on one
+    core); possible only before TensorFlow starts, so False when it has."""
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+        return True
+    except RuntimeError:
+        return False
+
+
+def run(xp: ExportParams, seed: int) -> dict:
+    """models/model.keras -> models/export/, metrics/export.json; reads ``export.*``, ``seed``."""
+    classes = read_classes()
+    if not xp.formats:
+        with atomic.atomic_dir(paths.EXPORT) as tmp:
+            (tmp / "classes.json").write_text(json.dumps(classes))
+        atomic.write_json(paths.EXPORT_METRICS, {})
+        print("export: export.formats is []: nothing exported")
+        return {}
+    test_rows = read_split("test")
+    if not test_rows:
+        raise TlpipeError(f"{paths.split_csv('test')} is empty: no test images to score the exports on.")
+    one_thread = _one_thread()
+    from tlpipe.layers import Mirror, load_model, temperature_of
+
+    model = load_model(paths.MODEL)
+    size = int(model.input_shape[1])
+    calibration = representative_rows(xp.representative_images, seed) if "tflite_int8" in xp.formats else []
+    with atomic.atomic_dir(paths.EXPORT) as tmp:
+        (tmp / "classes.json").write_text(json.dumps(classes))
+        for fmt in xp.formats:
+            start = time.perf_counter()
+            write_artifact(model, fmt, artifact_path(fmt, tmp), lambda: pixel_batches(calibration, size))
+            print(f"export: wrote {artifact_path(fmt)} in {time.perf_counter() - start:.1f}s", flush=True)
+    opened = {"keras": runtimes.open_model(paths.MODEL, threads=1)}
+    opened.update({fmt: runtimes.open_model(artifact_path(fmt), threads=1) for fmt in xp.formats})
+    results = score_runtimes(opened, test_rows, classes)
+    for fmt in results:
+        results[fmt]["bytes"] = size_bytes(paths.MODEL if fmt == "keras" else artifact_path(fmt))
+        if fmt != "keras":
+            results[fmt]["accuracy_drop"] = round(results["keras"]["accuracy"] - results[fmt]["accuracy"], 4)
+    del results["keras"]["agreement"], results["keras"]["max_probability_difference"]
+    # What every artifact holds because it is the shipped model's own graph.
+    results["shipped"] = {
+        "mirror_average": any(isinstance(layer, Mirror) for layer in model.layers),
+        "temperature": temperature_of(model),
+        "test_images": len(test_rows),
+        "representative_images": len(calibration),
+        "one_thread": one_thread,
+    }
+    atomic.write_json(paths.EXPORT_METRICS, results)
+    _print_table(results)
+    failures = accuracy_drops({k: v for k, v in results.items() if k != "shipped"}, xp.max_accuracy_drop)
+    if failures:
+        raise TlpipeError("; ".join(failures) + f" (metrics written to {paths.EXPORT_METRICS}).")
+    return results
+
+
+def _print_table(results: dict) -> None:
+    print(f"export: on {results['shipped']['test_images']} test images (one thread, batch 1):")
+    print(f"export:   {'format':15s} {'accuracy':>8s} {'agree':>7s} {'MB':>7s} {'ms/img':>7s}")
+    for fmt, r in results.items():
+        if fmt == "shipped":
+            continue
+        agree = f"{r['agreement']:.4f}" if "agreement" in r else "-"
+        print(f"export:   {fmt:15s} {r['accuracy']:8.4f} {agree:>7s} {r['bytes'] / 1e6:7.2f} {r['ms_per_image']:7.2f}")

@@ -1,0 +1,132 @@
+"""The export stage on a small model trained by the pipeline's own code
+(synthetic images, random-weight backbone): every format written, each one
+scored on the test split by its own runtime."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from tlpipe import artifacts, export, params, paths, runtimes
+from tlpipe.errors import TlpipeError
+
+from conftest import make_class_folders, run_stage_code, tiny_params, working_dir
+
+FLOAT_FORMATS = ("saved_model", "tflite_float16", "onnx")  # the Keras model's own function, in float
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A model shipped with mirror-image TTA (the mirror and the temperature must
+    travel into every artifact), exported in all five formats."""
+    import yaml
+
+    from conftest import REPO
+
+    root = tmp_path_factory.mktemp("export")
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    with working_dir(root):
+        make_class_folders(paths.RAW, per_class=8)
+        p = params.parse(tiny_params(raw, paths.RAW))
+        p = p.with_overrides(
+            finetune=dataclasses.replace(p.finetune, tta=True),
+            export=dataclasses.replace(p.export, formats=params.EXPORT_FORMATS, max_accuracy_drop=1.0),
+        )
+        run_stage_code(p, "split", "extract", "train_head", "finetune")
+        metrics = run_stage_code(p, "export")
+        yield root, p, metrics
+
+
+def test_every_format_is_written_with_the_class_names_beside_it(exported):
+    root, _, _ = exported
+    folder = root / paths.EXPORT
+    names = {"model_saved_model", "model_tflite.tflite", "model_tflite_float16.tflite", "model_tflite_int8.tflite",
+             "model_onnx.onnx", "classes.json"}
+    assert {f.name for f in folder.iterdir()} == names
+    assert json.loads((folder / "classes.json").read_text()) == json.loads((root / paths.CLASSES).read_text())
+    assert (folder / "model_saved_model" / "saved_model.pb").is_file()
+
+
+def test_each_format_is_scored_on_test_in_its_own_runtime(exported):
+    root, _, metrics = exported
+    on_disk = json.loads((root / paths.EXPORT_METRICS).read_text())
+    assert on_disk == metrics
+    n_test = len(artifacts.read_split("test", root / paths.SPLIT))
+    assert metrics["shipped"]["test_images"] == n_test
+    assert metrics["shipped"]["mirror_average"] is True and metrics["shipped"]["temperature"] > 0
+    for fmt in params.EXPORT_FORMATS:
+        r = metrics[fmt]
+        assert {"accuracy", "f1_macro", "agreement", "bytes", "ms_per_image", "accuracy_drop"} <= set(r), fmt
+        assert 0 <= r["accuracy"] <= 1 and 0 <= r["agreement"] <= 1 and r["ms_per_image"] > 0
+        assert r["bytes"] == export.size_bytes(export.artifact_path(fmt, root / paths.EXPORT))
+        assert r["accuracy_drop"] == round(metrics["keras"]["accuracy"] - r["accuracy"], 4)
+    # Float artifacts compute the Keras model's function, mirror average and
+    # temperature included: the same decisions, probabilities within rounding.
+    for fmt in FLOAT_FORMATS:
+        assert metrics[fmt]["agreement"] == 1.0, fmt
+        assert metrics[fmt]["max_probability_difference"] < 1e-3, fmt
+    int8 = runtimes.open_model(export.artifact_path("tflite_int8", root / paths.EXPORT))
+    assert int8.keep.get_input_details()[0]["dtype"] == np.uint8  # integers end to end, as Edge TPU wants
+    assert int8.keep.get_output_details()[0]["dtype"] == np.uint8
+
+
+def test_the_runtimes_reproduce_the_keras_models_probabilities(exported):
+    root, _, _ = exported
+    with working_dir(root):
+        rows = artifacts.read_split("test")[:4]
+        keras_model = runtimes.open_model(paths.MODEL)
+        x = np.concatenate(list(export.pixel_batches(rows, keras_model.image_size)))
+        expected = keras_model(x)
+        assert np.allclose(expected.sum(axis=1), 1, atol=1e-5)
+        for fmt in params.EXPORT_FORMATS:
+            got = runtimes.open_model(export.artifact_path(fmt), threads=1)(x)  # a batch of 4, resized inputs
+            assert got.shape == expected.shape, fmt
+            tolerance = 1e-3 if fmt in FLOAT_FORMATS else 0.1
+            assert np.abs(got - expected).max() < tolerance, fmt
+
+
+def test_a_format_that_loses_accuracy_is_named_with_both_figures():
+    results = {"keras": {"accuracy": 0.95}, "onnx": {"accuracy": 0.95}, "tflite_int8": {"accuracy": 0.9}}
+    (line,) = export.accuracy_drops(results, 0.01)
+    assert line.startswith("tflite_int8 scores 0.9000 test accuracy against the Keras model's 0.9500")
+    assert "export.max_accuracy_drop=0.01" in line
+    assert export.accuracy_drops(results, 0.05) == []  # a drop of exactly the limit passes
+
+
+def test_representative_images_are_a_seeded_sample_of_train(exported):
+    root, _, _ = exported
+    with working_dir(root):
+        train = {r.path for r in artifacts.read_split("train")}
+        first = export.representative_rows(5, seed=1)
+        assert len(first) == 5 and {r.path for r in first} <= train
+        assert [r.path for r in export.representative_rows(5, seed=1)] == [r.path for r in first]
+        assert len(export.representative_rows(10_000, seed=1)) == len(train)
+
+
+# The last two rewrite the module's export: they run last.
+def test_the_stage_fails_after_writing_metrics_when_a_format_loses_accuracy(exported):
+    """A limit of 0 fails as soon as any artifact scores below the Keras model;
+    on a model where none does, the stage passes: both outcomes are checked
+    against the metrics the stage wrote."""
+    root, p, _ = exported
+    strict = p.with_overrides(export=dataclasses.replace(p.export, formats=("tflite_int8",), max_accuracy_drop=0.0))
+    with working_dir(root):
+        try:
+            run_stage_code(strict, "export")
+            failed = None
+        except TlpipeError as err:
+            failed = str(err)
+        written = json.loads(paths.EXPORT_METRICS.read_text())
+        dropped = written["tflite_int8"]["accuracy_drop"] > 0
+        assert (failed is not None) == dropped
+        if failed:
+            assert failed.startswith("tflite_int8 scores") and str(paths.EXPORT_METRICS) in failed
+
+
+def test_no_formats_writes_only_the_class_list(exported):
+    root, p, _ = exported
+    with working_dir(root):
+        assert run_stage_code(p.with_overrides(export=dataclasses.replace(p.export, formats=())), "export") == {}
+        assert [f.name for f in paths.EXPORT.iterdir()] == ["classes.json"]
+        assert json.loads(paths.EXPORT_METRICS.read_text()) == {}
