@@ -185,7 +185,7 @@ needs_shared = pytest.mark.skipif(
 def run_stage_code(p, *names: str):
     """Call stages' code in this process as their scripts in stages/ do, in order;
     return the last one's result."""
-    from tlpipe import audit, evaluate, export, extract, fetch, finetune, scratch, split, train_head
+    from tlpipe import audit, evaluate, export, extract, fetch, finetune, scratch, split, train_head, trust
 
     calls = {
         "fetch": lambda: fetch.run(p.data),
@@ -195,6 +195,7 @@ def run_stage_code(p, *names: str):
         ),
         "train_head": lambda: train_head.run(p.head, seed=p.seed),
         "finetune": lambda: finetune.run(p.finetune, finetune_setup(p)),
+        "trust": lambda: trust.run(p.trust, batch_size=p.evaluate.batch_size),
         "evaluate": lambda: evaluate.run(p.evaluate),
         "export": lambda: export.run(p.export, seed=p.seed),
         "audit": lambda: audit.run(p.audit, seed=p.seed),

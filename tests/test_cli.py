@@ -20,7 +20,7 @@ def trained(tmp_path_factory, raw_params_module):
     with working_dir(root):
         make_class_folders(paths.RAW, per_class=8)
         p = params.parse(tiny_params(raw_params_module, paths.RAW, backbone="resnet50", freeze="block5"))
-        run_stage_code(p, "split", "extract", "train_head", "finetune")
+        run_stage_code(p, "split", "extract", "train_head", "finetune", "trust")
         yield root
 
 
@@ -83,6 +83,8 @@ def test_predict_matches_evaluate_and_writes_jsonl(trained, tmp_path):
         assert line["predicted"] == classes[int(p.argmax())]
         assert abs(line["probability"] - float(p.max())) < 1e-4
         assert len(line["top_k"]) == 2
+        assert line["predicted"] in line["prediction_set"] and line["unsure"] is (len(line["prediction_set"]) != 1)
+        assert isinstance(line["unfamiliar"], bool) and line["unfamiliar_score"] >= 0
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +110,10 @@ def test_export_then_predict_with_the_exported_file(trained, keras_predictions, 
     ours_rows = list(csv.DictReader(io.StringIO(ours.stdout)))
     agree = sum(a["predicted"] == b["predicted"] for a, b in zip(ours_rows, keras_rows))
     assert len(ours_rows) == len(files) and agree >= (len(files) - 1 if fmt == "tflite_int8" else len(files))
+    # the prediction sets travel with the artifact; the unfamiliar score needs the Keras model's features
+    assert (tmp_path / "trust.json").is_file()
+    assert all(r["prediction_set"] and r["unsure"] in ("true", "false") and r["unfamiliar"] == "" for r in ours_rows)
+    assert all(r["unfamiliar"] in ("true", "false") and float(r["unfamiliar_score"]) >= 0 for r in keras_rows)
 
 
 def test_usage_errors_are_one_line(trained, tmp_path):

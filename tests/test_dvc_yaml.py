@@ -33,7 +33,7 @@ def names(entries):
 
 def test_stage_names_are_fixed():
     assert list(STAGES) == [
-        "params", "fetch", "split", "extract", "train_head", "finetune", "evaluate", "export", "audit", "scratch"
+        "params", "fetch", "split", "extract", "train_head", "finetune", "trust", "evaluate", "export", "audit", "scratch"
     ]
 
 

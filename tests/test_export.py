@@ -33,7 +33,7 @@ def exported(tmp_path_factory):
             finetune=dataclasses.replace(p.finetune, tta=True),
             export=dataclasses.replace(p.export, formats=params.EXPORT_FORMATS, max_accuracy_drop=1.0),
         )
-        run_stage_code(p, "split", "extract", "train_head", "finetune")
+        run_stage_code(p, "split", "extract", "train_head", "finetune", "trust")
         metrics = run_stage_code(p, "export")
         yield root, p, metrics
 
@@ -42,7 +42,7 @@ def test_every_format_is_written_with_the_class_names_beside_it(exported):
     root, _, _ = exported
     folder = root / paths.EXPORT
     names = {"model_saved_model", "model_tflite.tflite", "model_tflite_float16.tflite", "model_tflite_int8.tflite",
-             "model_onnx.onnx", "classes.json"}
+             "model_onnx.onnx", "classes.json", "trust.json"}
     assert {f.name for f in folder.iterdir()} == names
     assert json.loads((folder / "classes.json").read_text()) == json.loads((root / paths.CLASSES).read_text())
     assert (folder / "model_saved_model" / "saved_model.pb").is_file()
@@ -128,5 +128,5 @@ def test_no_formats_writes_only_the_class_list(exported):
     root, p, _ = exported
     with working_dir(root):
         assert run_stage_code(p.with_overrides(export=dataclasses.replace(p.export, formats=())), "export") == {}
-        assert [f.name for f in paths.EXPORT.iterdir()] == ["classes.json"]
+        assert [f.name for f in paths.EXPORT.iterdir()] == ["classes.json"]  # no artifact: no trust.json either
         assert json.loads(paths.EXPORT_METRICS.read_text()) == {}

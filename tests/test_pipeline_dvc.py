@@ -11,7 +11,7 @@ import yaml
 
 from conftest import COLOURS, DvcRepo, draw_image, make_class_folders, new_dvc_repo, set_dotted, tiny_params
 
-STAGES = ["params", "fetch", "split", "extract", "train_head", "finetune", "evaluate", "export", "audit", "scratch"]
+STAGES = ["params", "fetch", "split", "extract", "train_head", "finetune", "trust", "evaluate", "export", "audit", "scratch"]
 
 
 def ran(output: str) -> list[str]:
@@ -43,7 +43,8 @@ def test_full_repro_writes_every_output(repo):
     for path in ("data/raw/red", "data/split/train.csv", "data/features/train.npy", "data/prefix/train.npy",
                  "models/head.keras",
                  "models/model.keras", "models/export/model_tflite_int8.tflite", "models/export/model_onnx.onnx",
-                 "models/export/classes.json", "plots/evaluate/confusion.png", "plots/evaluate/mistakes.png",
+                 "models/export/classes.json", "models/export/trust.json", "models/trust/trust.json",
+                 "models/trust/train_features.npy", "plots/evaluate/confusion.png", "plots/evaluate/mistakes.png",
                  "plots/evaluate/per_class_f1.png", "plots/audit/duplicates.csv", "plots/audit/label_issues.png",
                  "dvclive/head/plots/metrics/train/loss.tsv", "dvclive/finetune/plots/metrics/val/accuracy.tsv"):
         assert (root / path).exists(), path
@@ -99,6 +100,8 @@ DIRECT = [
     ("evaluate.gallery", 2, {"evaluate"}),
     ("audit.folds", 3, {"audit"}),
     ("export.max_accuracy_drop", 0.5, {"export"}),
+    ("trust.neighbours", 3, {"trust"}),
+    ("evaluate.batch_size", 8, {"evaluate", "trust"}),
     ("evaluate.top_k", 3, {"evaluate", "scratch"}),
     ("scratch.enabled", True, {"scratch"}),
 ]
@@ -124,7 +127,7 @@ def test_exp_run_finetune_param_reuses_the_stored_prefix(repo):
     original = repo.params()
     result = repo.dvc("exp", "run", "-n", "lr", "-S", "finetune.learning_rate=0.00003")
     # evaluate follows only if the shipped model changed (the head may still win on val)
-    assert ran(result.stdout) in (["params", "finetune"], ["params", "finetune", "evaluate", "export"])
+    assert ran(result.stdout) in (["params", "finetune"], ["params", "finetune", "trust", "evaluate", "export"])
     assert "learning_rate: 3e-05" in (repo.root / "params.yaml").read_text()
     ft = json.loads((repo.root / "metrics/finetune.json").read_text())
     assert ft["frozen_prefix_cached"] is True and ft["prefix_seconds"] < 2
@@ -171,7 +174,7 @@ def test_exp_run_export_formats_scores_each_in_its_runtime_and_metrics_diff_show
     assert set(written) == {"keras", "saved_model", "tflite_float16", "shipped"}
     assert written["saved_model"]["agreement"] == 1.0
     assert sorted(f.name for f in (repo.root / "models/export").iterdir()) == [
-        "classes.json", "model_saved_model", "model_tflite_float16.tflite"]
+        "classes.json", "model_saved_model", "model_tflite_float16.tflite", "trust.json"]
     diff = json.loads(repo.dvc("metrics", "diff", "--json").stdout)["metrics/export.json"]
     assert "tflite_float16.accuracy" in diff and "onnx.accuracy" in diff  # new and gone, side by side
     top = repo.dvc("exp", "run", "-n", "none", "-S", "export.formats=[]")
@@ -181,10 +184,24 @@ def test_exp_run_export_formats_scores_each_in_its_runtime_and_metrics_diff_show
     assert set(ran(repo.dvc("repro").stdout)) <= {"params"}
 
 
+def test_exp_run_trust_coverage_recalibrates_the_sets_only(repo):
+    """The README's `dvc exp run -S trust.coverage=0.8`, typed as a user types it."""
+    original = repo.params()
+    result = repo.dvc("exp", "run", "-n", "coverage", "-S", "trust.coverage=0.8")
+    assert ran(result.stdout)[:3] == ["params", "trust", "evaluate"]  # export follows: trust.json travels with it
+    assert json.loads((repo.root / "models/trust/trust.json").read_text())["coverage"] == 0.8
+    ev = json.loads((repo.root / "metrics/eval.json").read_text())
+    assert ev["conformal"]["target_coverage"] == 0.8 and ev["conformal"]["mean_set_size"] >= 1
+    assert 0 <= ev["unfamiliar"]["test_rate"] <= 1
+    assert json.loads((repo.root / "models/export/trust.json").read_text())["coverage"] == 0.8
+    repo.write_params(original)
+    assert set(ran(repo.dvc("repro").stdout)) <= {"params"}
+
+
 def test_exp_run_freeze_recomputes_only_the_prefix_then_reuses_it(repo):
     result = repo.dvc("exp", "run", "-n", "block4", "-S", "freeze=block4")
     # extract writes the new prefix; the pooled features are unchanged, so the head is kept
-    assert ran(result.stdout) == ["params", "extract", "finetune", "evaluate", "export"]
+    assert ran(result.stdout) == ["params", "extract", "finetune", "trust", "evaluate", "export"]
     shown = json.loads(repo.dvc("exp", "show", "--json").stdout)
     assert "block4" in json.dumps(shown)
     diff = repo.dvc("metrics", "diff", "--json").stdout

@@ -78,36 +78,78 @@ def _load(model_path: Path, classes_path: Path | None):
     return runtime, classes
 
 
+def _trust_for(model_path: Path, runtime):
+    """The prediction sets' calibration beside the model (models/trust/ for the
+    Keras model, trust.json beside an export) and, for the Keras model, the
+    train features the unfamiliar score compares with; (None, None) without."""
+    from tlpipe import confidence
+
+    folder = model_path.parent / paths.TRUST.name if runtime.kind == "keras" else model_path.parent
+    trust = confidence.load(folder)
+    bank = confidence.load_bank(folder) if trust and runtime.kind == "keras" else None
+    return trust, bank
+
+
+def _forward(runtime, bank, neighbours: int):
+    """pixels -> (probabilities, unfamiliar distances or None), one pass."""
+    if bank is None:
+        return lambda x: (runtime(x), None)
+    import tensorflow as tf
+
+    from tlpipe import confidence
+    from tlpipe.layers import with_features
+
+    both = with_features(runtime.keep)
+    step = tf.function(lambda x: both(x, training=False), reduce_retracing=True)
+
+    def forward(x):
+        probs, features = step(tf.constant(x))
+        return probs.numpy().astype("float64"), confidence.unfamiliar_scores(features.numpy(), bank, neighbours)
+
+    return forward
+
+
+PREDICT_COLUMNS = ["path", "predicted", "probability", "top_k", "prediction_set", "unsure", "unfamiliar",
+                   "unfamiliar_score", "error"]
+
+
 def predict(args) -> int:
     import numpy as np
     from tqdm import tqdm
 
-    from tlpipe import images
+    from tlpipe import confidence, images
 
-    runtime, classes = _load(Path(args.model), args.classes and Path(args.classes))
+    model_path = Path(args.model)
+    runtime, classes = _load(model_path, args.classes and Path(args.classes))
+    trust, bank = _trust_for(model_path, runtime)
+    forward = _forward(runtime, bank, trust.neighbours if trust else 0)
     files = _collect(args.paths)
     top_k = min(args.top_k, len(classes))
     out = open(args.out, "w", newline="") if args.out else sys.stdout
     writer = csv.writer(out, lineterminator="\n") if args.format == "csv" else None
     if writer:
-        writer.writerow(["path", "predicted", "probability", "top_k", "error"])
+        writer.writerow(PREDICT_COLUMNS)
     failed = 0
 
-    def emit(path, probs=None, error=""):
-        if probs is None:
-            row = {"path": str(path), "predicted": None, "probability": None, "top_k": [], "error": error}
-        else:
+    def emit(path, probs=None, distance=None, error=""):
+        row = dict.fromkeys(PREDICT_COLUMNS)
+        row.update(path=str(path), top_k=[], error=error)
+        if probs is not None:
             order = np.argsort(-probs, kind="stable")[:top_k]
-            row = {
-                "path": str(path),
-                "predicted": classes[order[0]],
-                "probability": round(float(probs[order[0]]), 6),
-                "top_k": [[classes[i], round(float(probs[i]), 6)] for i in order],
-                "error": "",
-            }
+            row.update(predicted=classes[order[0]], probability=round(float(probs[order[0]]), 6),
+                       top_k=[[classes[i], round(float(probs[i]), 6)] for i in order])
+            if trust:
+                in_set = confidence.prediction_sets(probs[None], trust.threshold)[0]
+                row["prediction_set"] = [c for c, keep in zip(classes, in_set) if keep]
+                row["unsure"] = len(row["prediction_set"]) != 1
+            if distance is not None:
+                row.update(unfamiliar=bool(distance > trust.unfamiliar_threshold),
+                           unfamiliar_score=round(float(distance), 6))
         if writer:
-            top = ";".join(f"{c}:{p}" for c, p in row["top_k"])
-            writer.writerow([row["path"], row["predicted"] or "", row["probability"] or "", top, row["error"]])
+            cells = {**row, "top_k": ";".join(f"{c}:{p}" for c, p in row["top_k"]),
+                     "prediction_set": ";".join(row["prediction_set"] or [])}
+            writer.writerow(["" if cells[k] is None else str(cells[k]).lower() if isinstance(cells[k], bool)
+                             else cells[k] for k in PREDICT_COLUMNS])
         else:
             out.write(json.dumps(row) + "\n")
 
@@ -125,13 +167,14 @@ def predict(args) -> int:
             if good:
                 batches = images.dataset([p for p, _ in good], [c.decoder for _, c in good], runtime.image_size,
                                          args.batch_size)
-                rows = (row for batch in batches for row in runtime(batch.numpy()))
+                rows = ((probs, None if dist is None else dist[i]) for batch in batches
+                        for probs_batch, dist in [forward(batch.numpy())] for i, probs in enumerate(probs_batch))
             for p, c in checks:  # in input order
                 if c is None or not c.ok:
                     failed += 1
                     emit(p, error="no such file" if c is None else c.reason)
                 else:
-                    emit(p, next(rows))
+                    emit(p, *next(rows))
                 bar.update(1)
     if args.out:
         out.close()
@@ -171,6 +214,9 @@ def export(args) -> int:
             with atomic.atomic_path(out, out.suffix) as tmp:
                 exporting.write_artifact(reference.keep, fmt, tmp, representative)
         atomic.write_text(out.parent / "classes.json", json.dumps(classes))
+        trust = Path(args.model).parent / paths.TRUST.name / "trust.json"
+        if trust.is_file():  # the prediction sets' threshold, as the export stage ships it
+            atomic.write_text(out.parent / "trust.json", trust.read_text())
     except (OSError, tf.errors.OpError) as err:  # TensorFlow's own file I/O raises OpError
         reason = getattr(err, "strerror", None) or str(getattr(err, "message", err)).splitlines()[0]
         raise TlpipeError(

@@ -13,7 +13,7 @@ from collections import Counter
 import numpy as np
 from sklearn import metrics as skm
 
-from tlpipe import atomic, images, paths
+from tlpipe import atomic, confidence, images, paths
 from tlpipe.artifacts import csv_text, label_indices, load_features, read_classes, read_split, sources
 from tlpipe.errors import TlpipeError
 from tlpipe.params import EvaluateParams
@@ -71,11 +71,22 @@ def run(ep: EvaluateParams) -> dict:
             "that extract reruns on the current split."
         )
     shipped = load_model(paths.MODEL)
+    shipped_probs, test_features = confidence.probabilities_and_features(shipped, rows, ep.batch_size,
+                                                                         "evaluate: test images")
     probs = {
-        "finetuned": predict_images(shipped, rows, ep.batch_size, "evaluate: test images"),
+        "finetuned": shipped_probs,
         "head": load_model(paths.HEAD_MODEL).predict(x_test, verbose=0).astype(np.float64),
     }
     results = {name: scores(y_true, probs[name], classes, ep.top_k) for name in MODELS}
+    trust = confidence.load(paths.TRUST)
+    if trust is None:
+        raise TlpipeError(f"No {paths.TRUST / 'trust.json'}; run `dvc repro` so that the trust stage writes it.")
+    sets = confidence.prediction_sets(shipped_probs, trust.threshold)
+    distances = confidence.unfamiliar_scores(test_features, confidence.load_bank(paths.TRUST), trust.neighbours)
+    unfamiliar = distances > trust.unfamiliar_threshold
+    results["conformal"] = confidence.set_figures(sets, y_true, classes, trust.coverage)
+    results["unfamiliar"] = {"threshold": trust.unfamiliar_threshold, "val_quantile": trust.unfamiliar_quantile,
+                             "test_rate": round(float(unfamiliar.mean()), 4)}
     # The shipped model's probabilities are calibrated by a temperature fitted on
     # val; undoing it (softmax(T log p)) shows what calibration did on test.
     temperature = temperature_of(shipped)
@@ -107,14 +118,19 @@ def run(ep: EvaluateParams) -> dict:
         ft = probs["finetuned"]
         (tmp / "predictions.csv").write_text(
             csv_text(
-                ("path", "actual", "predicted", "probability", "head_predicted"),
+                ("path", "actual", "predicted", "probability", "head_predicted", "prediction_set", "unfamiliar"),
                 [
                     (r.path, r.label, classes[int(ft[i].argmax())], round(float(ft[i].max()), 5),
-                     classes[int(probs["head"][i].argmax())])
+                     classes[int(probs["head"][i].argmax())], ";".join(c for c, s in zip(classes, sets[i]) if s),
+                     bool(unfamiliar[i]))
                     for i, r in enumerate(rows)
                 ],
             )
         )
+        (tmp / "conformal").mkdir()
+        (tmp / "conformal" / "per_class.csv").write_text(csv_text(
+            ("class", "coverage"),
+            [(c, v) for c, v in results["conformal"]["per_class_coverage"].items() if v is not None]))
         report.confusion_png(tmp / "confusion.png", y_true, ft.argmax(axis=1), classes)
         report.mistakes_png(tmp / "mistakes.png", rows, y_true, ft, classes, ep.gallery)
         report.per_class_f1_png(tmp / "per_class_f1.png", results, classes)
@@ -122,6 +138,10 @@ def run(ep: EvaluateParams) -> dict:
     c = results["calibration"]
     print(f"evaluate: calibration (temperature {c['temperature']} fitted on val): test ECE "
           f"{c['ece_before']:.4f} -> {c['ece_after']:.4f}")
+    cf, uf = results["conformal"], results["unfamiliar"]
+    print(f"evaluate: prediction sets (target coverage {cf['target_coverage']}): test coverage {cf['coverage']:.4f}, "
+          f"mean size {cf['mean_set_size']:.2f}, one class {cf['single_class_share']:.1%}; unfamiliar: "
+          f"{uf['test_rate']:.1%} of test images")
     for name in MODELS:
         r = results[name]
         print(f"evaluate: {name:9s} test accuracy {r['accuracy']:.4f}  macro F1 {r['f1_macro']:.4f}  "

@@ -13,6 +13,7 @@ accuracy fails the stage, after the metrics are written.
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 import time
 import warnings
@@ -167,6 +168,9 @@ def run(xp: ExportParams, seed: int) -> dict:
     calibration = representative_rows(xp.representative_images, seed) if "tflite_int8" in xp.formats else []
     with atomic.atomic_dir(paths.EXPORT) as tmp:
         (tmp / "classes.json").write_text(json.dumps(classes))
+        # The prediction sets' threshold travels with every artifact (they give
+        # probabilities); the unfamiliar score needs the Keras model's features.
+        shutil.copy(paths.TRUST / "trust.json", tmp / "trust.json")
         for fmt in xp.formats:
             start = time.perf_counter()
             write_artifact(model, fmt, artifact_path(fmt, tmp), lambda: pixel_batches(calibration, size))

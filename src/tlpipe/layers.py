@@ -197,3 +197,33 @@ def as_float32(model):
     copy = keras.saving.deserialize_keras_object(walk(keras.saving.serialize_keras_object(model)))
     copy.set_weights(model.get_weights())
     return copy
+
+
+def with_features(model: keras.Model) -> keras.Model:
+    """A view of a tlpipe classifier that gives (probabilities, the pooled
+    features its head reads) in one forward pass, with the same weights: what
+    the unfamiliar-input score needs beside the prediction. With mirror-image
+    TTA the features are the plain image's."""
+    inner = next((layer for layer in model.layers
+                  if isinstance(layer, keras.Model) and any(x.name == "head" for x in layer.layers)), None)
+    if inner is None:
+        return _chain_with_features(model)
+    both = _chain_with_features(inner)
+    pixels = keras.Input(model.input_shape[1:], name="pixels")
+    probs, features = both(pixels)
+    mirror_probs, _ = both(Mirror(name="mirror")(pixels))
+    averaged = keras.layers.Average(name="mirror_average", dtype="float32")([probs, mirror_probs])
+    return keras.Model(pixels, [Temperature(temperature_of(model), name="temperature")(averaged), features])
+
+
+def _chain_with_features(model: keras.Model) -> keras.Model:
+    # tlpipe classifiers are chains: pixels, [augmentation], preprocess, backbone, head, [temperature].
+    pixels = keras.Input(model.input_shape[1:], name="pixels")
+    x, features = pixels, None
+    for layer in model.layers[1:]:
+        if layer.name == "head":
+            features = x
+        x = layer(x)
+    if features is None:
+        raise ValueError(f"{model.name} has no layer named 'head': not a tlpipe classifier")
+    return keras.Model(pixels, [x, features])

@@ -149,6 +149,13 @@ class EvaluateParams:
 
 
 @dataclass(frozen=True)
+class TrustParams:
+    coverage: float
+    unfamiliar_quantile: float
+    neighbours: int
+
+
+@dataclass(frozen=True)
 class ExportParams:
     formats: tuple[str, ...]
     representative_images: int
@@ -184,6 +191,7 @@ class Params:
     head: HeadParams
     finetune: FinetuneParams
     evaluate: EvaluateParams
+    trust: TrustParams
     export: ExportParams
     audit: AuditParams
     scratch: ScratchParams
@@ -413,6 +421,14 @@ def parse(raw: Any, source: str = str(paths.PARAMS)) -> Params:
     )
     v.finish()
 
+    t = top.section("trust")
+    trust = TrustParams(
+        coverage=t.real("coverage", 0.0, 1.0, low_closed=False),
+        unfamiliar_quantile=t.real("unfamiliar_quantile", 0.0, 1.0, low_closed=False, high_closed=True),
+        neighbours=t.integer("neighbours", 1, 1000),
+    )
+    t.finish()
+
     x = top.section("export")
     formats = x.get("formats")
     if not (isinstance(formats, list) and all(f in EXPORT_FORMATS for f in formats)
@@ -457,6 +473,7 @@ def parse(raw: Any, source: str = str(paths.PARAMS)) -> Params:
         head=head,
         finetune=finetune,
         evaluate=evaluate,
+        trust=trust,
         export=export,
         audit=audit,
         scratch=scratch,

@@ -35,6 +35,9 @@ PREFIX = Path("data/prefix")
 MODELS = Path("models")
 HEAD_MODEL = MODELS / "head.keras"
 MODEL = MODELS / "model.keras"
+# Prediction sets and the unfamiliar-input score, calibrated on val: trust.json
+# and the train images' features (the trust stage).
+TRUST = MODELS / "trust"
 # The shipped model in the formats export.formats names, with classes.json.
 EXPORT = MODELS / "export"
 

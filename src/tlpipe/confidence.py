@@ -1,0 +1,152 @@
+"""How far a prediction can be relied on: prediction sets with a coverage
+guarantee, and a score of how unfamiliar an image is. Calibrated on val by
+the trust stage, stored beside the model (models/trust/), read by evaluate
+(scored on test) and by ``tlpipe predict``.
+
+**Prediction sets** are split conformal with the plain score threshold (LAC,
+Sadinle et al. 2019): the score of an image is 1 - the probability of its
+true class; the threshold is the ⌈(n+1)·coverage⌉-th smallest of the n val
+scores, and a set holds every class whose probability is at least
+1 - threshold. For val and test images drawn alike, a set holds the true
+class with probability at least ``coverage``. Of the conformal rules this one
+gives the smallest sets on average; adaptive sets (APS/RAPS) even out
+coverage across classes at the price of larger sets, so the per-class
+coverage is reported on test instead (plots/evaluate/conformal/). The top
+class is always in the set: a set is never empty.
+
+**Unfamiliar** is the cosine distance from an image's pooled features (what
+the shipped model's head reads) to its k-th nearest train image (deep
+nearest neighbours, Sun et al. 2022), flagged beyond the same conformal rank
+of the val images' distances: at most 1 - quantile of familiar images are
+flagged.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tlpipe import atomic, paths
+from tlpipe.errors import TlpipeError
+
+_CHUNK = 2048  # query rows per similarity product: bounds memory for any bank size
+
+
+@dataclass(frozen=True)
+class Trust:
+    """What ``models/trust/trust.json`` holds (the train bank is beside it)."""
+
+    coverage: float  # the target
+    threshold: float  # conformal: classes with probability >= 1 - threshold are in the set
+    val_images: int
+    neighbours: int
+    unfamiliar_quantile: float
+    unfamiliar_threshold: float
+
+
+def conformal_quantile(scores: np.ndarray, level: float) -> float | None:
+    """The ⌈(n+1)·level⌉-th smallest of n val scores: a new score drawn alike
+    stays at or below it with probability at least ``level``. None when n is
+    too small for that promise (see min_val_images)."""
+    n = len(scores)
+    rank = math.ceil((n + 1) * level - 1e-9)  # (9 + 1) * 0.9 is 9.000000000000002 in floats
+    return None if rank > n else float(np.sort(scores)[rank - 1])
+
+
+def conformal_threshold(probs: np.ndarray, y_true: np.ndarray, coverage: float) -> float:
+    """The prediction sets' threshold on val scores 1 - p(true class); 1.0 (every
+    class in every set) when val has too few images for the coverage asked."""
+    threshold = conformal_quantile(1.0 - probs[np.arange(len(y_true)), y_true], coverage)
+    return 1.0 if threshold is None else threshold
+
+
+def unfamiliar_threshold(val_distances: np.ndarray, quantile: float) -> float:
+    """The distance beyond which an image is unfamiliar: at most 1 - ``quantile``
+    of images drawn like val cross it. 2.0, the largest cosine distance (nothing
+    is flagged), when val has too few images for that promise."""
+    threshold = conformal_quantile(val_distances, quantile)
+    return 2.0 if threshold is None else threshold
+
+
+def min_val_images(coverage: float) -> int:
+    """The fewest val images that give a threshold below 1 at ``coverage``."""
+    return math.ceil(coverage / (1 - coverage) - 1e-9)
+
+
+def prediction_sets(probs: np.ndarray, threshold: float) -> np.ndarray:
+    """(images, classes) bool: the classes in each image's set (the top class always)."""
+    sets = probs >= 1.0 - threshold - 1e-12
+    sets[np.arange(len(probs)), probs.argmax(axis=1)] = True
+    return sets
+
+
+def set_figures(sets: np.ndarray, y_true: np.ndarray, classes: list[str], coverage: float) -> dict:
+    """What eval.json reports of the sets on test."""
+    covered = sets[np.arange(len(y_true)), y_true]
+    sizes = sets.sum(axis=1)
+    return {
+        "target_coverage": coverage,
+        "coverage": round(float(covered.mean()), 4),
+        "mean_set_size": round(float(sizes.mean()), 4),
+        "single_class_share": round(float((sizes == 1).mean()), 4),
+        "per_class_coverage": {c: round(float(covered[y_true == i].mean()), 4) if (y_true == i).any() else None
+                               for i, c in enumerate(classes)},
+    }
+
+
+def probabilities_and_features(shipped, rows, batch_size: int, desc: str) -> tuple[np.ndarray, np.ndarray]:
+    """The shipped model's probabilities and pooled features on image rows, in one pass."""
+    from tlpipe import images
+    from tlpipe.artifacts import sources
+    from tlpipe.layers import with_features
+
+    probs, features = [], []
+    for p, f in images.predict(with_features(shipped), *sources(rows), int(shipped.input_shape[1]), batch_size, desc):
+        probs.append(p)
+        features.append(f)
+    return np.concatenate(probs).astype(np.float64), np.concatenate(features).astype(np.float32)
+
+
+def normalised(features: np.ndarray) -> np.ndarray:
+    features = np.asarray(features, dtype=np.float32)
+    return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+
+
+def unfamiliar_scores(features: np.ndarray, bank: np.ndarray, k: int, skip_self: bool = False) -> np.ndarray:
+    """Cosine distance of each (raw) feature row to its k-th nearest row of the
+    normalised ``bank``; ``skip_self``: the rows are the bank's own (leave each out)."""
+    queries = normalised(features)
+    bank = np.asarray(bank, dtype=np.float32)
+    k = min(k + int(skip_self), len(bank))
+    out = np.empty(len(queries), dtype=np.float64)
+    for start in range(0, len(queries), _CHUNK):
+        sims = queries[start : start + _CHUNK] @ bank.T
+        kth = np.partition(-sims, k - 1, axis=1)[:, k - 1]
+        out[start : start + _CHUNK] = 1.0 + kth  # 1 - similarity
+    return np.clip(out, 0.0, 2.0)
+
+
+def save(trust: Trust, bank: np.ndarray, folder: Path = paths.TRUST) -> None:
+    with atomic.atomic_dir(folder) as tmp:
+        (tmp / "trust.json").write_text(json.dumps(asdict(trust), indent=2) + "\n")
+        np.save(tmp / "train_features.npy", normalised(bank).astype(np.float16))
+
+
+def load(folder: Path) -> Trust | None:
+    """The trust file in ``folder`` (None when there is none)."""
+    path = folder / "trust.json"
+    if not path.is_file():
+        return None
+    try:
+        return Trust(**json.loads(path.read_text()))
+    except (ValueError, TypeError) as err:
+        raise TlpipeError(f"{path} is not a tlpipe trust file ({err}); rebuild it with `dvc repro trust`.") from None
+
+
+def load_bank(folder: Path) -> np.ndarray | None:
+    path = folder / "train_features.npy"
+    return np.load(path) if path.is_file() else None

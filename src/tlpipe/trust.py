@@ -1,0 +1,62 @@
+"""trust: prediction sets and the unfamiliar-input score, calibrated on val
+-> models/trust/ (trust.json and the train images' features).
+
+The shipped model classifies the val images and reads their pooled features
+(its own head's input) in one pass, and the train images' features in
+another: the sets' threshold comes from val (split conformal, see
+tlpipe.confidence), and so does the distance beyond which an image is
+unfamiliar. The test split is never read here; evaluate scores both on it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tlpipe import paths
+from tlpipe.artifacts import label_indices, read_classes, read_split
+from tlpipe.confidence import (Trust, conformal_threshold, min_val_images, normalised, prediction_sets, probabilities_and_features,
+                               save, unfamiliar_scores, unfamiliar_threshold)
+from tlpipe.errors import TlpipeError
+from tlpipe.params import TrustParams
+
+
+def run(tp: TrustParams, batch_size: int) -> Trust:
+    """models/model.keras + val and train images -> models/trust/; reads ``trust.*``, ``evaluate.batch_size``."""
+    from tlpipe.layers import load_model
+
+    classes = read_classes()
+    val_rows, train_rows = read_split("val"), read_split("train")
+    if not val_rows or not train_rows:
+        empty = "val" if not val_rows else "train"
+        raise TlpipeError(f"{paths.split_csv(empty)} is empty: nothing to calibrate prediction sets on.")
+    model = load_model(paths.MODEL)
+    val_probs, val_features = probabilities_and_features(model, val_rows, batch_size, "trust: val")
+    _, train_features = probabilities_and_features(model, train_rows, batch_size, "trust: train features")
+    y_val = label_indices(val_rows, classes)
+
+    threshold = conformal_threshold(val_probs, y_val, tp.coverage)
+    if threshold >= 1.0:
+        print(f"trust: {len(val_rows)} val images are too few for coverage {tp.coverage} (it needs at least "
+              f"{min_val_images(tp.coverage)}): every set holds every class")
+    bank = normalised(train_features)
+    val_distances = unfamiliar_scores(val_features, bank, tp.neighbours)
+    trust = Trust(
+        coverage=tp.coverage,
+        threshold=round(threshold, 6),
+        val_images=len(val_rows),
+        neighbours=tp.neighbours,
+        unfamiliar_quantile=tp.unfamiliar_quantile,
+        unfamiliar_threshold=round(unfamiliar_threshold(val_distances, tp.unfamiliar_quantile), 6),
+    )
+    if trust.unfamiliar_threshold >= 2.0:
+        print(f"trust: {len(val_rows)} val images are too few to flag unfamiliar images at quantile "
+              f"{tp.unfamiliar_quantile} (it needs at least {min_val_images(tp.unfamiliar_quantile)}): none is "
+              f"flagged; lower trust.unfamiliar_quantile (at most {len(val_rows) / (len(val_rows) + 1):.3f} here)")
+    save(trust, bank)
+    sizes = prediction_sets(val_probs, trust.threshold).sum(axis=1)
+    print(f"trust: prediction sets at coverage {tp.coverage}: a class is in the set from probability "
+          f"{1 - trust.threshold:.4f}; on val {np.mean(sizes == 1):.1%} hold one class (mean size {sizes.mean():.2f})")
+    nearest = "nearest" if tp.neighbours == 1 else f"{tp.neighbours}-th nearest"
+    print(f"trust: unfamiliar beyond cosine distance {trust.unfamiliar_threshold:.4f} to the {nearest} of "
+          f"{len(train_rows)} train images (at most {1 - tp.unfamiliar_quantile:.1%} of familiar images cross it)")
+    return trust

@@ -1,0 +1,47 @@
+"""tlpipe's own Keras layers and model views, on real (small) Keras models."""
+
+import numpy as np
+import pytest
+
+from tlpipe import layers
+
+
+def small_classifier(n_classes=3, size=16):
+    import keras
+
+    pixels = keras.Input((size, size, 3), name="pixels")
+    x = layers.Preprocess("tf", name="preprocess")(pixels)
+    backbone_in = keras.Input((size, size, 3))
+    pooled = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(8, 3, name="conv")(backbone_in))
+    backbone = keras.Model(backbone_in, pooled, name="backbone")
+    head_in = keras.Input((8,))
+    head = keras.Model(head_in, keras.layers.Dense(n_classes, activation="softmax")(head_in), name="head")
+    return keras.Model(pixels, head(backbone(x)), name="classifier"), backbone
+
+
+@pytest.mark.parametrize("mirror", [False, True])
+def test_with_features_gives_the_models_probabilities_and_its_heads_input(mirror):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model, backbone = small_classifier()
+    classifier = layers.mirror_averaged(model) if mirror else model
+    shipped = keras.Model(classifier.input, layers.Temperature(0.7, name="temperature")(classifier.output))
+    x = np.random.default_rng(0).uniform(0, 255, (4, 16, 16, 3)).astype("float32")
+    probs, features = layers.with_features(shipped).predict_on_batch(x)
+    assert np.allclose(probs, shipped.predict_on_batch(x), atol=1e-6)
+    expected = backbone.predict_on_batch(x / 127.5 - 1.0)  # the plain image's, mirror or not
+    assert np.allclose(features, expected, atol=1e-5)
+
+
+def test_with_features_refuses_a_model_without_a_head():
+    import keras
+
+    pixels = keras.Input((4,))
+    with pytest.raises(ValueError, match="no layer named 'head'"):
+        layers.with_features(keras.Model(pixels, keras.layers.Dense(2)(pixels)))
+
+
+def test_mirror_flips_left_to_right():
+    x = np.arange(2 * 3 * 3).reshape(1, 2, 3, 3).astype("float32")
+    assert np.array_equal(np.asarray(layers.Mirror()(x)), x[:, :, ::-1, :])
