@@ -9,7 +9,7 @@ from PIL import Image
 
 from tlpipe import audit, params, paths
 
-from conftest import run_stage_code, tiny_params
+from conftest import needs_shared, run_stage_code, tiny_params
 
 NEAR_COPIES = [("red", 3), ("green", 4), ("blue", 5), ("red", 7), ("green", 9), ("blue", 11)]
 SWAPPED = [("red", 12), ("red", 13), ("green", 14), ("blue", 15), ("blue", 16)]
@@ -127,3 +127,57 @@ def test_near_duplicates_by_hand():
     x = np.array([[1, 0], [0.999, 0.04], [0, 1], [-1, 0]], dtype=np.float32)
     assert [(i, j) for i, j, _ in audit.near_duplicates(x, 0.99)] == [(0, 1)]
     assert audit.near_duplicates(x, 0.99, block=1) == audit.near_duplicates(x, 0.99)
+
+
+def test_auto_threshold_by_hand():
+    """Copies close to their originals, distinct images apart: the threshold
+    finds the copies; a backbone that cannot tell them apart gets a threshold
+    above its distinct pairs instead."""
+    rng = np.random.default_rng(0)
+    train = rng.normal(size=(20, 16))
+    copies_of = np.repeat(np.arange(10), 3)
+    copies = train[copies_of] + rng.normal(scale=0.05, size=(30, 16))
+    threshold, calibration = audit.calibrated_similarity(train, copies, copies_of)
+    assert calibration["copies_found"] >= 0.95 and calibration["distinct_pairs_above"] == 0
+    assert 0.9 < threshold < 1
+    flat = np.ones((20, 16)) + rng.normal(scale=0.01, size=(20, 16))  # every image alike
+    threshold, calibration = audit.calibrated_similarity(flat, flat[copies_of], copies_of)
+    assert calibration["distinct_pairs_above"] <= 1  # the top 0.1 % of 45 pairs at most
+
+
+@needs_shared
+def test_auto_threshold_finds_real_copies_without_false_pairs_on_cats_and_dogs(tmp_path):
+    """The issue's case: two half-size re-encoded copies planted among 40 real
+    cat and dog photos, the default backbone with real ImageNet weights."""
+    import zipfile
+
+    import yaml
+
+    from conftest import REPO, SHARED_KERAS, working_dir
+
+    source = tmp_path / "photos"
+    with zipfile.ZipFile(SHARED_KERAS / "datasets" / "cats_and_dogs_filtered.zip") as z:
+        for animal in ("cat", "dog"):
+            (source / f"{animal}s").mkdir(parents=True)
+            for i in range(20):
+                name = f"{animal}.{i}.jpg"
+                (source / f"{animal}s" / name).write_bytes(
+                    z.read(f"cats_and_dogs_filtered/train/{animal}s/{name}"))
+    planted = {}
+    for animal, i in (("cat", 3), ("dog", 7)):
+        original = source / f"{animal}s" / f"{animal}.{i}.jpg"
+        img = Image.open(original)
+        copy = source / f"{animal}s" / f"copy_of_{animal}_{i}.jpg"
+        img.resize((img.width // 2, img.height // 2), Image.BICUBIC).save(copy, "JPEG", quality=80)
+        planted[frozenset((f"{animal}s/{original.name}", f"{animal}s/{copy.name}"))] = animal
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    weights = SHARED_KERAS / "models" / "mobilenet_7_5_224_tf_no_top.h5"
+    (tmp_path / "run").mkdir()
+    with working_dir(tmp_path / "run"):
+        p = params.parse(tiny_params(raw, source, backbone="mobilenet_0.75", image_size=224, weights=str(weights)))
+        assert p.audit.near_duplicate_similarity is None  # the default: auto
+        metrics = run_stage_code(p, "fetch", "split", "extract", "audit")
+        found = {frozenset((r["path_a"], r["path_b"])) for r in read_csv(paths.AUDIT_PLOTS / "duplicates.csv")}
+    assert found == set(planted), (found, metrics["near_duplicate_similarity"])
+    calibration = metrics["near_duplicate_calibration"]
+    assert calibration["copies_found"] >= 0.95 and metrics["near_duplicate_similarity"] < 0.97

@@ -78,6 +78,9 @@ def test_repo_params_are_valid(raw_params):
                                    "Got 'onnx' instead."),
         ("export.formats", ["onnx", "onnx"], "'export.formats' parameter must be a list of distinct formats"),
         ("export.formats", ["tflite_int4"], "Got ['tflite_int4'] instead."),
+        ("audit.near_duplicate_similarity", 0, "The 'audit.near_duplicate_similarity' parameter must be 'auto' or a "
+                                               "float in the range (0.0, 1.0]. Got 0 instead."),
+        ("audit.near_duplicate_similarity", "high", "'audit.near_duplicate_similarity' parameter must be 'auto' or"),
         ("trust.coverage", 1.0, "The 'trust.coverage' parameter must be a float in the range (0.0, 1.0). Got 1.0"),
         ("trust.unfamiliar_quantile", 0, "'trust.unfamiliar_quantile' parameter must be a float in the range (0.0, 1.0]"),
         ("trust.neighbours", 0, "'trust.neighbours' parameter must be an int in the range [1, 1000]. Got 0"),

@@ -5,7 +5,9 @@ plots/audit/, metrics/audit.json.
   the split stage (``rejected.csv``); they are listed again here beside the
   near-duplicates: pairs of images whose cached backbone features have a cosine
   similarity of at least ``audit.near_duplicate_similarity`` (resized,
-  re-encoded, re-cropped copies). A pair across splits means the test (or val)
+  re-encoded, re-cropped copies). ``auto`` fits that threshold to the backbone
+  and the data: extract makes such copies of a sample of train images, and the
+  threshold is what finds 95 % of them (calibrated_similarity). A pair across splits means the test (or val)
   score is optimistic; a pair across classes means a label is wrong or the
   classes overlap.
 * **Likely label errors.** Out-of-fold predicted probabilities (``audit.folds``
@@ -44,6 +46,36 @@ def near_duplicates(x: np.ndarray, threshold: float, block: int = 1024) -> list[
         if len(pairs) > 4 * MAX_PAIRS:  # bounded memory whatever the features
             pairs = sorted(pairs, key=lambda t: -t[2])[:MAX_PAIRS]
     return sorted(pairs, key=lambda t: (-t[2], t[0], t[1]))[:MAX_PAIRS]
+
+
+# The share of the calibration copies that the auto threshold must find.
+COPY_RECALL = 0.95
+# near_duplicate_similarity: auto with no near-copies to calibrate on (no train images).
+FALLBACK_SIMILARITY = 0.97
+
+
+def calibrated_similarity(x_train: np.ndarray, copies: np.ndarray, copies_of: np.ndarray) -> tuple[float, dict]:
+    """The near-duplicate threshold that fits this backbone and these images:
+    low enough to find COPY_RECALL of the near-copies extract made of a sample
+    of train images (resized, re-encoded, cropped), and above all but the
+    closest 0.1 % of pairs of distinct images in that sample, so that a
+    backbone that cannot tell copies apart does not flood the audit."""
+    unit = x_train / np.maximum(np.linalg.norm(x_train, axis=1, keepdims=True), 1e-12)
+    copies = copies / np.maximum(np.linalg.norm(copies, axis=1, keepdims=True), 1e-12)
+    copy_sims = (unit[copies_of] * copies).sum(axis=1)
+    sample = unit[np.unique(copies_of)]
+    distinct = (sample @ sample.T)[np.triu_indices(len(sample), k=1)]
+    finds = float(np.quantile(copy_sims, 1 - COPY_RECALL, method="lower"))
+    apart = float(np.quantile(distinct, 0.999, method="higher")) if len(distinct) else -1.0
+    threshold = round(max(finds, apart), 4)
+    return threshold, {
+        "copies": len(copy_sims),
+        "copy_similarity_min": round(float(copy_sims.min()), 4),
+        "copy_similarity_median": round(float(np.median(copy_sims)), 4),
+        "copies_found": round(float(np.mean(copy_sims >= threshold)), 4),
+        "distinct_pairs_above": int((distinct >= threshold).sum()),
+        "distinct_pairs": len(distinct),
+    }
 
 
 def out_of_fold_probabilities(x: np.ndarray, y: np.ndarray, n_classes: int, folds: int, seed: int) -> np.ndarray:
@@ -122,7 +154,15 @@ def run(audit: AuditParams, *, seed: int) -> dict:
     split_of = {r.path: s for r, s in zip(rows, splits)}
     label_of = {r.path: r.label for r in rows}
 
-    pairs = near_duplicates(x, audit.near_duplicate_similarity)
+    threshold, calibration = audit.near_duplicate_similarity, None
+    copies = np.load(paths.copies_file()).astype(np.float32) if paths.copies_file().is_file() else np.zeros((0, 0))
+    if threshold is None and len(copies):
+        threshold, calibration = calibrated_similarity(load_features("train")[0], copies,
+                                                       np.load(paths.copies_of_file()))
+    elif threshold is None:
+        threshold = FALLBACK_SIMILARITY
+        print(f"audit: no near-copies to calibrate on (no train images); near-duplicates from similarity {threshold}")
+    pairs = near_duplicates(x, threshold)
     pair_rows = [(rows[i].path, rows[j].path, splits[i], splits[j], rows[i].label, rows[j].label, round(s, 5))
                  for i, j, s in pairs]
     exact = _exact_duplicates(split_of, label_of)
@@ -138,7 +178,7 @@ def run(audit: AuditParams, *, seed: int) -> dict:
         header = ("path_a", "path_b", "split_a", "split_b", "label_a", "label_b", "similarity")
         (tmp / "duplicates.csv").write_text(csv_text(header, exact + pair_rows))
         (tmp / "label_issues.csv").write_text(csv_text(("path", "split", "given", "suggested", "score"), issue_rows))
-        report.pairs_png(tmp / "duplicates.png", pair_rows[: audit.gallery], audit.near_duplicate_similarity)
+        report.pairs_png(tmp / "duplicates.png", pair_rows[: audit.gallery], threshold)
         report.label_issues_png(tmp / "label_issues.png", issue_rows[: audit.gallery])
     metrics = {
         "duplicates": {
@@ -147,12 +187,19 @@ def run(audit: AuditParams, *, seed: int) -> dict:
             "cross_split": cross_split,
             "cross_label": cross_label,
         },
+        "near_duplicate_similarity": threshold,
+        **({"near_duplicate_calibration": calibration} if calibration else {}),
         "label_issues": len(issue_rows),
         "images": len(rows),
     }
     atomic.write_json(paths.AUDIT_METRICS, metrics)
     print(f"audit: {len(exact)} exact duplicates (removed by split), {len(pair_rows)} near-duplicate pairs "
-          f"(similarity >= {audit.near_duplicate_similarity}): {cross_split} across splits, {cross_label} across classes")
+          f"(similarity >= {threshold}): {cross_split} across splits, {cross_label} across classes")
+    if calibration:
+        print(f"audit: similarity {threshold} calibrated on {calibration['copies']} near-copies of train images "
+              f"(resized, re-encoded, cropped; {calibration['copies_found']:.0%} found, median similarity "
+              f"{calibration['copy_similarity_median']}); {calibration['distinct_pairs_above']} of "
+              f"{calibration['distinct_pairs']} pairs of distinct sampled images are above it")
     if cross_split:
         print(f"audit: WARNING: {cross_split} near-duplicate pairs straddle splits: the val/test scores are "
               f"optimistic. See {paths.AUDIT_PLOTS / 'duplicates.csv'}.")

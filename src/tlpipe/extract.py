@@ -22,8 +22,11 @@ flat as data grows.
 from __future__ import annotations
 
 import json
+import io
 import shutil
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -32,6 +35,9 @@ from tlpipe.artifacts import SPLITS, Row, label_indices, read_classes, read_spli
 from tlpipe.params import ExtractParams
 
 PREFIX_SPLITS = ("train", "val")  # what fine-tuning trains and validates on
+# Train images whose near-copies calibrate the audit's near-duplicate threshold
+# (three copies each: a few percent of extract's images on a typical set).
+COPY_SAMPLE = 64
 
 
 def feature_model(spec: backbones.Backbone, image_size: int, weights: str, freeze_word: str = "all"):
@@ -69,6 +75,50 @@ def stream_features(model, rows, image_size: int, batch_size: int, outs, desc: s
             out[done : done + len(values)] = values
         done += len(batch[0])
     return len(rows) / max(time.perf_counter() - start, 1e-9)
+
+
+def near_copies(path: Path) -> dict[str, bytes]:
+    """The copies a data set gets of one photo, as JPEG bytes: half size
+    re-encoded, a 90 % centre crop, the same size at low JPEG quality."""
+    from PIL import Image
+
+    img = Image.fromarray(images.read_rgb(path))
+    w, h = img.size
+    cw, ch = max(1, int(w * 0.9)), max(1, int(h * 0.9))
+    left, top = (w - cw) // 2, (h - ch) // 2
+
+    def jpeg(image, quality):
+        out = io.BytesIO()
+        image.save(out, "JPEG", quality=quality)
+        return out.getvalue()
+
+    return {
+        "half_size": jpeg(img.resize((max(1, w // 2), max(1, h // 2)), Image.LANCZOS), 75),
+        "crop_90": jpeg(img.crop((left, top, left + cw, top + ch)), 90),
+        "jpeg_40": jpeg(img, 40),
+    }
+
+
+def copy_features(model, train_rows: list[Row], image_size: int, batch_size: int, seed: int, folder: Path,
+                  dim: int) -> int:
+    """Features of near-copies of a seeded sample of train images, through the
+    same model as every image -> copies_file, copies_of_file in ``folder``."""
+    n = min(COPY_SAMPLE, len(train_rows))
+    sample = np.sort(np.random.default_rng(seed).choice(len(train_rows), n, replace=False)) if n else []
+    with tempfile.TemporaryDirectory() as tmp:
+        copy_rows, originals = [], []
+        for i in sample:
+            for kind, data in near_copies(paths.RAW / train_rows[i].path).items():
+                file = Path(tmp) / f"{i}_{kind}.jpg"
+                file.write_bytes(data)
+                copy_rows.append(Row(str(file), train_rows[i].label, "tf"))
+                originals.append(int(i))
+        out = np.zeros((len(copy_rows), dim), dtype=np.float16)
+        if copy_rows:
+            stream_features(model, copy_rows, image_size, batch_size, out, "extract: near-copies for the audit")
+    np.save(paths.copies_file(folder), out)
+    np.save(paths.copies_of_file(folder), np.asarray(originals, dtype=np.int64))
+    return len(copy_rows)
 
 
 def _prefix_plan(plan: freeze.Plan, rows: dict[str, list[Row]], max_gb: float) -> tuple[tuple[int, ...] | None, str]:
@@ -133,6 +183,8 @@ def run(extract: ExtractParams, *, backbone: str, image_size: int, weights: str,
             np.save(paths.labels_file(split, feats_dir), label_indices(rows[split], classes))
             meta["images"][split] = n
             print(f"extract: {split}: {n} images, {rate:.0f} img/s", flush=True)
+        meta["near_copies"] = copy_features(pooled, rows["train"], image_size, extract.batch_size, seed, feats_dir,
+                                            dim)
         paths.features_meta(feats_dir).write_text(json.dumps(meta, indent=2) + "\n")
         paths.prefix_meta(prefix_dir).write_text(json.dumps(prefix_meta, indent=2) + "\n")
     if why_not:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 import warnings
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -183,6 +184,9 @@ def dataset(files, decoders, image_size: int, batch_size: int, labels=None, shuf
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
+_FORWARD: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def predict(model, files, decoders, image_size: int, batch_size: int, desc: str = ""):
     """Yield ``model``'s outputs batch by batch (NumPy; a list for a model with
     several outputs), in file order, with a progress bar.
@@ -193,7 +197,9 @@ def predict(model, files, decoders, image_size: int, batch_size: int, desc: str 
     import tensorflow as tf
     from tqdm import tqdm
 
-    forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    forward = _FORWARD.get(model)
+    if forward is None:  # one traced function per model, however many passes (splits) it makes
+        forward = _FORWARD[model] = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
     with tqdm(total=len(files), desc=desc, unit="img", mininterval=1, disable=not desc) as bar:
         for batch in dataset(files, decoders, image_size, batch_size):
             out = forward(batch)

@@ -164,7 +164,7 @@ class ExportParams:
 
 @dataclass(frozen=True)
 class AuditParams:
-    near_duplicate_similarity: float
+    near_duplicate_similarity: float | None  # None: calibrated on near-copies of the data (auto)
     folds: int
     gallery: int
 
@@ -310,6 +310,16 @@ def _range_text(low, high, low_closed, high_closed) -> str:
     return f" in the range {'[' if low_closed else '('}{low}, {high}{']' if high_closed else ')'}"
 
 
+def _auto_or_similarity(section: _Section, key: str) -> float | None:
+    value = section.get(key)
+    if value == "auto":
+        return None
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 < value <= 1.0
+    if not ok:
+        section.bad(key, "'auto' or a float in the range (0.0, 1.0]", value)
+    return float(value)
+
+
 def parse(raw: Any, source: str = str(paths.PARAMS)) -> Params:
     """Validate a params mapping (as read from YAML) into a Params object."""
     from tlpipe import backbones  # light: the registry imports Keras lazily
@@ -444,7 +454,7 @@ def parse(raw: Any, source: str = str(paths.PARAMS)) -> Params:
 
     u = top.section("audit")
     audit = AuditParams(
-        near_duplicate_similarity=u.real("near_duplicate_similarity", 0.0, 1.0, low_closed=False, high_closed=True),
+        near_duplicate_similarity=_auto_or_similarity(u, "near_duplicate_similarity"),
         folds=u.integer("folds", 2, 20),
         gallery=u.integer("gallery", 0, 200),
     )

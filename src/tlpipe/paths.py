@@ -66,6 +66,17 @@ def labels_file(split: str, folder: Path = FEATURES) -> Path:
     return folder / f"{split}_labels.npy"
 
 
+def copies_file(folder: Path = FEATURES) -> Path:
+    """Features of near-copies (resized, re-encoded, cropped) of a sample of
+    train images: what calibrates the audit's near-duplicate threshold."""
+    return folder / "copies.npy"
+
+
+def copies_of_file(folder: Path = FEATURES) -> Path:
+    """For each row of copies_file: the index of its original in train.csv."""
+    return folder / "copies_of.npy"
+
+
 def features_meta(folder: Path = FEATURES) -> Path:
     return folder / "meta.json"
 
