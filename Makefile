@@ -1,7 +1,7 @@
 # Two entry points, each sets everything up first (idempotent):
 #   make repro   install into .venv, then `dvc repro` on params.yaml
 #   make test    install into .venv, then the test suite
-#   make test-heavy     the interruption tests (.ci/run runs them after make test)
+#   make test-heavy     whole-pipeline runs: interruptions, several replicas, every export format (.ci/run runs them after make test)
 #   make test-cluster   the multi-worker tests (.ci/run runs them after make test)
 PYTHON ?= python3
 VENV := .venv

@@ -5,4 +5,4 @@ import _src  # noqa: F401
 from tlpipe import split
 from tlpipe.stage import run_stage
 
-run_stage("split", lambda p: split.run(p.split, p.seed))
+run_stage("split", lambda p: split.run(p.split, p.seed, labels=p.data.labels))

@@ -76,7 +76,7 @@ def tiny_params(raw: dict, source: Path | str, **top) -> dict:
     p = copy.deepcopy(raw)
     p.update({"backbone": "mobilenet_0.25", "image_size": 32, "weights": "none", "freeze": "block5"})
     p.update(top)
-    p["data"] = {"source": str(source), "sha256": None}
+    p["data"] = {"source": str(source), "sha256": None, "labels": None}
     p["split"].update({"val_fraction": 0.25, "test_fraction": 0.25})
     p["extract"]["batch_size"] = 16
     p["head"].update({"epochs": 3, "batch_size": 8, "patience": 0})
@@ -189,7 +189,7 @@ def run_stage_code(p, *names: str):
 
     calls = {
         "fetch": lambda: fetch.run(p.data),
-        "split": lambda: split.run(p.split, p.seed),
+        "split": lambda: split.run(p.split, p.seed, labels=p.data.labels),
         "extract": lambda: extract.run(
             p.extract, backbone=p.backbone, image_size=p.image_size, weights=p.weights, seed=p.seed, freeze=p.freeze
         ),

@@ -16,12 +16,14 @@ STAGES = DVC["stages"]
 # The table in DESIGN.md / README: which stage reads which params.
 READS = {
     "params": set(),  # the whole file, as a dependency: it checks every key
-    "fetch": {"data"},
-    "split": {"seed", "split"},
+    "fetch": {"data.source", "data.sha256"},
+    "split": {"seed", "split", "data.labels"},
     "extract": {"backbone", "image_size", "weights", "seed", "freeze", "extract"},
     "train_head": {"seed", "head"},
     "finetune": {"backbone", "image_size", "weights", "freeze", "seed", "finetune"},
+    "trust": {"trust", "evaluate.batch_size"},
     "evaluate": {"evaluate"},
+    "export": {"seed", "export"},
     "audit": {"seed", "audit"},
     "scratch": {"image_size", "seed", "scratch", "evaluate.top_k"},
 }

@@ -13,6 +13,10 @@ from tlpipe.errors import TlpipeError
 
 from conftest import make_class_folders, run_stage_code, tiny_params, working_dir
 
+# Five conversions and six runtimes: `make test-heavy` (.ci/run runs it after the
+# default suite); the default suite still runs two formats through DVC.
+pytestmark = pytest.mark.heavy
+
 FLOAT_FORMATS = ("saved_model", "tflite_float16", "onnx")  # the Keras model's own function, in float
 
 

@@ -81,6 +81,9 @@ def test_repo_params_are_valid(raw_params):
         ("audit.near_duplicate_similarity", 0, "The 'audit.near_duplicate_similarity' parameter must be 'auto' or a "
                                                "float in the range (0.0, 1.0]. Got 0 instead."),
         ("audit.near_duplicate_similarity", "high", "'audit.near_duplicate_similarity' parameter must be 'auto' or"),
+        ("data.labels", "/abs/labels.csv", "The 'data.labels' parameter must be null or the path of a CSV inside "
+                                           "data.source (relative to its root). Got '/abs/labels.csv' instead."),
+        ("data.labels", "", "'data.labels' parameter must be a non-empty string or null"),
         ("trust.coverage", 1.0, "The 'trust.coverage' parameter must be a float in the range (0.0, 1.0). Got 1.0"),
         ("trust.unfamiliar_quantile", 0, "'trust.unfamiliar_quantile' parameter must be a float in the range (0.0, 1.0]"),
         ("trust.neighbours", 0, "'trust.neighbours' parameter must be an int in the range [1, 1000]. Got 0"),

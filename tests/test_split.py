@@ -273,3 +273,83 @@ def test_dangling_symlink_in_a_folder_source_reaches_rejected_csv(in_tmp_cwd, tm
     rows = read_csv(paths.REJECTED)
     assert [r["path"] for r in rows] == ["red/gone.jpg"] and "does not exist" in rows[0]["reason"]
     assert json.loads(paths.DATA_METRICS.read_text())["rejected"] == 1
+
+
+def labelled_source(raw, rows, header="file_name,label"):
+    """One flat folder of images and a CSV naming their labels (Kaggle's and
+    Hugging Face's imagefolder shape)."""
+    (raw / "images").mkdir(parents=True, exist_ok=True)
+    lines = [header]
+    for i, (colour, *rest) in enumerate(rows):
+        name = f"images/{i:03d}.jpg"
+        draw_image(COLOURS[colour], seed=5000 + i).save(raw / name)
+        lines.append(",".join([name, colour, *rest]))
+    (raw / "labels.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_labels_csv_gives_the_classes_and_ignores_unlisted_images(in_tmp_cwd):
+    labelled_source(paths.RAW, [("red",)] * 12 + [("blue",)] * 12)
+    draw_image(COLOURS["green"], seed=1).save(paths.RAW / "images" / "unlisted.jpg")
+    with open(paths.RAW / "labels.csv", "a") as f:
+        f.write("images/gone.jpg,red\n")
+    result = split_module.run(PARAMS, 42, paths.RAW, labels="labels.csv")
+    assert result.classes == ["blue", "red"]
+    for name in ("red", "blue"):
+        assert [sum(r.label == name for r in result.rows[s]) for s in ("train", "val", "test")] == [6, 3, 3]
+    assert dict(result.rejected) == {"images/gone.jpg": "listed in labels.csv (row 26) but not in the source"}
+    metrics = json.loads(paths.DATA_METRICS.read_text())
+    assert metrics["unlisted"] == 1 and metrics["rejected"] == 1
+
+
+def test_labels_csv_split_column_keeps_a_predefined_split(in_tmp_cwd):
+    rows = [(c, s) for c in ("red", "blue") for s in ["train"] * 8 + ["validation"] * 4 + ["test"] * 3]
+    labelled_source(paths.RAW, rows, header="file_name,label,split")
+    result = split_module.run(PARAMS, 42, paths.RAW, labels="labels.csv")
+    assert [len(result.rows[s]) for s in ("train", "val", "test")] == [16, 8, 6]
+    listed = {line.split(",")[0]: line.split(",")[2] for line in (paths.RAW / "labels.csv").read_text().split()[1:]}
+    assert all(listed[r.path] == "test" for r in result.rows["test"])
+
+
+def test_labels_csv_still_finds_duplicates_and_conflicts(in_tmp_cwd):
+    labelled_source(paths.RAW, [("red",)] * 12 + [("blue",)] * 12)
+    with open(paths.RAW / "labels.csv", "a") as f:
+        f.write("images/000.jpg,blue\n")  # the same file, another label
+    copy_bytes(paths.RAW / "images" / "001.jpg", paths.RAW / "images" / "copy.jpg")
+    with open(paths.RAW / "labels.csv", "a") as f:
+        f.write("images/copy.jpg,blue\n")  # the same bytes as a red image
+    result = split_module.run(PARAMS, 42, paths.RAW, labels="labels.csv")
+    rejected = dict(result.rejected)
+    assert rejected["images/000.jpg"] == "listed in labels.csv more than once, with different labels or splits"
+    assert rejected["images/copy.jpg"].startswith("label conflict: the same bytes are in classes blue, red")
+
+
+@pytest.mark.parametrize("content, message", [
+    ("name,class\nimages/000.jpg,red\n", "labels.csv must have a header row with the columns file_name and label"),
+    ("file_name,label\nimages/000.jpg,\n", "labels.csv row 2 needs both a file_name and a label"),
+    ("file_name,label,split\nimages/000.jpg,red,dev\n", "labels.csv row 2: split 'dev' must be one of train"),
+    ("file_name,label\n../outside.jpg,red\n", "file_name '../outside.jpg' must be relative to the source's root"),
+])
+def test_a_bad_labels_csv_is_one_line_naming_file_and_row(in_tmp_cwd, content, message):
+    labelled_source(paths.RAW, [("red",)] * 2)
+    (paths.RAW / "labels.csv").write_text(content)
+    with pytest.raises(TlpipeError) as err:
+        split_module.run(PARAMS, 42, paths.RAW, labels="labels.csv")
+    assert message in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(TlpipeError, match="data.labels names 'other.csv', which is not in the source"):
+        split_module.run(PARAMS, 42, paths.RAW, labels="other.csv")
+
+
+def test_exp_run_data_labels_reads_the_csv_through_dvc(tmp_path, dvc_repo_factory, raw_params):
+    """The README's `dvc exp run -S data.labels=labels.csv`, typed as a user
+    types it, on a folder of images with a CSV of labels."""
+    from conftest import tiny_params
+
+    source = tmp_path / "kaggle"
+    labelled_source(source, [("red",)] * 12 + [("blue",)] * 12)
+    repo = dvc_repo_factory(tiny_params(raw_params, source))
+    result = repo.dvc("exp", "run", "-S", "data.labels=labels.csv", "split")
+    assert "Running stage 'split'" in result.stdout
+    metrics = json.loads((repo.root / "metrics/data.json").read_text())
+    assert metrics["classes"] == 2 and sum(metrics["images"].values()) == 24 and metrics["unlisted"] == 0
+    classes = json.loads((repo.root / "data/split/classes.json").read_text())
+    assert classes == ["blue", "red"]

@@ -78,6 +78,7 @@ def archive_kind(name: str) -> str | None:
 class DataParams:
     source: str
     sha256: str | None
+    labels: str | None = None  # a CSV inside the source: file_name, label[, split]
 
 
 @dataclass(frozen=True)
@@ -345,7 +346,10 @@ def parse(raw: Any, source: str = str(paths.PARAMS)) -> Params:
     seed = top.integer("seed", 0, 2**31 - 1)
 
     d = top.section("data")
-    data = DataParams(source=d.text("source"), sha256=d.text("sha256", allow_null=True))
+    data = DataParams(source=d.text("source"), sha256=d.text("sha256", allow_null=True),
+                      labels=d.text("labels", allow_null=True))
+    if data.labels is not None and (Path(data.labels).is_absolute() or ".." in Path(data.labels).parts):
+        d.bad("labels", "null or the path of a CSV inside data.source (relative to its root)", data.labels)
     if data.sha256 is not None and not _SHA256.fullmatch(data.sha256):
         d.bad("sha256", "null or a 64-digit hex SHA-256", data.sha256)
     if is_url(data.source) and not archive_kind(data.source.split("?")[0]):

@@ -8,6 +8,9 @@ Rules (also in the README):
   what the source calls train stays train. A missing test split is carved from
   the validation folder (``split.test_from_val`` of it, per class); a missing
   validation split is carved from train (``split.val_fraction``).
+* Or, with ``data.labels``, a CSV inside the source names each image's class
+  (``file_name``, ``label``) and, optionally, its predefined split
+  (``split``); unlisted images are ignored and counted (read_labels).
 * Every file under a class folder belongs to that class, at any depth. Hidden
   files and folders are skipped silently; anything else that is not a
   decodable image goes to rejected.csv with the reason.
@@ -39,7 +42,7 @@ from pathlib import Path
 from tlpipe import atomic, paths
 from tlpipe.artifacts import SPLIT_COLUMNS, SPLITS, Row, csv_text
 from tlpipe.errors import TlpipeError
-from tlpipe.images import inspect, is_hidden, undecodable_by_tensorflow
+from tlpipe.images import IMAGE_SUFFIXES, inspect, is_hidden, undecodable_by_tensorflow
 from tlpipe.params import SplitParams
 
 CANONICAL = paths.RAW_SPLIT_FOLDERS
@@ -106,6 +109,63 @@ def scan(raw: Path) -> tuple[dict[str, dict[str, list[Path]]], list[tuple[str, s
                 stray.append((rel.as_posix(), "not inside a class folder"))
         found[key] = classes
     return found, stray
+
+
+# data.labels: the CSV's columns (Hugging Face's metadata.csv names) and the
+# values its optional split column may take.
+LABEL_COLUMNS = ("file_name", "label")
+LABEL_SPLITS = {"train": "train", "validation": "val", "val": "val", "test": "test"}
+
+
+def read_labels(raw: Path, name: str) -> tuple[dict[str, dict[str, list[Path]]], list[tuple[str, str]], int]:
+    """data.labels: a CSV inside the source (``file_name`` relative to its root,
+    ``label``, optional ``split``) -> the same {source split or "": {class:
+    [files]}} as scan, the rows to reject, and how many images it does not list."""
+    csv_path = raw / name
+    if not csv_path.is_file():
+        raise TlpipeError(f"data.labels names {name!r}, which is not in the source ({csv_path} does not exist); "
+                          "it must be the path of a CSV inside data.source, e.g. labels.csv.")
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        columns = reader.fieldnames or []
+        missing = [c for c in LABEL_COLUMNS if c not in columns]
+        if missing:
+            raise TlpipeError(f"{name} must have a header row with the columns file_name and label (and "
+                              f"optionally split); its header is {', '.join(columns) or '(empty)'}.")
+        rows = list(reader)
+    has_split = "split" in columns
+    listed: dict[str, tuple[str, str, int]] = {}  # file -> (group, label, row number)
+    rejected, conflicting = [], set()
+    for number, row in enumerate(rows, start=2):  # row 1 is the header
+        file_name = (row["file_name"] or "").strip().removeprefix("./")
+        label = (row["label"] or "").strip()
+        where = f"{name} row {number}"
+        if not file_name or not label:
+            raise TlpipeError(f"{where} needs both a file_name and a label; it has {row['file_name']!r}, "
+                              f"{row['label']!r}.")
+        if Path(file_name).is_absolute() or ".." in Path(file_name).parts:
+            raise TlpipeError(f"{where}: file_name {file_name!r} must be relative to the source's root, "
+                              "inside it (no leading / and no ..).")
+        group = ""
+        if has_split:
+            value = (row["split"] or "").strip().lower()
+            if value not in LABEL_SPLITS:
+                raise TlpipeError(f"{where}: split {row['split']!r} must be one of train, validation, test.")
+            group = LABEL_SPLITS[value]
+        if file_name in listed and listed[file_name][:2] != (group, label):
+            conflicting.add(file_name)
+        listed.setdefault(file_name, (group, label, number))
+    found: dict[str, dict[str, list[Path]]] = {}
+    for file_name, (group, label, number) in sorted(listed.items()):
+        if file_name in conflicting:
+            rejected.append((file_name, f"listed in {name} more than once, with different labels or splits"))
+        elif not (raw / file_name).is_file():
+            rejected.append((file_name, f"listed in {name} (row {number}) but not in the source"))
+        else:
+            found.setdefault(group, {}).setdefault(label, []).append(Path(file_name))
+    images = [f for f in _files_under(raw, raw) if f.suffix.lower() in IMAGE_SUFFIXES and f.as_posix() != name]
+    unlisted = sum(f.as_posix() not in listed for f in images)
+    return found, rejected, unlisted
 
 
 def _take(n: int, fraction: float, what: str, label: str, total_needed: int) -> int:
@@ -259,9 +319,14 @@ def _rejected_at_fetch(raw: Path) -> list[tuple[str, str]]:
 
 
 
-def run(params: SplitParams, seed: int, raw: Path = paths.RAW) -> SplitResult:
-    """data/raw -> data/split (+ metrics/data.json); reads ``split.*`` and ``seed``."""
-    found, stray = scan(raw)
+def run(params: SplitParams, seed: int, raw: Path = paths.RAW, labels: str | None = None) -> SplitResult:
+    """data/raw -> data/split (+ metrics/data.json); reads ``split.*``, ``seed``
+    and ``data.labels`` (None: the class is the folder)."""
+    unlisted = None
+    if labels is None:
+        found, stray = scan(raw)
+    else:
+        found, stray, unlisted = read_labels(raw, labels)
     files = [f for classes in found.values() for fs in classes.values() for f in fs]
     result = assign(found, inspect_all(raw, files), params, seed)
     result.rejected = sorted(result.rejected + stray + _rejected_at_fetch(raw))
@@ -283,11 +348,14 @@ def run(params: SplitParams, seed: int, raw: Path = paths.RAW) -> SplitResult:
             "rejected": len(result.rejected),
             "duplicates": result.duplicates,
             "label_conflicts": result.label_conflicts,
+            **({"unlisted": unlisted} if unlisted is not None else {}),
         },
     )
     summary = ", ".join(f"{name} {len(result.rows[name])}" for name in SPLITS)
     print(f"split: {len(result.classes)} classes; {summary}; rejected {len(result.rejected)} "
           f"({result.duplicates} duplicates, {result.label_conflicts} in label conflicts; see {paths.REJECTED})")
+    if unlisted:
+        print(f"split: {unlisted} images in the source are not listed in {labels}: ignored")
     for path, reason in result.rejected[:10]:
         print(f"split: rejected {path}: {reason}")
     return result
