@@ -116,12 +116,12 @@ def normalised(features: np.ndarray) -> np.ndarray:
     return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
 
 
-def unfamiliar_scores(features: np.ndarray, bank: np.ndarray, k: int, skip_self: bool = False) -> np.ndarray:
+def unfamiliar_scores(features: np.ndarray, bank: np.ndarray, k: int) -> np.ndarray:
     """Cosine distance of each (raw) feature row to its k-th nearest row of the
-    normalised ``bank``; ``skip_self``: the rows are the bank's own (leave each out)."""
+    normalised ``bank``."""
     queries = normalised(features)
     bank = np.asarray(bank, dtype=np.float32)
-    k = min(k + int(skip_self), len(bank))
+    k = min(k, len(bank))
     out = np.empty(len(queries), dtype=np.float64)
     for start in range(0, len(queries), _CHUNK):
         sims = queries[start : start + _CHUNK] @ bank.T

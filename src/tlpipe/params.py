@@ -274,14 +274,17 @@ class _Section:
             self.bad(key, "a non-empty string" + (" or null" if allow_null else ""), value)
         return value
 
-    def auto_or_real(self, key: str, low: float, high: float | None) -> float | None:
-        """``auto`` (None: chosen at run time) or a float in [low, high)."""
+    def auto_or_real(self, key: str, low: float, high: float | None, low_closed=True, high_closed=False
+                     ) -> float | None:
+        """``auto`` (None: chosen at run time) or a float in the range given."""
         value = self.get(key)
         if value == "auto":
             return None
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if not ok or not (value >= low and (high is None or value < high)):
-            self.bad(key, "'auto' or a float" + _range_text(low, high, True, False), value)
+        ok = ok and (value >= low if low_closed else value > low) and (
+            high is None or (value <= high if high_closed else value < high))
+        if not ok:
+            self.bad(key, "'auto' or a float" + _range_text(low, high, low_closed, high_closed), value)
         return float(value)
 
     def auto_or_bool(self, key: str) -> bool | None:
@@ -309,16 +312,6 @@ def _range_text(low, high, low_closed, high_closed) -> str:
     if low is None:
         return f" {'<=' if high_closed else '<'} {high}"
     return f" in the range {'[' if low_closed else '('}{low}, {high}{']' if high_closed else ')'}"
-
-
-def _auto_or_similarity(section: _Section, key: str) -> float | None:
-    value = section.get(key)
-    if value == "auto":
-        return None
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 < value <= 1.0
-    if not ok:
-        section.bad(key, "'auto' or a float in the range (0.0, 1.0]", value)
-    return float(value)
 
 
 def parse(raw: Any, source: str = str(paths.PARAMS)) -> Params:
@@ -458,7 +451,8 @@ def parse(raw: Any, source: str = str(paths.PARAMS)) -> Params:
 
     u = top.section("audit")
     audit = AuditParams(
-        near_duplicate_similarity=_auto_or_similarity(u, "near_duplicate_similarity"),
+        near_duplicate_similarity=u.auto_or_real("near_duplicate_similarity", 0.0, 1.0, low_closed=False,
+                                                 high_closed=True),
         folds=u.integer("folds", 2, 20),
         gallery=u.integer("gallery", 0, 200),
     )
