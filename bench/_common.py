@@ -35,7 +35,8 @@ def copy_pipeline(target: Path) -> Path:
     if target.exists():
         shutil.rmtree(target)
     target.mkdir(parents=True)
-    for name in ("dvc.yaml", "params.yaml", ".gitignore"):
+    for name in ("dvc.yaml", "params.yaml", ".gitignore", "data/corrections.csv"):
+        (target / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / name, target / name)
     for folder in ("stages", "src"):
         shutil.copytree(REPO / folder, target / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))

@@ -2,7 +2,9 @@
 
 import _src  # noqa: F401
 
+from pathlib import Path
+
 from tlpipe import split
 from tlpipe.stage import run_stage
 
-run_stage("split", lambda p: split.run(p.split, p.seed, labels=p.data.labels))
+run_stage("split", lambda p: split.run(p.split, p.seed, labels=p.data.labels, corrections=Path(p.data.corrections)))

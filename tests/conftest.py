@@ -76,7 +76,7 @@ def tiny_params(raw: dict, source: Path | str, **top) -> dict:
     p = copy.deepcopy(raw)
     p.update({"backbone": "mobilenet_0.25", "image_size": 32, "weights": "none", "freeze": "block5"})
     p.update(top)
-    p["data"] = {"source": str(source), "sha256": None, "labels": None}
+    p["data"] = {"source": str(source), "sha256": None, "labels": None, "corrections": "data/corrections.csv"}
     p["split"].update({"val_fraction": 0.25, "test_fraction": 0.25})
     p["extract"]["batch_size"] = 16
     p["head"].update({"epochs": 3, "batch_size": 8, "patience": 0})
@@ -162,6 +162,8 @@ def new_dvc_repo(root: Path, params: dict) -> DvcRepo:
         shutil.copy(REPO / name, root / name)
     for folder in ("stages", "src"):
         shutil.copytree(REPO / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    (root / "data").mkdir(exist_ok=True)
+    shutil.copy(REPO / "data" / "corrections.csv", root / "data" / "corrections.csv")
     repo = DvcRepo(root)
     repo.write_params(params)
     repo.run("git", "init", "-q")

@@ -102,15 +102,15 @@ def test_exact_copies_removed_by_split_are_listed(audited):
 def test_swapped_labels_are_the_most_suspicious(audited):
     root, moved, metrics = audited
     issues = read_csv(root / paths.AUDIT_PLOTS / "label_issues.csv")
-    found = {r["path"] for r in issues}
+    found = {r["file_name"] for r in issues}
     recall = len(found & set(moved)) / len(moved)
     assert recall == 1.0, f"label-error recall {recall:.2f}"
     # ranked first: at most one unplanted image among them (random-weight features here)
     top = issues[: len(moved) + 1]
-    assert set(moved) <= {r["path"] for r in top}
+    assert set(moved) <= {r["file_name"] for r in top}
     for r in top:
-        if r["path"] in moved:
-            assert r["suggested"] == moved[r["path"]] and float(r["score"]) < 0.5
+        if r["file_name"] in moved:
+            assert r["suggested"] == moved[r["file_name"]] and float(r["score"]) < 0.5
     scores = [float(r["score"]) for r in issues]
     assert scores == sorted(scores)  # most suspicious (lowest label quality) first
     assert metrics["label_issues"] == len(issues)

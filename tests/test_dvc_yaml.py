@@ -17,7 +17,7 @@ STAGES = DVC["stages"]
 READS = {
     "params": set(),  # the whole file, as a dependency: it checks every key
     "fetch": {"data.source", "data.sha256"},
-    "split": {"seed", "split", "data.labels"},
+    "split": {"seed", "split", "data.labels", "data.corrections"},
     "extract": {"backbone", "image_size", "weights", "seed", "freeze", "extract"},
     "train_head": {"seed", "head"},
     "finetune": {"backbone", "image_size", "weights", "freeze", "seed", "finetune"},
@@ -48,13 +48,32 @@ def test_each_stage_reads_exactly_its_params_and_they_exist():
                 node = node[part]
 
 
+def interpolated(text: str) -> str:
+    """``${a.b}`` replaced by params.yaml's value, as DVC's templating does."""
+    import re
+
+    def value(match):
+        node = PARAMS
+        for part in match.group(1).split("."):
+            node = node[part]
+        return str(node)
+
+    return re.sub(r"\$\{([\w.]+)\}", value, text)
+
+
 def test_each_stage_depends_on_its_own_script_and_runs_it():
     for stage, spec in STAGES.items():
         script = f"stages/{stage}.py"
         assert spec["cmd"] == f"python {script}"
         assert script in spec["deps"]
-        for dep in spec["deps"]:
+        for dep in map(interpolated, spec["deps"]):
             assert (REPO / dep).exists() or dep.startswith("data/") or dep.startswith("models/"), dep
+
+
+def test_the_corrections_file_is_a_dependency_of_split_and_in_git():
+    assert "${data.corrections}" in STAGES["split"]["deps"]
+    assert interpolated("${data.corrections}") == str(paths.CORRECTIONS)
+    assert (REPO / paths.CORRECTIONS).read_text() == "file_name,label\n"
 
 
 # Imported everywhere and cannot change what a stage computes.

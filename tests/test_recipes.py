@@ -24,8 +24,10 @@ def overrides(line: str) -> dict:
     return dict(words[i + 1].split("=", 1) for i, w in enumerate(words) if w == "-S")
 
 
-def test_six_recipes():
-    assert len(LINES) == 6
+def test_seven_recipes_three_through_catalogs():
+    assert len(LINES) == 7
+    sources = {overrides(line).get("data.source") for line in LINES}
+    assert {"keras:cifar10", "tfds:stl10", "tfds:cats_vs_dogs"} <= sources
 
 
 @pytest.mark.parametrize("line", LINES, ids=[re.sub(r"\W+", "_", l[12:60]) for l in LINES])

@@ -353,3 +353,96 @@ def test_exp_run_data_labels_reads_the_csv_through_dvc(tmp_path, dvc_repo_factor
     assert metrics["classes"] == 2 and sum(metrics["images"].values()) == 24 and metrics["unlisted"] == 0
     classes = json.loads((repo.root / "data/split/classes.json").read_text())
     assert classes == ["blue", "red"]
+
+
+# ---------------------------------------------------------------- data.corrections
+
+
+def corrections_file(lines, name="corrections.csv"):
+    path = paths.RAW.parent / name
+    path.write_text("\n".join(["file_name,label", *lines]) + "\n")
+    return path
+
+
+def test_corrections_relabel_and_exclude_without_moving_any_other_image(in_tmp_cwd):
+    make_class_folders(paths.RAW, per_class=16)
+    before = run_split()
+    where = {r.path: s for s in paths.SPLITS for r in before.rows[s]}
+    relabelled, dropped = before.rows["train"][0].path, before.rows["test"][0].path
+    result = split_module.run(PARAMS, 42, paths.RAW, corrections=corrections_file(
+        [f"{relabelled},{'blue' if relabelled.startswith('red') else 'red'}", f"{dropped},exclude"]))
+    after = {r.path: (s, r.label) for s in paths.SPLITS for r in result.rows[s]}
+    assert dropped not in after and after[relabelled][0] == "train"
+    assert after[relabelled][1] != relabelled.split("/")[0]
+    assert {p: s for p, (s, _) in after.items()} == {p: s for p, s in where.items() if p != dropped}
+    metrics = json.loads(paths.DATA_METRICS.read_text())
+    assert (metrics["corrected"], metrics["excluded"], metrics["rejected"]) == (1, 1, 0)
+
+
+def test_a_correction_that_keeps_the_label_counts_nothing(in_tmp_cwd):
+    make_class_folders(paths.RAW, per_class=12)
+    result = split_module.run(PARAMS, 42, paths.RAW, corrections=corrections_file(["red/red_000.jpg,red"]))
+    assert (result.corrected, result.excluded) == (0, 0)
+
+
+def test_excluding_one_copy_resolves_a_label_conflict(in_tmp_cwd):
+    make_class_folders(paths.RAW, per_class=12)
+    copy_bytes(paths.RAW / "red" / "red_000.jpg", paths.RAW / "blue" / "mislabelled.jpg")
+    result = split_module.run(PARAMS, 42, paths.RAW, corrections=corrections_file(["blue/mislabelled.jpg,exclude"]))
+    used = {r.path for s in paths.SPLITS for r in result.rows[s]}
+    assert "red/red_000.jpg" in used and "blue/mislabelled.jpg" not in used
+    assert result.label_conflicts == 0 and not result.rejected
+
+
+@pytest.mark.parametrize("lines, message", [
+    (["red/nope.jpg,red"], "corrections.csv row 2: file_name 'red/nope.jpg' is not an image of the source"),
+    (["red/red_000.jpg,green"], "corrections.csv row 2: label 'green' must be a class (blue, red) or 'exclude'"),
+    (["red/red_000.jpg,blue", "red/red_000.jpg,exclude"], "row 3: 'red/red_000.jpg' is corrected twice, to 'blue'"),
+])
+def test_a_bad_corrections_csv_is_one_line_naming_file_and_row(in_tmp_cwd, lines, message):
+    make_class_folders(paths.RAW, per_class=12)
+    with pytest.raises(TlpipeError) as err:
+        split_module.run(PARAMS, 42, paths.RAW, corrections=corrections_file(lines))
+    assert message in str(err.value) and "\n" not in str(err.value)
+    assert not paths.SPLIT.exists()  # nothing written
+
+
+def test_corrections_without_header_or_file_are_refused(in_tmp_cwd):
+    make_class_folders(paths.RAW, per_class=12)
+    bad = paths.RAW.parent / "fixes.csv"
+    bad.write_text("path,class\nred/red_000.jpg,blue\n")
+    with pytest.raises(TlpipeError, match="fixes.csv must have a header row with the columns file_name and label"):
+        split_module.run(PARAMS, 42, paths.RAW, corrections=bad)
+    with pytest.raises(TlpipeError, match="data.corrections names 'data/gone.csv', which does not exist"):
+        split_module.run(PARAMS, 42, paths.RAW, corrections=paths.RAW.parent / "gone.csv")
+
+
+def test_corrections_that_empty_a_class_in_a_split_stop_the_stage(in_tmp_cwd):
+    make_class_folders(paths.RAW, per_class=8)
+    before = run_split()
+    red_test = [r.path for r in before.rows["test"] if r.label == "red"]
+    with pytest.raises(TlpipeError, match="After data.corrections, class 'red' has no image in the test split"):
+        split_module.run(PARAMS, 42, paths.RAW, corrections=corrections_file([f"{p},blue" for p in red_test]))
+
+
+def test_the_readme_corrections_loop_through_dvc(tmp_path, dvc_repo_factory, raw_params):
+    """The README's loop as a user types it: a row from label_issues.csv's
+    file_name into data/corrections.csv, then `dvc repro`; and
+    `dvc exp run -S data.corrections=...` for a second file."""
+    from conftest import tiny_params
+
+    repo = dvc_repo_factory(tiny_params(raw_params, make_class_folders(tmp_path / "src", per_class=12)))
+    repo.dvc("repro", "split")
+    row = read_csv(repo.root / "data/split/train.csv")[0]
+    other = "blue" if row["label"] == "red" else "red"
+    with open(repo.root / "data/corrections.csv", "a") as f:
+        f.write(f"{row['path']},{other}\n")
+    assert "data/corrections.csv" in repo.dvc("status", "split").stdout
+    assert "Running stage 'split'" in repo.dvc("repro", "split").stdout
+    metrics = json.loads((repo.root / "metrics/data.json").read_text())
+    assert (metrics["corrected"], metrics["excluded"]) == (1, 0)
+    assert {r["path"]: r["label"] for r in read_csv(repo.root / "data/split/train.csv")}[row["path"]] == other
+    (repo.root / "data/reviewed.csv").write_text(f"file_name,label\n{row['path']},exclude\n")
+    repo.dvc("exp", "run", "-S", "data.corrections=data/reviewed.csv", "split")
+    metrics = json.loads((repo.root / "metrics/data.json").read_text())
+    assert (metrics["corrected"], metrics["excluded"]) == (0, 1)

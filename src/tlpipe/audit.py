@@ -177,7 +177,9 @@ def run(audit: AuditParams, *, seed: int) -> dict:
     with atomic.atomic_dir(paths.AUDIT_PLOTS) as tmp:
         header = ("path_a", "path_b", "split_a", "split_b", "label_a", "label_b", "similarity")
         (tmp / "duplicates.csv").write_text(csv_text(header, exact + pair_rows))
-        (tmp / "label_issues.csv").write_text(csv_text(("path", "split", "given", "suggested", "score"), issue_rows))
+        # file_name as data.corrections takes it: a reviewed row goes there with its class.
+        (tmp / "label_issues.csv").write_text(csv_text(("file_name", "split", "given", "suggested", "score"),
+                                                       issue_rows))
         report.pairs_png(tmp / "duplicates.png", pair_rows[: audit.gallery], threshold)
         report.label_issues_png(tmp / "label_issues.png", issue_rows[: audit.gallery])
     metrics = {

@@ -1,7 +1,7 @@
 """fetch: data.source -> data/raw/ (one folder per class, predefined splits kept).
 
-``data.source`` is an http(s) URL of an archive, a local archive, or a local
-folder. A URL is downloaded into the Keras cache (``$KERAS_HOME/datasets``,
+``data.source`` is an http(s) URL of an archive, a local archive, a local
+folder, or a dataset catalog (``keras:cifar10``, ``tfds:stl10``: catalogs.py). A URL is downloaded into the Keras cache (``$KERAS_HOME/datasets``,
 as ``keras.utils.get_file`` would), so a pre-seeded cache works offline.
 
 Nothing unverified is trusted: a download goes to a temporary name, is checked
@@ -26,7 +26,7 @@ import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
 
-from tlpipe import atomic, paths
+from tlpipe import atomic, catalogs, paths
 from tlpipe.artifacts import csv_text
 from tlpipe.errors import TlpipeError
 from tlpipe.images import is_hidden
@@ -45,7 +45,9 @@ def run(data: DataParams, target: Path = paths.RAW) -> Path:
     """Materialise the dataset under ``target`` atomically; return it. Reads ``data.*``."""
     local = check_source(data)
     with atomic.atomic_dir(target) as tmp:
-        if local is None:
+        if catalogs.is_catalog(data.source):
+            catalogs.fetch(data.source, tmp)
+        elif local is None:
             _extract(_download(data.source, data.sha256), data.sha256, tmp)
         elif local.is_dir():
             _copy_folder(local, tmp)

@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from tlpipe import paths
+from tlpipe import catalogs, paths
 from tlpipe.errors import TlpipeError
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
@@ -79,6 +79,7 @@ class DataParams:
     source: str
     sha256: str | None
     labels: str | None = None  # a CSV inside the source: file_name, label[, split]
+    corrections: str = str(paths.CORRECTIONS)  # reviewed fixes in the repo: file_name, label ("exclude" drops)
 
 
 @dataclass(frozen=True)
@@ -340,9 +341,19 @@ def parse(raw: Any, source: str = str(paths.PARAMS)) -> Params:
 
     d = top.section("data")
     data = DataParams(source=d.text("source"), sha256=d.text("sha256", allow_null=True),
-                      labels=d.text("labels", allow_null=True))
+                      labels=d.text("labels", allow_null=True), corrections=d.text("corrections"))
     if data.labels is not None and (Path(data.labels).is_absolute() or ".." in Path(data.labels).parts):
         d.bad("labels", "null or the path of a CSV inside data.source (relative to its root)", data.labels)
+    if Path(data.corrections).is_absolute() or ".." in Path(data.corrections).parts:
+        d.bad("corrections", f"the path of a CSV inside this repository, e.g. {paths.CORRECTIONS} (DVC tracks it)",
+              data.corrections)
+    if catalogs.is_catalog(data.source):
+        if rule := catalogs.problem(data.source):
+            d.bad("source", rule, data.source)
+        if data.sha256 is not None:
+            d.bad("sha256", "null for a catalog source (its loader checks its own download)", data.sha256)
+        if data.labels is not None:
+            d.bad("labels", "null for a catalog source (the catalog has its own labels)", data.labels)
     if data.sha256 is not None and not _SHA256.fullmatch(data.sha256):
         d.bad("sha256", "null or a 64-digit hex SHA-256", data.sha256)
     if is_url(data.source) and not archive_kind(data.source.split("?")[0]):
@@ -522,8 +533,8 @@ def load(path: Path | str = paths.PARAMS) -> Params:
 
 
 def check_source(data: DataParams) -> Path | None:
-    """The local file or folder ``data.source`` names (None for a URL)."""
-    if is_url(data.source):
+    """The local file or folder ``data.source`` names (None for a URL or a catalog)."""
+    if is_url(data.source) or catalogs.is_catalog(data.source):
         return None
     local = Path(data.source).expanduser()
     if local.is_dir():

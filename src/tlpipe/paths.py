@@ -13,6 +13,8 @@ PARAMS = Path("params.yaml")
 PARAMS_CHECKED = Path("data/params.ok")
 
 RAW = Path("data/raw")
+# data.corrections' default: reviewed label fixes, kept in git (the header alone: none).
+CORRECTIONS = Path("data/corrections.csv")
 # Files of a folder source that fetch could not copy (dangling links); split
 # adds them to rejected.csv. Hidden, so that it is never taken for data.
 FETCH_REJECTED = RAW / ".fetch_rejected.csv"

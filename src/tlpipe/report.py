@@ -119,7 +119,7 @@ def label_issues_png(path: Path, issues: list[tuple]) -> None:
         axes[0, 0].text(0, 0.5, "No likely label error found.", fontsize=14)
     for ax, (file, split, given, suggested, score) in zip(axes.ravel(), issues):
         ax.imshow(_thumbnail(paths.RAW / file))
-        ax.set_title(f"{split}: labelled {given}\nlooks like {suggested} (quality {score:.2f})", fontsize=9)
+        ax.set_title(f"{file}\n{split}: labelled {given}\nlooks like {suggested} (quality {score:.2f})", fontsize=8)
     fig.suptitle("Likely label errors (out-of-fold, confident learning), most suspicious first")
     fig.tight_layout()
     fig.savefig(path, dpi=72)

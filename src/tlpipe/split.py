@@ -14,6 +14,9 @@ Rules (also in the README):
 * Every file under a class folder belongs to that class, at any depth. Hidden
   files and folders are skipped silently; anything else that is not a
   decodable image goes to rejected.csv with the reason.
+* ``data.corrections`` (a reviewed CSV: ``file_name``, ``label``; the label
+  ``exclude`` drops the image) applies after the split is drawn, so corrected
+  images keep their split and nothing else moves (read_corrections).
 * Each class gets at least one image in every split, or the stage stops.
 * Label hygiene: files with the same bytes are one image. Copies within a
   class keep the first path (the others are rejected as duplicates, so a copy
@@ -55,6 +58,8 @@ class SplitResult:
     rejected: list[tuple[str, str]]
     duplicates: int = 0  # copies dropped (same bytes, same class)
     label_conflicts: int = 0  # files rejected (same bytes, several classes)
+    corrected: int = 0  # images whose class data.corrections changed
+    excluded: int = 0  # images data.corrections dropped
 
 
 @dataclass(frozen=True)
@@ -168,6 +173,48 @@ def read_labels(raw: Path, name: str) -> tuple[dict[str, dict[str, list[Path]]],
     return found, rejected, unlisted
 
 
+# data.corrections: a reviewed CSV (file_name, label) in the repo; this label drops the image.
+EXCLUDE = "exclude"
+
+
+def read_corrections(path: Path, found) -> dict[str, str | None]:
+    """data.corrections -> {file_name: corrected class, or None to exclude it}.
+
+    ``file_name`` is as in data/split/*.csv and plots/audit/label_issues.csv
+    (relative to data/raw); other columns are ignored, so rows copied from the
+    audit keep their notes."""
+    if not path.is_file():
+        raise TlpipeError(f"data.corrections names {str(path)!r}, which does not exist: it must be a CSV in the "
+                          f"repository with the header file_name,label ({paths.CORRECTIONS} with only that "
+                          "header means no corrections).")
+    known = {rel.as_posix() for classes in found.values() for files in classes.values() for rel in files}
+    class_names = sorted({label for classes in found.values() for label in classes})
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        columns = reader.fieldnames or []
+        if any(c not in columns for c in LABEL_COLUMNS):
+            raise TlpipeError(f"{path} must have a header row with the columns file_name and label; its header "
+                              f"is {', '.join(columns) or '(empty)'}.")
+        rows = list(reader)
+    corrections: dict[str, str | None] = {}
+    for number, row in enumerate(rows, start=2):  # row 1 is the header
+        file_name = (row["file_name"] or "").strip().removeprefix("./")
+        label = (row["label"] or "").strip()
+        where = f"{path} row {number}"
+        if file_name not in known:
+            raise TlpipeError(f"{where}: file_name {file_name!r} is not an image of the source; use the names "
+                              "in data/split/*.csv or plots/audit/label_issues.csv (relative to data/raw).")
+        if label != EXCLUDE and label not in class_names:
+            raise TlpipeError(f"{where}: label {label!r} must be a class ({', '.join(class_names)}) or "
+                              f"{EXCLUDE!r} to drop the image.")
+        value = None if label == EXCLUDE else label
+        if corrections.get(file_name, value) != value:
+            raise TlpipeError(f"{where}: {file_name!r} is corrected twice, to {corrections[file_name] or EXCLUDE!r} "
+                              f"and to {label!r}; keep one row.")
+        corrections[file_name] = value
+    return corrections
+
+
 def _take(n: int, fraction: float, what: str, label: str, total_needed: int) -> int:
     k = max(1, round(n * fraction))
     if n - k < 1 or n < total_needed:
@@ -178,10 +225,14 @@ def _take(n: int, fraction: float, what: str, label: str, total_needed: int) -> 
     return k
 
 
-def same_bytes(found, checked: dict[str, Checked]) -> tuple[dict[str, str], int, int]:
-    """Files to reject for carrying the same bytes as another: -> ({path: reason},
-    duplicates dropped, label conflicts)."""
-    label_of = {rel.as_posix(): label for classes in found.values() for label, fs in classes.items() for rel in fs}
+def same_bytes(found, checked: dict[str, Checked], corrections=None) -> tuple[dict[str, str], int, int]:
+    """Files to reject for carrying the same bytes as another (by their corrected
+    labels; an excluded file takes no part): -> ({path: reason}, duplicates
+    dropped, label conflicts)."""
+    corrections = corrections or {}
+    label_of = {rel.as_posix(): corrections.get(rel.as_posix(), label)
+                for classes in found.values() for label, fs in classes.items() for rel in fs}
+    label_of = {path: label for path, label in label_of.items() if label is not None}
     by_hash: dict[str, list[str]] = {}
     for path in sorted(label_of):
         if checked[path].ok:
@@ -216,10 +267,15 @@ def _check_class_names(found) -> None:
             )
 
 
-def assign(found, checked: dict[str, Checked], params: SplitParams, seed: int) -> SplitResult:
-    """Pure split logic over scanned files and what reading them found."""
+def assign(found, checked: dict[str, Checked], params: SplitParams, seed: int, corrections=None) -> SplitResult:
+    """Pure split logic over scanned files and what reading them found.
+
+    ``corrections`` ({path: class, or None to exclude}) apply after the split
+    is drawn: a corrected image stays in its split and no other image moves,
+    so a metrics diff shows the corrections, not a reshuffle."""
+    corrections = corrections or {}
     _check_class_names(found)
-    same, duplicates, conflicts = same_bytes(found, checked)
+    same, duplicates, conflicts = same_bytes(found, checked, corrections)
     rejected = []
     pools: dict[str, dict[str, list[Row]]] = {}
     for group, classes in found.items():
@@ -281,9 +337,33 @@ def assign(found, checked: dict[str, Checked], params: SplitParams, seed: int) -
                     "Every class needs images in every split."
                 )
             out[name] += rows
+    out, corrected, excluded = _apply_corrections(out, corrections, class_names)
     for name in SPLITS:
         out[name].sort(key=lambda r: r.path)
-    return SplitResult(class_names, out, sorted(rejected), duplicates, conflicts)
+    return SplitResult(class_names, out, sorted(rejected), duplicates, conflicts, corrected, excluded)
+
+
+def _apply_corrections(out: dict[str, list[Row]], corrections, class_names) -> tuple[dict[str, list[Row]], int, int]:
+    corrected = excluded = 0
+    if not corrections:
+        return out, 0, 0
+    fixed: dict[str, list[Row]] = {}
+    for name, rows in out.items():
+        fixed[name] = []
+        for row in rows:
+            if row.path not in corrections:
+                fixed[name].append(row)
+            elif corrections[row.path] is None:
+                excluded += 1
+            else:
+                corrected += corrections[row.path] != row.label
+                fixed[name].append(Row(row.path, corrections[row.path], row.decoder))
+        for label in class_names:
+            if not any(r.label == label for r in fixed[name]):
+                raise TlpipeError(f"After data.corrections, class '{label}' has no image in the {name} split. "
+                                  "Every class needs images in every split: correct fewer of its images, or "
+                                  "exclude the class's folder from the source.")
+    return fixed, corrected, excluded
 
 
 def inspect_all(raw: Path, files: list[Path]) -> dict[str, Checked]:
@@ -319,16 +399,19 @@ def _rejected_at_fetch(raw: Path) -> list[tuple[str, str]]:
 
 
 
-def run(params: SplitParams, seed: int, raw: Path = paths.RAW, labels: str | None = None) -> SplitResult:
-    """data/raw -> data/split (+ metrics/data.json); reads ``split.*``, ``seed``
-    and ``data.labels`` (None: the class is the folder)."""
+def run(params: SplitParams, seed: int, raw: Path = paths.RAW, labels: str | None = None,
+        corrections: Path | None = None) -> SplitResult:
+    """data/raw -> data/split (+ metrics/data.json); reads ``split.*``, ``seed``,
+    ``data.labels`` (None: the class is the folder) and ``data.corrections``
+    (None: no corrections)."""
     unlisted = None
     if labels is None:
         found, stray = scan(raw)
     else:
         found, stray, unlisted = read_labels(raw, labels)
+    fixes = read_corrections(Path(corrections), found) if corrections is not None else {}
     files = [f for classes in found.values() for fs in classes.values() for f in fs]
-    result = assign(found, inspect_all(raw, files), params, seed)
+    result = assign(found, inspect_all(raw, files), params, seed, fixes)
     result.rejected = sorted(result.rejected + stray + _rejected_at_fetch(raw))
     with atomic.atomic_dir(paths.SPLIT) as tmp:
         for name in SPLITS:
@@ -348,12 +431,16 @@ def run(params: SplitParams, seed: int, raw: Path = paths.RAW, labels: str | Non
             "rejected": len(result.rejected),
             "duplicates": result.duplicates,
             "label_conflicts": result.label_conflicts,
+            "corrected": result.corrected,
+            "excluded": result.excluded,
             **({"unlisted": unlisted} if unlisted is not None else {}),
         },
     )
     summary = ", ".join(f"{name} {len(result.rows[name])}" for name in SPLITS)
     print(f"split: {len(result.classes)} classes; {summary}; rejected {len(result.rejected)} "
           f"({result.duplicates} duplicates, {result.label_conflicts} in label conflicts; see {paths.REJECTED})")
+    if fixes:
+        print(f"split: {corrections}: {result.corrected} images relabelled, {result.excluded} excluded")
     if unlisted:
         print(f"split: {unlisted} images in the source are not listed in {labels}: ignored")
     for path, reason in result.rejected[:10]:
