@@ -25,7 +25,8 @@ test: setup
 	pytest -q
 
 # Whole-pipeline runs: interruptions (kill -9, Ctrl-C) in fresh DVC repos, the finetune
-# script under several replicas and mixed precision (about 13 minutes).
+# script under several replicas and mixed precision, every export format, the slowest
+# `dvc exp run` and fine-tuning paths (about 24 minutes).
 test-heavy: setup
 	pytest -q -m heavy
 

@@ -9,7 +9,7 @@ run_stage(
     "finetune",
     lambda p: finetune.run(
         p.finetune,
-        finetune.Setup(
+        finetune.BackboneChoice(
             backbone=p.backbone, image_size=p.image_size, weights=p.weights, freeze=p.freeze, seed=p.seed
         ),
     ),

@@ -210,9 +210,9 @@ def run_stage_code(p, *names: str):
 
 
 def finetune_setup(p):
-    from tlpipe.finetune import Setup
+    from tlpipe.finetune import BackboneChoice
 
-    return Setup(backbone=p.backbone, image_size=p.image_size, weights=p.weights, freeze=p.freeze, seed=p.seed)
+    return BackboneChoice(backbone=p.backbone, image_size=p.image_size, weights=p.weights, freeze=p.freeze, seed=p.seed)
 
 
 def render_in_chromium(page: Path, profile: Path, screenshot: Path | None = None) -> str:

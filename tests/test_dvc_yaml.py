@@ -116,14 +116,24 @@ def test_stage_modules_never_import_each_other():
         assert not (code_closure(stage) - {stage}) & set(STAGES), stage
 
 
+def stage_body(tree: ast.Module, stage: str) -> ast.Lambda | ast.FunctionDef:
+    """The function a stage script passes to ``run_stage(stage, ...)``: a lambda
+    or a function defined in the script."""
+    (call,) = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "run_stage"]
+    assert isinstance(call.args[0], ast.Constant) and call.args[0].value == stage, stage
+    body = call.args[1]
+    if isinstance(body, ast.Name):
+        (body,) = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == body.id]
+    return body
+
+
 def params_read_by_script(stage: str) -> set[str]:
     """The params keys a stage script hands its code: every ``p.a`` / ``p.a.b``
     in the function it passes to run_stage."""
-    tree = ast.parse((REPO / "stages" / f"{stage}.py").read_text())
-    (body,) = [n for n in ast.walk(tree) if isinstance(n, ast.Lambda)]
+    body = stage_body(ast.parse((REPO / "stages" / f"{stage}.py").read_text()), stage)
     arg = body.args.args[0].arg
     keys = set()
-    for node in ast.walk(body.body):
+    for node in ast.walk(body):
         chain = []
         while isinstance(node, ast.Attribute):
             chain.insert(0, node.attr)

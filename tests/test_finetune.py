@@ -1,6 +1,7 @@
-"""Freezing and assembling the fine-tune model, on several backbones with random
-weights at small sizes: the trainable set matches the freeze word exactly, BN
-never trains, one step changes exactly the trainable weights."""
+"""Assembling and running the fine-tune model, on several backbones with random
+weights at small sizes: the trained head lands in the model, one step changes
+exactly the trainable weights, the stage runs each path (freezing itself:
+tests/test_freeze.py)."""
 
 import json
 
@@ -14,14 +15,6 @@ from tlpipe.finetune import assemble
 from tlpipe.training import compile_model
 
 from conftest import finetune_setup, run_stage_code, tiny_params
-
-CASES = [
-    ("mobilenet_0.25", 32),
-    ("vgg16", 32),
-    ("resnet50", 32),
-    ("efficientnet_b0", 32),
-    ("mobilenet_v3_small", 32),
-]
 
 
 def build(raw_params, name, size, word, n_classes=3):
@@ -53,28 +46,11 @@ def weights_by_layer(layers):
     return {l.name: [keras.ops.convert_to_numpy(w) for w in l.weights] for l in layers}
 
 
-@pytest.mark.parametrize("name, size", CASES)
-def test_block5_trains_exactly_the_layers_past_the_boundary(raw_params, name, size):
-    _, model, backbone, plan = build(raw_params, name, size, "block5")
-    spec = backbones.get(name)
-    boundary = freeze.stage_boundary(backbone, spec, 5)
-    upstream = freeze.upstream_layers(boundary)
-    for layer in backbone.layers:
-        expected = layer.name not in upstream and not isinstance(layer, keras.layers.BatchNormalization)
-        assert layer.trainable == expected, layer.name
-    assert any(l.trainable and l.weights for l in backbone.layers)
+def test_the_head_trains_past_a_block5_boundary_and_nothing_with_freeze_all(raw_params):
+    _, model, _, _ = build(raw_params, "mobilenet_0.25", 32, "block5")
     assert model.get_layer("head").trainable
-
-
-@pytest.mark.parametrize("name, size", CASES)
-def test_batchnorm_never_trainable_even_with_everything_unfrozen(raw_params, name, size):
-    _, model, backbone, _ = build(raw_params, name, size, "none")
-    bns = [l for l in backbone.layers if isinstance(l, keras.layers.BatchNormalization)]
-    if name == "vgg16":
-        assert not bns
-    else:
-        assert bns and not any(l.trainable for l in bns)
-    assert all(l.trainable for l in backbone.layers if not isinstance(l, keras.layers.BatchNormalization))
+    _, model, _, plan = build(raw_params, "mobilenet_0.25", 32, "all")
+    assert plan.trains_nothing and model.trainable_weights == []
 
 
 # Random-init MobileNets and EfficientNets shrink activations to ~1e-10 (BN at
@@ -108,32 +84,7 @@ def test_trained_head_weights_are_in_the_assembled_model(raw_params):
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(w), e)
 
 
-def test_freeze_all_trains_nothing(raw_params):
-    _, model, backbone, plan = build(raw_params, "mobilenet_0.25", 32, "all")
-    assert plan.trains_nothing
-    assert model.trainable_weights == []
-
-
-def test_freeze_auto_uses_the_registry_default(raw_params):
-    _, _, _, plan = build(raw_params, "mobilenet_0.25", 32, "auto")
-    assert plan.word == backbones.get("mobilenet_0.25").default_freeze
-
-
-def test_exact_layer_name(raw_params):
-    _, _, backbone, plan = build(raw_params, "mobilenet_0.25", 32, "conv_dw_13")
-    assert not backbone.get_layer("conv_pw_12").trainable
-    assert backbone.get_layer("conv_dw_13").trainable
-
-
-def test_unknown_stage_or_layer_is_a_clear_error(raw_params):
-    # blockN out of range: rejected when params are read, before any stage works
-    with pytest.raises(TlpipeError, match=r"one of 'block1', .*'block5', or an exact Keras layer name .* Got 'block6'"):
-        build(raw_params, "mobilenet_0.25", 32, "block6")
-    # a layer name is checked on the built backbone, in the same words
-    with pytest.raises(TlpipeError, match=r"The 'freeze' parameter must be .* Got 'nope' instead. \(backbone 'mobilenet_0.25' has no such layer"):
-        build(raw_params, "mobilenet_0.25", 32, "nope")
-
-
+@pytest.mark.heavy  # the image path with every augmentation: about a minute (make test-heavy)
 def test_finetune_stage_with_every_augmentation_on(in_tmp_cwd, raw_params):
     """The uncached path: augmentation layers run each epoch under op determinism,
     and the saved model is the best epoch with the augmentation inactive at inference."""
@@ -163,6 +114,7 @@ def test_finetune_stage_with_every_augmentation_on(in_tmp_cwd, raw_params):
     assert json.loads(paths.FINETUNE_METRICS.read_text())["trainable_params"] > 0
 
 
+@pytest.mark.heavy  # two streamed runs: about a minute (make test-heavy)
 def test_finetune_streams_from_files_when_data_does_not_fit(in_tmp_cwd, raw_params, monkeypatch):
     """Data over the memory budget: no prefix cache, no in-memory decode; images
     stream from the files with a seeded per-epoch shuffle, so reruns agree."""
@@ -189,25 +141,6 @@ def test_finetune_streams_from_files_when_data_does_not_fit(in_tmp_cwd, raw_para
         runs.append({k: v for k, v in metrics.items() if not k.endswith("_seconds")})
     assert runs[0] == runs[1]
     assert json.loads(paths.FINETUNE_METRICS.read_text())["val_loss"] == runs[0]["val_loss"]
-
-
-def test_image_dataset_shuffle_is_seeded_and_reshuffles_each_epoch(tmp_path):
-    from tlpipe import images
-
-    from conftest import make_class_folders
-
-    files = sorted(make_class_folders(tmp_path, per_class=6).rglob("*.jpg"))
-    labels = np.arange(len(files))
-
-    def epochs(seed):
-        ds = images.dataset(files, ["tf"] * len(files), 8, 4, labels=labels, shuffle_seed=seed)
-        return [np.concatenate([y.numpy() for _, y in ds]).tolist() for _ in range(2)]
-
-    first, again = epochs(1), epochs(1)
-    assert first == again
-    assert first[0] != first[1] and sorted(first[0]) == labels.tolist()
-    plain = images.dataset(files, ["tf"] * len(files), 8, 4, labels=labels)
-    assert np.concatenate([y.numpy() for _, y in plain]).tolist() == labels.tolist()
 
 
 @pytest.fixture

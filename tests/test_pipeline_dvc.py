@@ -135,6 +135,7 @@ def test_exp_run_finetune_param_reuses_the_stored_prefix(repo):
     assert set(ran(repo.dvc("repro").stdout)) <= {"params"}  # back to the committed run, from the run-cache
 
 
+@pytest.mark.heavy  # three experiments: over a minute (make test-heavy)
 def test_exp_run_exact_head_chooses_l2_on_val_or_takes_a_fixed_one(repo):
     """The README's `dvc exp run -S head.solver=lbfgs` and `... -S head.l2=0.001`, typed as a user types them."""
     original = repo.params()
@@ -198,6 +199,7 @@ def test_exp_run_trust_coverage_recalibrates_the_sets_only(repo):
     assert set(ran(repo.dvc("repro").stdout)) <= {"params"}
 
 
+@pytest.mark.heavy  # two experiments through extract: over a minute (make test-heavy)
 def test_exp_run_freeze_recomputes_only_the_prefix_then_reuses_it(repo):
     result = repo.dvc("exp", "run", "-n", "block4", "-S", "freeze=block4")
     # extract writes the new prefix; the pooled features are unchanged, so the head is kept

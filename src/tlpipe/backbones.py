@@ -195,12 +195,14 @@ def names() -> list[str]:
     return list(REGISTRY)
 
 
+def did_you_mean(name) -> str:
+    """'Did you mean ...? Valid names: ...' for a name the registry lacks."""
+    close = difflib.get_close_matches(str(name), names(), n=1, cutoff=0.5)
+    return f"{f'Did you mean {close[0]!r}? ' if close else ''}Valid names: {', '.join(names())}."
+
+
 def get(name: str) -> Backbone:
     try:
         return REGISTRY[name]
     except KeyError:
-        close = difflib.get_close_matches(name, names(), n=1, cutoff=0.5)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise TlpipeError(
-            f"Unknown backbone {name!r}.{hint} Valid names: {', '.join(names())}."
-        ) from None
+        raise TlpipeError(f"Unknown backbone {name!r}. {did_you_mean(name)}") from None

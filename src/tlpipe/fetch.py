@@ -1,7 +1,8 @@
 """fetch: data.source -> data/raw/ (one folder per class, predefined splits kept).
 
 ``data.source`` is an http(s) URL of an archive, a local archive, a local
-folder, or a dataset catalog (``keras:cifar10``, ``tfds:stl10``: catalogs.py). A URL is downloaded into the Keras cache (``$KERAS_HOME/datasets``,
+folder, or a dataset catalog (``keras:cifar10``, ``tfds:stl10``: see
+tlpipe.catalogs). A URL is downloaded into the Keras cache (``$KERAS_HOME/datasets``,
 as ``keras.utils.get_file`` would), so a pre-seeded cache works offline.
 
 Nothing unverified is trusted: a download goes to a temporary name, is checked

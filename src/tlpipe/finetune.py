@@ -42,8 +42,9 @@ from tlpipe.training import Inputs, callbacks, compile_model, learning_rate, opt
 
 
 @dataclass(frozen=True)
-class Setup:
-    """The params keys this stage reads, besides ``finetune.*``."""
+class BackboneChoice:
+    """Which backbone, at what size, with which weights, frozen where, seeded
+    how: the params keys this stage reads besides ``finetune.*``."""
 
     backbone: str
     image_size: int
@@ -60,13 +61,14 @@ def mixed_precision_on(setting: bool | None) -> bool:
     return setting
 
 
-def assemble(s: Setup, fp: FinetuneParams, backbone: keras.Model, plan: freeze.Plan, head: keras.Model):
+def assemble(choice: BackboneChoice, tuning: FinetuneParams, backbone: keras.Model, plan: freeze.Plan,
+             head: keras.Model):
     """The classifier on pixels: augmentation, preprocessing, the (frozen as
     ``plan`` says) backbone and the trained head."""
     head.trainable = not plan.trains_nothing
-    spec = backbones.get(s.backbone)
-    pixels, features = on_pixels(spec, s.image_size, backbone, augmentation(fp.augment, s.seed))
-    return keras.Model(pixels, head(features), name=f"{s.backbone}_classifier")
+    spec = backbones.get(choice.backbone)
+    pixels, features = on_pixels(spec, choice.image_size, backbone, augmentation(tuning.augment, choice.seed))
+    return keras.Model(pixels, head(features), name=f"{choice.backbone}_classifier")
 
 
 def trainable_count(model: keras.Model) -> int:
@@ -81,15 +83,16 @@ def _top_model(model: keras.Model, backbone: keras.Model, plan: freeze.Plan) -> 
     return keras.Model(prefix_input, model.get_layer("head")(top(prefix_input, training=False)))
 
 
-def _stored_prefix(s: Setup, fp: FinetuneParams, plan: freeze.Plan, fingerprint: str) -> bool:
+def _stored_prefix(choice: BackboneChoice, tuning: FinetuneParams, plan: freeze.Plan, fingerprint: str) -> bool:
     """Whether data/prefix holds this run's frozen-prefix outputs."""
-    if fp.augment.any or not plan.has_prefix:
+    if tuning.augment.any or not plan.has_prefix:
         return False  # random augmentation runs before the prefix: outputs differ every epoch
     meta = read_prefix_meta()
     if not meta["cached"]:
         print(f"finetune: no stored frozen prefix ({meta['reason']})")
         return False
-    wanted = {"backbone": s.backbone, "image_size": s.image_size, "weights_sha256": fingerprint, "freeze": plan.word}
+    wanted = {"backbone": choice.backbone, "image_size": choice.image_size, "weights_sha256": fingerprint,
+              "freeze": plan.word}
     stale = {k: meta.get(k) for k, v in wanted.items() if meta.get(k) != v}
     if stale:
         raise TlpipeError(
@@ -160,17 +163,17 @@ def _save_shipped(model, val_probs: np.ndarray, val_rows, y_val: np.ndarray, tta
     }
 
 
-def _devices(fp: FinetuneParams, seed: int):
+def _devices(tuning: FinetuneParams, seed: int):
     """(strategy, global batch size): where training runs, seeded, with mixed
     precision when asked for (auto: with a GPU)."""
     strategy = distributed.choose_strategy()  # first: it may configure devices
     seed_everything(seed)
-    if mixed_precision_on(fp.mixed_precision):
+    if mixed_precision_on(tuning.mixed_precision):
         keras.mixed_precision.set_global_policy("mixed_float16")
-    return strategy, fp.batch_size * strategy.num_replicas_in_sync  # the per-replica batch stays as configured
+    return strategy, tuning.batch_size * strategy.num_replicas_in_sync  # the per-replica batch stays as configured
 
 
-def _fit_or_keep_head(trainer, model: keras.Model, train, val: Inputs, y_val: np.ndarray, fp: FinetuneParams,
+def _fit_or_keep_head(trainer, model: keras.Model, train, val: Inputs, y_val: np.ndarray, tuning: FinetuneParams,
                       steps_per_epoch: int, log_dir: Path) -> tuple[str, np.ndarray, dict]:
     """Train from the head; keep the result only if it beats the head on val
     (scoring.beats). -> (shipped: "finetuned" or "head", its val probabilities,
@@ -183,8 +186,8 @@ def _fit_or_keep_head(trainer, model: keras.Model, train, val: Inputs, y_val: np
         log_dir.joinpath("metrics.json").write_text("{}\n")
         return "head", head_probs, figures
     start_weights = model.get_weights()
-    warmup = (fp.learning_rate, fp.warmup_epochs * steps_per_epoch)
-    result = trainer.fit(train, val, fp.epochs, callbacks(fp.patience, fp.schedule, log_dir, warmup))
+    warmup = (tuning.learning_rate, tuning.warmup_epochs * steps_per_epoch)
+    result = trainer.fit(train, val, tuning.epochs, callbacks(tuning.patience, tuning.schedule, log_dir, warmup))
     tuned_probs = trainer.predict(val).astype(np.float64)
     figures.update(epochs_run=len(result.history["val_loss"]), fit_seconds=round(result.seconds, 2))
     if beats(y_val, tuned_probs, head_probs):
@@ -197,11 +200,11 @@ def _fit_or_keep_head(trainer, model: keras.Model, train, val: Inputs, y_val: np
     return "head", head_probs, figures
 
 
-def run(fp: FinetuneParams, s: Setup) -> dict:
+def run(tuning: FinetuneParams, choice: BackboneChoice) -> dict:
     """images (or data/prefix) + models/head.keras -> models/model.keras; reads
-    ``finetune.*`` and ``Setup``. On several machines every worker trains and
+    ``finetune.*`` and ``BackboneChoice``. On several machines every worker trains and
     the chief alone writes (see tlpipe.distributed)."""
-    strategy, batch_size = _devices(fp, s.seed)
+    strategy, batch_size = _devices(tuning, choice.seed)
     chief = distributed.is_chief()
     classes = read_classes()
     train_rows, val_rows = read_split("train"), read_split("val")
@@ -210,33 +213,35 @@ def run(fp: FinetuneParams, s: Setup) -> dict:
     y_val = keras.utils.to_categorical(y_val_idx, len(classes))
 
     with strategy.scope():  # build: the classifier, and what trains (its top alone on a stored prefix)
-        spec = backbones.get(s.backbone)
-        backbone, plan = freeze.frozen_backbone(spec, s.image_size, s.weights, s.freeze)  # first: same init as extract
-        model = assemble(s, fp, backbone, plan, load_model(paths.HEAD_MODEL))
-        trains = not plan.trains_nothing and fp.epochs > 0
-        on_prefix = trains and _stored_prefix(s, fp, plan, backbones.weights_fingerprint(backbone))
+        spec = backbones.get(choice.backbone)
+        # first: the same random init as extract's
+        backbone, plan = freeze.frozen_backbone(spec, choice.image_size, choice.weights, choice.freeze)
+        model = assemble(choice, tuning, backbone, plan, load_model(paths.HEAD_MODEL))
+        trains = not plan.trains_nothing and tuning.epochs > 0
+        on_prefix = trains and _stored_prefix(choice, tuning, plan, backbones.weights_fingerprint(backbone))
         fit_model = _top_model(model, backbone, plan) if on_prefix else model
         steps_per_epoch = steps(len(train_rows), batch_size)
-        lr = learning_rate(fp.learning_rate, fp.schedule, fp.epochs, steps_per_epoch, fp.warmup_epochs)
-        compile_model(fit_model, optimizer(fp.optimizer, lr), fp.label_smoothing)
-        fit_model.jit_compile = fp.xla
-    trainer = distributed.trainer(strategy, fit_model, fp.label_smoothing, batch_size, s.seed)
+        lr = learning_rate(tuning.learning_rate, tuning.schedule, tuning.epochs, steps_per_epoch, tuning.warmup_epochs)
+        compile_model(fit_model, optimizer(tuning.optimizer, lr), tuning.label_smoothing)
+        fit_model.jit_compile = tuning.xla
+    trainer = distributed.trainer(strategy, fit_model, tuning.label_smoothing, batch_size, choice.seed)
 
     start = time.perf_counter()  # data: stored prefix outputs, or images
-    val = _inputs(val_rows, y_val, s.image_size, batch_size, s.seed, "val", on_prefix)
-    train = _inputs(train_rows, y_train, s.image_size, batch_size, s.seed, "train", on_prefix, shuffle=True) if trains else None
+    val = _inputs(val_rows, y_val, choice.image_size, batch_size, choice.seed, "val", on_prefix)
+    train = (_inputs(train_rows, y_train, choice.image_size, batch_size, choice.seed, "train", on_prefix, shuffle=True)
+             if trains else None)
     data_seconds = time.perf_counter() - start
 
     # Other workers of a cluster log to a scratch folder: the chief's logs are the run's.
     with (atomic.atomic_dir(paths.FINETUNE_LOGS) if chief else tempfile.TemporaryDirectory()) as log_dir:
-        shipped, val_probs, metrics = _fit_or_keep_head(trainer, model, train, val, y_val_idx, fp, steps_per_epoch,
+        shipped, val_probs, metrics = _fit_or_keep_head(trainer, model, train, val, y_val_idx, tuning, steps_per_epoch,
                                                         Path(log_dir))
     if not chief:
         print(f"finetune: {distributed.describe_task()} done; the chief writes {paths.MODEL} and "
               f"{paths.FINETUNE_METRICS}, this worker writes nothing")
         return metrics
 
-    shipping = _save_shipped(model, val_probs, val_rows, y_val_idx, fp.tta, s.image_size, batch_size)
+    shipping = _save_shipped(model, val_probs, val_rows, y_val_idx, tuning.tta, choice.image_size, batch_size)
     metrics.update({
         "shipped": shipped,
         **shipping,

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from dataclasses import dataclass, replace
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,6 @@ from tlpipe.errors import TlpipeError
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SCHEDULES = ("constant", "cosine", "plateau")
-HEAD_SOLVERS = ("keras", "lbfgs")
 # What the export stage writes (models/export/model_<format>...), in the order written.
 EXPORT_FORMATS = ("saved_model", "tflite", "tflite_float16", "tflite_int8", "onnx")
 FREEZE_WORDS = ("auto", "all", "none")
@@ -74,51 +73,60 @@ def archive_kind(name: str) -> str | None:
     return None
 
 
+def rule(reader: str, *args: Any, default: Any = MISSING, **kwargs: Any):
+    """A field's rule, declared beside it: the _Section reader that checks the
+    key of the same name, with its bounds (read_section applies them)."""
+    return field(default=default, metadata={"reader": (reader, args, kwargs)})
+
+
 @dataclass(frozen=True)
 class DataParams:
-    source: str
-    sha256: str | None
-    labels: str | None = None  # a CSV inside the source: file_name, label[, split]
-    corrections: str = str(paths.CORRECTIONS)  # reviewed fixes in the repo: file_name, label ("exclude" drops)
+    source: str = rule("text")
+    sha256: str | None = rule("text", allow_null=True)
+    # a CSV inside the source: file_name, label[, split]
+    labels: str | None = rule("text", allow_null=True, default=None)
+    # reviewed fixes in the repo: file_name, label ("exclude" drops)
+    corrections: str = rule("text", default=str(paths.CORRECTIONS))
 
 
 @dataclass(frozen=True)
 class SplitParams:
-    val_fraction: float
-    test_fraction: float
-    test_from_val: float
+    val_fraction: float = rule("real", 0.0, 1.0, low_closed=False)
+    test_fraction: float = rule("real", 0.0, 1.0, low_closed=False)
+    test_from_val: float = rule("real", 0.0, 1.0, low_closed=False)
 
 
 @dataclass(frozen=True)
 class ExtractParams:
-    batch_size: int
-    prefix_max_gb: float  # disk for data/prefix; beyond it fine-tuning streams images
+    batch_size: int = rule("integer", 1, 4096)
+    prefix_max_gb: float = rule("real", 0.0, None)  # disk for data/prefix; beyond it fine-tuning streams images
 
 
 @dataclass(frozen=True)
 class HeadParams:
-    solver: str  # keras (Adam, dropout, early stopping) | lbfgs (exact logistic regression; linear heads)
-    hidden: tuple[int, ...]
-    dropout: float
-    batchnorm: bool
-    l2: float | None  # None (auto): chosen on val by the lbfgs solver, 0 for keras
-    optimizer: str
-    learning_rate: float
-    epochs: int
-    batch_size: int
-    patience: int
-    label_smoothing: float
-    class_weight: str
+    # keras (Adam, dropout, early stopping) | lbfgs (exact logistic regression; linear heads)
+    solver: str = rule("choice", ("keras", "lbfgs"))
+    hidden: tuple[int, ...] = rule("widths")
+    dropout: float = rule("real", 0.0, 1.0)
+    batchnorm: bool = rule("boolean")
+    l2: float | None = rule("auto_or_real", 0.0, None)  # None (auto): chosen on val by lbfgs, 0 for keras
+    optimizer: str = rule("choice", OPTIMIZERS)
+    learning_rate: float = rule("real", 0.0, 10.0, low_closed=False)
+    epochs: int = rule("integer", 1, 100_000)
+    batch_size: int = rule("integer", 1, 65_536)
+    patience: int = rule("integer", 0, 100_000)
+    label_smoothing: float = rule("real", 0.0, 1.0)
+    class_weight: str = rule("choice", ("auto", "none"))
 
 
 @dataclass(frozen=True)
 class AugmentParams:
-    flip: bool
-    rotation: float
-    zoom: float
-    translation: float
-    contrast: float
-    crop: float
+    flip: bool = rule("boolean")
+    rotation: float = rule("real", 0.0, 0.5, high_closed=True)
+    zoom: float = rule("real", 0.0, 1.0)
+    translation: float = rule("real", 0.0, 1.0)
+    contrast: float = rule("real", 0.0, 1.0)
+    crop: float = rule("real", 0.0, 1.0)
 
     @property
     def any(self) -> bool:
@@ -129,55 +137,56 @@ class AugmentParams:
 
 @dataclass(frozen=True)
 class FinetuneParams:
-    epochs: int
-    batch_size: int
-    optimizer: str
-    learning_rate: float
-    schedule: str
-    warmup_epochs: int
-    patience: int
-    label_smoothing: float
-    augment: AugmentParams
-    mixed_precision: bool | None  # None: on when a GPU is present
-    xla: bool
-    tta: bool | None  # mirror-image test-time augmentation; None: chosen on val
+    epochs: int = rule("integer", 0, 100_000)
+    batch_size: int = rule("integer", 1, 65_536)
+    optimizer: str = rule("choice", OPTIMIZERS)
+    learning_rate: float = rule("real", 0.0, 10.0, low_closed=False)
+    schedule: str = rule("choice", SCHEDULES)
+    warmup_epochs: int = rule("integer", 0, 100_000)
+    patience: int = rule("integer", 0, 100_000)
+    label_smoothing: float = rule("real", 0.0, 1.0)
+    augment: AugmentParams = rule("section", AugmentParams)
+    mixed_precision: bool | None = rule("auto_or_bool")  # None: on when a GPU is present
+    xla: bool = rule("boolean")
+    tta: bool | None = rule("auto_or_bool")  # mirror-image test-time augmentation; None: chosen on val
 
 
 @dataclass(frozen=True)
 class EvaluateParams:
-    batch_size: int
-    top_k: int
-    gallery: int
+    batch_size: int = rule("integer", 1, 65_536)
+    top_k: int = rule("integer", 2, 100)
+    gallery: int = rule("integer", 0, 1000)
 
 
 @dataclass(frozen=True)
 class TrustParams:
-    coverage: float
-    unfamiliar_quantile: float
-    neighbours: int
+    coverage: float = rule("real", 0.0, 1.0, low_closed=False)
+    unfamiliar_quantile: float = rule("real", 0.0, 1.0, low_closed=False, high_closed=True)
+    neighbours: int = rule("integer", 1, 1000)
 
 
 @dataclass(frozen=True)
 class ExportParams:
-    formats: tuple[str, ...]
-    representative_images: int
-    max_accuracy_drop: float
+    formats: tuple[str, ...] = rule("subset", EXPORT_FORMATS)
+    representative_images: int = rule("integer", 1, 100_000)
+    max_accuracy_drop: float = rule("real", 0.0, 1.0, high_closed=True)
 
 
 @dataclass(frozen=True)
 class AuditParams:
-    near_duplicate_similarity: float | None  # None: calibrated on near-copies of the data (auto)
-    folds: int
-    gallery: int
+    # None: calibrated on near-copies of the data (auto)
+    near_duplicate_similarity: float | None = rule("auto_or_real", 0.0, 1.0, low_closed=False, high_closed=True)
+    folds: int = rule("integer", 2, 20)
+    gallery: int = rule("integer", 0, 200)
 
 
 @dataclass(frozen=True)
 class ScratchParams:
-    enabled: bool
-    epochs: int
-    batch_size: int
-    learning_rate: float
-    patience: int
+    enabled: bool = rule("boolean")
+    epochs: int = rule("integer", 1, 100_000)
+    batch_size: int = rule("integer", 1, 65_536)
+    learning_rate: float = rule("real", 0.0, 10.0, low_closed=False)
+    patience: int = rule("integer", 0, 100_000)
 
 
 @dataclass(frozen=True)
@@ -295,6 +304,21 @@ class _Section:
             self.bad(key, "'auto', true or false", value)
         return None if value == "auto" else value
 
+    def widths(self, key: str) -> tuple[int, ...]:
+        value = self.get(key)
+        if not isinstance(value, list) or not all(
+            isinstance(u, int) and not isinstance(u, bool) and u >= 1 for u in value
+        ):
+            self.bad(key, "a list of layer widths (ints >= 1); [] for a linear head", value)
+        return tuple(value)
+
+    def subset(self, key: str, options: tuple[str, ...]) -> tuple[str, ...]:
+        """Distinct options, returned in the order of ``options``."""
+        value = self.get(key)
+        if not (isinstance(value, list) and all(v in options for v in value) and len(set(value)) == len(value)):
+            self.bad(key, "a list of distinct formats among " + ", ".join(options) + " ([] exports nothing)", value)
+        return tuple(o for o in options if o in value)
+
     def finish(self):
         unknown = sorted(set(self.mapping) - self.used, key=str)
         if unknown:
@@ -322,10 +346,7 @@ def parse(raw: Any, source: str = str(paths.PARAMS)) -> Params:
     top = _Section(source, raw, "")
     backbone = top.get("backbone")
     if not isinstance(backbone, str) or backbone not in backbones.names():
-        valid = backbones.names()
-        close = difflib.get_close_matches(str(backbone), valid, n=1, cutoff=0.5)
-        hint = f"Did you mean '{close[0]}'? " if close else ""
-        top.bad("backbone", "one of the registry's names", backbone, f"{hint}Valid names: {', '.join(valid)}.")
+        top.bad("backbone", "one of the registry's names", backbone, backbones.did_you_mean(backbone))
     spec = backbones.get(backbone)
     image_size = top.integer("image_size", spec.min_size, 1024)
     weights = top.text("weights")
@@ -339,17 +360,38 @@ def parse(raw: Any, source: str = str(paths.PARAMS)) -> Params:
         top.bad("freeze", freeze_rule(len(spec.stages)), freeze, f"(backbone '{backbone}')")
     seed = top.integer("seed", 0, 2**31 - 1)
 
-    d = top.section("data")
-    data = DataParams(source=d.text("source"), sha256=d.text("sha256", allow_null=True),
-                      labels=d.text("labels", allow_null=True), corrections=d.text("corrections"))
+    # Each section of params.yaml, in file order: read by its fields' rules, then its own checks.
+    sections = {name: read_section(top.section(name), cls, check) for name, (cls, check) in SECTIONS.items()}
+    top.finish()
+    return Params(backbone=backbone, image_size=image_size, weights=weights, freeze=freeze, seed=seed, **sections)
+
+
+def read_section(section: _Section, cls, check=None):
+    """Every field of ``cls`` read by its declared rule, ``check`` (rules
+    between fields) applied, then unknown keys reported."""
+    values = {}
+    for f in fields(cls):
+        reader, args, kwargs = f.metadata["reader"]
+        if reader == "section":
+            values[f.name] = read_section(section.section(f.name), *args)
+        else:
+            values[f.name] = getattr(section, reader)(f.name, *args, **kwargs)
+    result = cls(**values)
+    if check is not None:
+        check(result, section)
+    section.finish()
+    return result
+
+
+def _check_data(data: DataParams, d: _Section) -> None:
     if data.labels is not None and (Path(data.labels).is_absolute() or ".." in Path(data.labels).parts):
         d.bad("labels", "null or the path of a CSV inside data.source (relative to its root)", data.labels)
     if Path(data.corrections).is_absolute() or ".." in Path(data.corrections).parts:
         d.bad("corrections", f"the path of a CSV inside this repository, e.g. {paths.CORRECTIONS} (DVC tracks it)",
               data.corrections)
     if catalogs.is_catalog(data.source):
-        if rule := catalogs.problem(data.source):
-            d.bad("source", rule, data.source)
+        if rule_broken := catalogs.problem(data.source):
+            d.bad("source", rule_broken, data.source)
         if data.sha256 is not None:
             d.bad("sha256", "null for a catalog source (its loader checks its own download)", data.sha256)
         if data.labels is not None:
@@ -358,145 +400,37 @@ def parse(raw: Any, source: str = str(paths.PARAMS)) -> Params:
         d.bad("sha256", "null or a 64-digit hex SHA-256", data.sha256)
     if is_url(data.source) and not archive_kind(data.source.split("?")[0]):
         d.bad("source", f"an http(s) URL of an archive ({', '.join(ARCHIVE_SUFFIXES)})", data.source)
-    d.finish()
 
-    s = top.section("split")
-    split = SplitParams(
-        val_fraction=s.real("val_fraction", 0.0, 1.0, low_closed=False),
-        test_fraction=s.real("test_fraction", 0.0, 1.0, low_closed=False),
-        test_from_val=s.real("test_from_val", 0.0, 1.0, low_closed=False),
-    )
+
+def _check_split(split: SplitParams, s: _Section) -> None:
     if split.val_fraction + split.test_fraction >= 1.0:
         s.fail(
             "The 'split.val_fraction' and 'split.test_fraction' parameters must add up to less "
             f"than 1.0 so that some images are left to train on. Got "
             f"{split.val_fraction} + {split.test_fraction} instead."
         )
-    s.finish()
 
-    e = top.section("extract")
-    extract = ExtractParams(batch_size=e.integer("batch_size", 1, 4096),
-                            prefix_max_gb=e.real("prefix_max_gb", 0.0, None))
-    e.finish()
 
-    h = top.section("head")
-    hidden = h.get("hidden")
-    if not isinstance(hidden, list) or not all(
-        isinstance(u, int) and not isinstance(u, bool) and u >= 1 for u in hidden
-    ):
-        h.bad("hidden", "a list of layer widths (ints >= 1); [] for a linear head", hidden)
-    head = HeadParams(
-        solver=h.choice("solver", HEAD_SOLVERS),
-        hidden=tuple(hidden),
-        dropout=h.real("dropout", 0.0, 1.0),
-        batchnorm=h.boolean("batchnorm"),
-        l2=h.auto_or_real("l2", 0.0, None),
-        optimizer=h.choice("optimizer", OPTIMIZERS),
-        learning_rate=h.real("learning_rate", 0.0, 10.0, low_closed=False),
-        epochs=h.integer("epochs", 1, 100_000),
-        batch_size=h.integer("batch_size", 1, 65_536),
-        patience=h.integer("patience", 0, 100_000),
-        label_smoothing=h.real("label_smoothing", 0.0, 1.0),
-        class_weight=h.choice("class_weight", ("auto", "none")),
-    )
+def _check_head(head: HeadParams, h: _Section) -> None:
     if head.solver == "lbfgs" and head.hidden:
         h.bad("solver", "'keras' for a head with hidden layers ('lbfgs' solves a linear head, head.hidden: [])",
               head.solver)
-    h.finish()
 
-    f = top.section("finetune")
-    a = f.section("augment")
-    augment = AugmentParams(
-        flip=a.boolean("flip"),
-        rotation=a.real("rotation", 0.0, 0.5, high_closed=True),
-        zoom=a.real("zoom", 0.0, 1.0),
-        translation=a.real("translation", 0.0, 1.0),
-        contrast=a.real("contrast", 0.0, 1.0),
-        crop=a.real("crop", 0.0, 1.0),
-    )
-    a.finish()
-    finetune = FinetuneParams(
-        epochs=f.integer("epochs", 0, 100_000),
-        batch_size=f.integer("batch_size", 1, 65_536),
-        optimizer=f.choice("optimizer", OPTIMIZERS),
-        learning_rate=f.real("learning_rate", 0.0, 10.0, low_closed=False),
-        schedule=f.choice("schedule", SCHEDULES),
-        warmup_epochs=f.integer("warmup_epochs", 0, 100_000),
-        patience=f.integer("patience", 0, 100_000),
-        label_smoothing=f.real("label_smoothing", 0.0, 1.0),
-        augment=augment,
-        mixed_precision=f.auto_or_bool("mixed_precision"),
-        xla=f.boolean("xla"),
-        tta=f.auto_or_bool("tta"),
-    )
-    f.finish()
 
-    v = top.section("evaluate")
-    evaluate = EvaluateParams(
-        batch_size=v.integer("batch_size", 1, 65_536),
-        top_k=v.integer("top_k", 2, 100),
-        gallery=v.integer("gallery", 0, 1000),
-    )
-    v.finish()
-
-    t = top.section("trust")
-    trust = TrustParams(
-        coverage=t.real("coverage", 0.0, 1.0, low_closed=False),
-        unfamiliar_quantile=t.real("unfamiliar_quantile", 0.0, 1.0, low_closed=False, high_closed=True),
-        neighbours=t.integer("neighbours", 1, 1000),
-    )
-    t.finish()
-
-    x = top.section("export")
-    formats = x.get("formats")
-    if not (isinstance(formats, list) and all(f in EXPORT_FORMATS for f in formats)
-            and len(set(formats)) == len(formats)):
-        x.bad("formats", "a list of distinct formats among " + ", ".join(EXPORT_FORMATS) + " ([] exports nothing)",
-              formats)
-    export = ExportParams(
-        formats=tuple(f for f in EXPORT_FORMATS if f in formats),
-        representative_images=x.integer("representative_images", 1, 100_000),
-        max_accuracy_drop=x.real("max_accuracy_drop", 0.0, 1.0, high_closed=True),
-    )
-    x.finish()
-
-    u = top.section("audit")
-    audit = AuditParams(
-        near_duplicate_similarity=u.auto_or_real("near_duplicate_similarity", 0.0, 1.0, low_closed=False,
-                                                 high_closed=True),
-        folds=u.integer("folds", 2, 20),
-        gallery=u.integer("gallery", 0, 200),
-    )
-    u.finish()
-
-    c = top.section("scratch")
-    scratch = ScratchParams(
-        enabled=c.boolean("enabled"),
-        epochs=c.integer("epochs", 1, 100_000),
-        batch_size=c.integer("batch_size", 1, 65_536),
-        learning_rate=c.real("learning_rate", 0.0, 10.0, low_closed=False),
-        patience=c.integer("patience", 0, 100_000),
-    )
-    c.finish()
-    top.finish()
-
-    return Params(
-        backbone=backbone,
-        image_size=image_size,
-        weights=weights,
-        freeze=freeze,
-        seed=seed,
-        data=data,
-        split=split,
-        extract=extract,
-        head=head,
-        finetune=finetune,
-        evaluate=evaluate,
-        trust=trust,
-        export=export,
-        audit=audit,
-        scratch=scratch,
-    )
+# params.yaml's sections: the dataclass whose fields declare each key's rule,
+# and the rules between keys that no single field can state.
+SECTIONS = {
+    "data": (DataParams, _check_data),
+    "split": (SplitParams, _check_split),
+    "extract": (ExtractParams, None),
+    "head": (HeadParams, _check_head),
+    "finetune": (FinetuneParams, None),
+    "evaluate": (EvaluateParams, None),
+    "trust": (TrustParams, None),
+    "export": (ExportParams, None),
+    "audit": (AuditParams, None),
+    "scratch": (ScratchParams, None),
+}
 
 
 class _Loader(yaml.SafeLoader):

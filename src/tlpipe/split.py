@@ -268,7 +268,8 @@ def _check_class_names(found) -> None:
 
 
 def assign(found, checked: dict[str, Checked], params: SplitParams, seed: int, corrections=None) -> SplitResult:
-    """Pure split logic over scanned files and what reading them found.
+    """Pure split logic over scanned files and what reading them found: label
+    hygiene, then each class drawn into train/val/test, then corrections.
 
     ``corrections`` ({path: class, or None to exclude}) apply after the split
     is drawn: a corrected image stays in its split and no other image moves,
@@ -276,8 +277,23 @@ def assign(found, checked: dict[str, Checked], params: SplitParams, seed: int, c
     corrections = corrections or {}
     _check_class_names(found)
     same, duplicates, conflicts = same_bytes(found, checked, corrections)
-    rejected = []
+    pools, rejected = _pools(found, checked, same)
+    class_names = _check_classes(found, pools)
+    out: dict[str, list[Row]] = {s: [] for s in SPLITS}
+    for label in class_names:
+        for name, rows in _draw(label, pools, found, params, seed).items():
+            out[name] += rows
+    out, corrected, excluded = _apply_corrections(out, corrections, class_names)
+    for name in SPLITS:
+        out[name].sort(key=lambda r: r.path)
+    return SplitResult(class_names, out, sorted(rejected), duplicates, conflicts, corrected, excluded)
+
+
+def _pools(found, checked: dict[str, Checked], same: dict[str, str]):
+    """The valid, non-duplicate images as {source split or "": {class: rows}},
+    and (path, reason) for the rest."""
     pools: dict[str, dict[str, list[Row]]] = {}
+    rejected = []
     for group, classes in found.items():
         for label, files in classes.items():
             for rel in files:
@@ -286,6 +302,11 @@ def assign(found, checked: dict[str, Checked], params: SplitParams, seed: int, c
                     pools.setdefault(group, {}).setdefault(label, []).append(Row(rel.as_posix(), label, c.decoder))
                 else:
                     rejected.append((rel.as_posix(), c.reason or same[rel.as_posix()]))
+    return pools, rejected
+
+
+def _check_classes(found, pools) -> list[str]:
+    """The class names, once every class has a valid image and there are two."""
     class_names = sorted({label for classes in found.values() for label in classes})
     for label in class_names:
         if not any(label in pool for pool in pools.values()):
@@ -298,49 +319,47 @@ def assign(found, checked: dict[str, Checked], params: SplitParams, seed: int, c
             f"Found a single class ({', '.join(class_names) or 'none'}); a classifier needs at least "
             "two class folders, each holding that class's images."
         )
+    return class_names
 
-    def shuffled(rows: list[Row], label: str, what: str) -> list[Row]:
+
+def _draw(label: str, pools, found, params: SplitParams, seed: int) -> dict[str, list[Row]]:
+    """One class's train/val/test: the source's own split where it has one,
+    the rest carved by the fractions from a shuffle seeded by seed and class."""
+
+    def shuffled(rows: list[Row], what: str) -> list[Row]:
         rows = sorted(rows, key=lambda r: r.path)
         random.Random(f"{seed}:{what}:{label}").shuffle(rows)
         return rows
 
-    out: dict[str, list[Row]] = {s: [] for s in SPLITS}
-    for label in class_names:
-        if "" in pools or "" in found:
-            rows = shuffled(pools.get("", {}).get(label, []), label, "all")
-            n = len(rows)
-            n_test = _take(n, params.test_fraction, "the test split", label, 3)
-            n_val = _take(n - n_test, params.val_fraction / (1 - params.test_fraction), "the val split", label, 2)
-            out["test"] += rows[:n_test]
-            out["val"] += rows[n_test : n_test + n_val]
-            out["train"] += rows[n_test + n_val :]
-            continue
-        train = pools.get("train", {}).get(label, [])
-        val = pools.get("val", {}).get(label, [])
-        test = pools.get("test", {}).get(label, [])
-        if "test" not in found and "val" in found:
-            val = shuffled(val, label, "val")
-            k = _take(len(val), params.test_from_val, "the test split (from validation/)", label, 2)
-            test, val = val[:k], val[k:]
-        elif "test" not in found:
-            train = shuffled(train, label, "test")
-            k = _take(len(train), params.test_fraction, "the test split (from train/)", label, 3)
-            test, train = train[:k], train[k:]
-        if "val" not in found:
-            train = shuffled(train, label, "val")
-            k = _take(len(train), params.val_fraction, "the val split (from train/)", label, 2)
-            val, train = train[:k], train[k:]
-        for name, rows in (("train", train), ("val", val), ("test", test)):
-            if not rows:
-                raise TlpipeError(
-                    f"Class '{label}' has no valid image in the {name} split of {paths.RAW}. "
-                    "Every class needs images in every split."
-                )
-            out[name] += rows
-    out, corrected, excluded = _apply_corrections(out, corrections, class_names)
-    for name in SPLITS:
-        out[name].sort(key=lambda r: r.path)
-    return SplitResult(class_names, out, sorted(rejected), duplicates, conflicts, corrected, excluded)
+    if "" in pools or "" in found:  # no split folders: all three carved from one pool
+        rows = shuffled(pools.get("", {}).get(label, []), "all")
+        n = len(rows)
+        n_test = _take(n, params.test_fraction, "the test split", label, 3)
+        n_val = _take(n - n_test, params.val_fraction / (1 - params.test_fraction), "the val split", label, 2)
+        return {"train": rows[n_test + n_val :], "val": rows[n_test : n_test + n_val], "test": rows[:n_test]}
+    train = pools.get("train", {}).get(label, [])
+    val = pools.get("val", {}).get(label, [])
+    test = pools.get("test", {}).get(label, [])
+    if "test" not in found and "val" in found:
+        val = shuffled(val, "val")
+        k = _take(len(val), params.test_from_val, "the test split (from validation/)", label, 2)
+        test, val = val[:k], val[k:]
+    elif "test" not in found:
+        train = shuffled(train, "test")
+        k = _take(len(train), params.test_fraction, "the test split (from train/)", label, 3)
+        test, train = train[:k], train[k:]
+    if "val" not in found:
+        train = shuffled(train, "val")
+        k = _take(len(train), params.val_fraction, "the val split (from train/)", label, 2)
+        val, train = train[:k], train[k:]
+    drawn = {"train": train, "val": val, "test": test}
+    for name, rows in drawn.items():
+        if not rows:
+            raise TlpipeError(
+                f"Class '{label}' has no valid image in the {name} split of {paths.RAW}. "
+                "Every class needs images in every split."
+            )
+    return drawn
 
 
 def _apply_corrections(out: dict[str, list[Row]], corrections, class_names) -> tuple[dict[str, list[Row]], int, int]:

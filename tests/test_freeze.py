@@ -1,0 +1,74 @@
+"""The freeze vocabulary on built backbones (random weights, small sizes):
+blockN trains exactly the layers past the stage boundary, BatchNormalization
+never trains, auto is the registry's default, a layer name starts training
+there, and a bad word is one clear line."""
+
+import keras
+import pytest
+
+from tlpipe import backbones, freeze, params
+from tlpipe.errors import TlpipeError
+
+from conftest import tiny_params
+
+CASES = [
+    ("mobilenet_0.25", 32),
+    ("vgg16", 32),
+    ("resnet50", 32),
+    ("efficientnet_b0", 32),
+    ("mobilenet_v3_small", 32),
+]
+
+
+def frozen(raw_params, name, size, word):
+    """params.yaml's check of the word, then the backbone built and frozen as every stage does."""
+    keras.backend.clear_session()
+    p = params.parse(tiny_params(raw_params, "unused", backbone=name, image_size=size, freeze=word))
+    return freeze.frozen_backbone(backbones.get(name), size, "none", p.freeze)
+
+
+@pytest.mark.parametrize("name, size", CASES)
+def test_block5_trains_exactly_the_layers_past_the_boundary(raw_params, name, size):
+    backbone, _ = frozen(raw_params, name, size, "block5")
+    boundary = freeze.stage_boundary(backbone, backbones.get(name), 5)
+    upstream = freeze.upstream_layers(boundary)
+    for layer in backbone.layers:
+        expected = layer.name not in upstream and not isinstance(layer, keras.layers.BatchNormalization)
+        assert layer.trainable == expected, layer.name
+    assert any(l.trainable and l.weights for l in backbone.layers)
+
+
+@pytest.mark.parametrize("name, size", CASES)
+def test_batchnorm_never_trainable_even_with_everything_unfrozen(raw_params, name, size):
+    backbone, _ = frozen(raw_params, name, size, "none")
+    bns = [l for l in backbone.layers if isinstance(l, keras.layers.BatchNormalization)]
+    if name == "vgg16":
+        assert not bns
+    else:
+        assert bns and not any(l.trainable for l in bns)
+    assert all(l.trainable for l in backbone.layers if not isinstance(l, keras.layers.BatchNormalization))
+
+
+def test_freeze_all_trains_nothing(raw_params):
+    backbone, plan = frozen(raw_params, "mobilenet_0.25", 32, "all")
+    assert plan.trains_nothing and backbone.trainable_weights == []
+
+
+def test_freeze_auto_uses_the_registry_default(raw_params):
+    _, plan = frozen(raw_params, "mobilenet_0.25", 32, "auto")
+    assert plan.word == backbones.get("mobilenet_0.25").default_freeze
+
+
+def test_exact_layer_name(raw_params):
+    backbone, _ = frozen(raw_params, "mobilenet_0.25", 32, "conv_dw_13")
+    assert not backbone.get_layer("conv_pw_12").trainable
+    assert backbone.get_layer("conv_dw_13").trainable
+
+
+def test_unknown_stage_or_layer_is_a_clear_error(raw_params):
+    # blockN out of range: rejected when params are read, before any stage works
+    with pytest.raises(TlpipeError, match=r"one of 'block1', .*'block5', or an exact Keras layer name .* Got 'block6'"):
+        frozen(raw_params, "mobilenet_0.25", 32, "block6")
+    # a layer name is checked on the built backbone, in the same words
+    with pytest.raises(TlpipeError, match=r"The 'freeze' parameter must be .* Got 'nope' instead. \(backbone 'mobilenet_0.25' has no such layer"):
+        frozen(raw_params, "mobilenet_0.25", 32, "nope")

@@ -1,0 +1,51 @@
+"""run_stage: a stage's error is one line and exit code 2, success says how long
+it took, and a bad params.yaml stops every stage before it works."""
+
+import subprocess
+import sys
+
+import yaml
+
+from conftest import REPO, tool_env
+
+SCRIPT = """
+import sys
+sys.path.insert(0, {src!r})
+from tlpipe.errors import TlpipeError
+from tlpipe.stage import run_stage
+
+def body(p):
+    if p.seed == 7:
+        raise TlpipeError("seven is not allowed here")
+    print("seed", p.seed)
+
+run_stage("demo", body)
+"""
+
+
+def run(tmp_path, seed):
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["seed"] = seed
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    script = tmp_path / "demo.py"
+    script.write_text(SCRIPT.format(src=str(REPO / "src")))
+    return subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=tool_env(), capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_success_prints_the_body_and_its_time(tmp_path):
+    proc = run(tmp_path, 3)
+    assert proc.returncode == 0, proc.stderr
+    assert "seed 3" in proc.stdout and "demo: done in " in proc.stdout
+
+
+def test_an_error_is_one_line_and_exit_code_2(tmp_path):
+    proc = run(tmp_path, 7)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "demo: error: seven is not allowed here"
+
+
+def test_a_bad_params_value_stops_the_stage_naming_the_key(tmp_path):
+    proc = run(tmp_path, -1)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "demo: error: params.yaml: The 'seed' parameter must be an int in the range [0, 2147483647]" in proc.stderr
