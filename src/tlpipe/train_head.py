@@ -37,19 +37,20 @@ L2_GRID = tuple(float(v) for v in np.logspace(0, -6, 13))
 FLOOR = 0.1
 
 
-def build(input_dim: int, n_classes: int, hp: HeadParams, l2: float = 0.0) -> keras.Model:
+def build(input_dim: int, n_classes: int, head_params: HeadParams, l2: float = 0.0) -> keras.Model:
     reg = keras.regularizers.L2(l2) if l2 else None
     features = keras.Input((input_dim,), name="features")
     x = features
-    for i, width in enumerate(hp.hidden, start=1):
-        if hp.dropout:
-            x = keras.layers.Dropout(hp.dropout, name=f"head_dropout_{i}")(x)
+    for i, width in enumerate(head_params.hidden, start=1):
+        if head_params.dropout:
+            x = keras.layers.Dropout(head_params.dropout, name=f"head_dropout_{i}")(x)
         x = keras.layers.Dense(width, kernel_regularizer=reg, name=f"head_dense_{i}")(x)
-        if hp.batchnorm:
+        if head_params.batchnorm:
             x = keras.layers.BatchNormalization(name=f"head_bn_{i}")(x)
         x = keras.layers.Activation("relu", name=f"head_relu_{i}")(x)
-    if hp.dropout and hp.solver == "keras":  # the exact head is regularised by its L2 alone, as it was fitted
-        x = keras.layers.Dropout(hp.dropout, name="head_dropout")(x)
+    # the exact head is regularised by its L2 alone, as it was fitted
+    if head_params.dropout and head_params.solver == "keras":
+        x = keras.layers.Dropout(head_params.dropout, name="head_dropout")(x)
     # float32 output even under mixed precision: softmax in float16 loses the tails.
     probs = keras.layers.Dense(
         n_classes, activation="softmax", kernel_regularizer=reg, dtype="float32", name="head_probs"
@@ -127,7 +128,7 @@ def path_has_turned(val_losses: list[float]) -> bool:
     return len(val_losses) >= 3 and val_losses[-1] > best and val_losses[-2] > best
 
 
-def train_linear(hp: HeadParams, x_train, y_train, x_val, y_val, n_classes: int, log_dir) -> tuple:
+def train_linear(head_params: HeadParams, x_train, y_train, x_val, y_val, n_classes: int, log_dir) -> tuple:
     """(model, metrics): the linear head, its L2 strength chosen on val when
     ``head.l2`` is auto. Solved on standardised features (well conditioned:
     L-BFGS converges in a hundred steps), then folded back into one Dense
@@ -140,10 +141,10 @@ def train_linear(hp: HeadParams, x_train, y_train, x_val, y_val, n_classes: int,
     scale = np.maximum(spread, FLOOR * np.sqrt(np.mean(spread**2))) + 1e-12
     standard = lambda x: (x.astype(np.float64) - mean) / scale  # noqa: E731
     x_fit, x_check = standard(x_train), standard(x_val)
-    targets = soft_targets(y_train, n_classes, hp.label_smoothing)
-    weights_of = class_weights(y_train, n_classes, hp.class_weight)
+    targets = soft_targets(y_train, n_classes, head_params.label_smoothing)
+    weights_of = class_weights(y_train, n_classes, head_params.class_weight)
     weights = np.ones(len(y_train)) if weights_of is None else np.array([weights_of[c] for c in y_train])
-    grid = L2_GRID if hp.l2 is None else (hp.l2,)
+    grid = L2_GRID if head_params.l2 is None else (head_params.l2,)
     theta, solutions, val_losses = None, {}, {}
     began = time.perf_counter()
     live = LiveLogger(log_dir)
@@ -167,7 +168,7 @@ def train_linear(hp: HeadParams, x_train, y_train, x_val, y_val, n_classes: int,
     bias = theta[-1] - mean @ kernel
     # Saved without a penalty: fine-tuning from it is regularised by early stopping on
     # val and the head-or-fine-tuned choice (a penalty kept here made it worse on val).
-    model = build(x_train.shape[1], n_classes, hp)
+    model = build(x_train.shape[1], n_classes, head_params)
     model.get_layer("head_probs").set_weights([kernel.astype(np.float32), bias.astype(np.float32)])
     val_probs = linear_probs(x_check, theta)
     metrics = {
@@ -182,19 +183,19 @@ def train_linear(hp: HeadParams, x_train, y_train, x_val, y_val, n_classes: int,
     return model, metrics
 
 
-def train_keras(hp: HeadParams, x_train, y_train, x_val, y_val, n_classes: int, log_dir) -> tuple:
+def train_keras(head_params: HeadParams, x_train, y_train, x_val, y_val, n_classes: int, log_dir) -> tuple:
     """(model, metrics): the head trained by Keras (Adam, dropout) with early stopping on val loss."""
-    l2 = hp.l2 or 0.0  # auto: dropout and early stopping regularise it
-    model = build(x_train.shape[1], n_classes, hp, l2)
-    compile_model(model, optimizer(hp.optimizer, hp.learning_rate), hp.label_smoothing)
+    l2 = head_params.l2 or 0.0  # auto: dropout and early stopping regularise it
+    model = build(x_train.shape[1], n_classes, head_params, l2)
+    compile_model(model, optimizer(head_params.optimizer, head_params.learning_rate), head_params.label_smoothing)
     onehot = lambda y: keras.utils.to_categorical(y, n_classes)  # noqa: E731
     result = fit(
         model,
-        Inputs(x_train, onehot(y_train), hp.batch_size),
+        Inputs(x_train, onehot(y_train), head_params.batch_size),
         Inputs(x_val, onehot(y_val)),
-        hp.epochs,
-        callbacks(hp.patience, "constant", log_dir),
-        class_weight=class_weights(y_train, n_classes, hp.class_weight),
+        head_params.epochs,
+        callbacks(head_params.patience, "constant", log_dir),
+        class_weight=class_weights(y_train, n_classes, head_params.class_weight),
     )
     return model, {**result.metrics(), "solver": "keras", "l2": l2, "l2_chosen_on_val": False}
 
