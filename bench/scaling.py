@@ -27,7 +27,8 @@ from tlpipe import params, extract
 p = params.load({params!r})
 p = p.with_overrides(weights="none")
 start = time.perf_counter()
-extract.run(p.extract, backbone=p.backbone, image_size=p.image_size, weights=p.weights, seed=p.seed)
+extract.run(p.extract, backbone=p.backbone, image_size=p.image_size, weights=p.weights, seed=p.seed,
+            freeze_word=p.freeze)
 print("SECONDS", time.perf_counter() - start)
 """
 

@@ -193,7 +193,8 @@ def run_stage_code(p, *names: str):
         "fetch": lambda: fetch.run(p.data),
         "split": lambda: split.run(p.split, p.seed, labels=p.data.labels),
         "extract": lambda: extract.run(
-            p.extract, backbone=p.backbone, image_size=p.image_size, weights=p.weights, seed=p.seed, freeze=p.freeze
+            p.extract, backbone=p.backbone, image_size=p.image_size, weights=p.weights, seed=p.seed,
+            freeze_word=p.freeze,
         ),
         "train_head": lambda: train_head.run(p.head, seed=p.seed),
         "finetune": lambda: finetune.run(p.finetune, finetune_setup(p)),

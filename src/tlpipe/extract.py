@@ -142,13 +142,13 @@ def _memmap(path, rows: int, shape: tuple[int, ...]):
     return np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(rows, *shape))
 
 
-def run(extract: ExtractParams, *, backbone: str, image_size: int, weights: str, seed: int, freeze: str) -> dict:
+def run(extract: ExtractParams, *, backbone: str, image_size: int, weights: str, seed: int, freeze_word: str) -> dict:
     """data/split -> data/features, data/prefix; reads ``backbone``, ``image_size``,
-    ``weights``, ``seed`` (random init with ``weights: none``), ``freeze`` and ``extract.*``.
-    (``freeze`` here is the params word; the module of that name is used above.)"""
+    ``weights``, ``seed`` (random init with ``weights: none``), ``freeze`` (as
+    ``freeze_word``) and ``extract.*``."""
     training.seed_everything(seed)
     spec = backbones.get(backbone)
-    pooled, both, built, plan = feature_model(spec, image_size, weights, freeze)
+    pooled, both, built, plan = feature_model(spec, image_size, weights, freeze_word)
     dim = int(pooled.output.shape[-1])
     classes = read_classes()
     rows = {split: read_split(split) for split in SPLITS}
