@@ -12,13 +12,13 @@ catalog's split is kept; grey images are written as RGB.
 from __future__ import annotations
 
 import difflib
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from tlpipe import paths
 from tlpipe.errors import TlpipeError
 
 PREFIXES = ("keras:", "tfds:")
@@ -93,23 +93,19 @@ def fetch(source: str, target: Path) -> None:
 # ---------------------------------------------------------------- keras.datasets
 
 
-def _keras_cache() -> Path:
-    return Path(os.environ.get("KERAS_HOME", "~/.keras")).expanduser() / "datasets"
-
-
 def _keras_load(name: str):
     import importlib
 
     catalog = KERAS[name]
     loader = importlib.import_module(f"keras.datasets.{catalog.module}")
-    print(f"fetch: keras.datasets.{catalog.module}.load_data() (cache {_keras_cache()})", flush=True)
+    print(f"fetch: keras.datasets.{catalog.module}.load_data() (cache {paths.keras_datasets()})", flush=True)
     try:
         return loader.load_data()
     except Exception as err:  # Keras raises a bare Exception for a failed download
         raise TlpipeError(
             f"keras:{name}: keras.datasets.{catalog.module}.load_data() could not get {catalog.origin} "
             f"({str(err).splitlines()[0] if str(err) else type(err).__name__}). Offline? Put the download "
-            f"in {_keras_cache()}/{catalog.cached_as} (KERAS_HOME picks the cache folder) and rerun."
+            f"in {paths.keras_datasets()}/{catalog.cached_as} (KERAS_HOME picks the cache folder) and rerun."
         ) from None
 
 
@@ -177,7 +173,7 @@ def _tfds_fetch(name: str, target: Path) -> None:
             f"Prepare it where there is a network (tfds build {name}) and copy the folder it writes into "
             f"{builder.data_dir_root} (TFDS_DATA_DIR picks that folder), then rerun."
         ) from None
-    image_key, label_key = _supervised_keys(builder, name)
+    image_key, label_key = _supervised_keys(tfds, builder, name)
     classes = [folder_name(c) for c in builder.info.features[label_key].names]
     written = 0
     for split in builder.info.splits.keys():
@@ -192,10 +188,8 @@ def _tfds_fetch(name: str, target: Path) -> None:
                           f"(its splits: {', '.join(builder.info.splits.keys()) or 'none'}).")
 
 
-def _supervised_keys(builder, name: str) -> tuple[str, str]:
+def _supervised_keys(tfds, builder, name: str) -> tuple[str, str]:
     """(image feature, class-label feature) of an image classification data set."""
-    import tensorflow_datasets as tfds
-
     features = builder.info.features
     keys = builder.info.supervised_keys
     if (not keys or len(keys) != 2 or not isinstance(keys[0], str)

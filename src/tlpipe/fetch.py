@@ -61,12 +61,6 @@ def run(data: DataParams, target: Path = paths.RAW) -> Path:
 # ---------------------------------------------------------------- download
 
 
-def _cache_dir() -> Path:
-    """$KERAS_HOME/datasets (default ~/.keras/datasets), where Keras keeps downloads."""
-    home = Path(os.environ.get("KERAS_HOME", "~/.keras")).expanduser()
-    return home / "datasets"
-
-
 def _writable(folder: Path) -> bool:
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -96,7 +90,7 @@ def archive_problem(path: Path) -> str | None:
 
 def _download(url: str, sha256: str | None) -> Path:
     fname = os.path.basename(urllib.parse.urlsplit(url).path)
-    cached = _cache_dir() / fname
+    cached = paths.keras_datasets() / fname
     writable = _writable(cached.parent)
     if cached.is_file():
         problem = archive_problem(cached)

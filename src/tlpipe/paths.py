@@ -13,6 +13,15 @@ PARAMS = Path("params.yaml")
 PARAMS_CHECKED = Path("data/params.ok")
 
 RAW = Path("data/raw")
+
+
+def keras_datasets() -> Path:
+    """$KERAS_HOME/datasets (default ~/.keras/datasets), where Keras keeps downloads."""
+    import os
+
+    return Path(os.environ.get("KERAS_HOME", "~/.keras")).expanduser() / "datasets"
+
+
 # data.corrections' default: reviewed label fixes, kept in git (the header alone: none).
 CORRECTIONS = Path("data/corrections.csv")
 # Files of a folder source that fetch could not copy (dangling links); split
