@@ -105,3 +105,12 @@ def test_local_weights_file(tmp_path):
         spec.build(32, str(tmp_path / "missing.h5"))
     with pytest.raises(TlpipeError, match=r"The 'weights' parameter must be a weights file of backbone 'vgg16'"):
         backbones.get("vgg16").build(32, str(path))  # mobilenet's weights
+
+
+def test_weights_as_keras_applications_take_them(tmp_path):
+    assert backbones.keras_weights_arg("imagenet") == "imagenet"
+    assert backbones.keras_weights_arg("none") is None
+    (tmp_path / "w.weights.h5").write_bytes(b"")
+    assert backbones.keras_weights_arg(str(tmp_path / "w.weights.h5")) == str(tmp_path / "w.weights.h5")
+    with pytest.raises(TlpipeError, match=r"params.yaml: The 'weights' parameter must be 'imagenet', 'none' or the path .* Got 'nope.h5'"):
+        backbones.keras_weights_arg("nope.h5")

@@ -72,3 +72,21 @@ def test_unknown_stage_or_layer_is_a_clear_error(raw_params):
     # a layer name is checked on the built backbone, in the same words
     with pytest.raises(TlpipeError, match=r"The 'freeze' parameter must be .* Got 'nope' instead. \(backbone 'mobilenet_0.25' has no such layer"):
         frozen(raw_params, "mobilenet_0.25", 32, "nope")
+
+
+def test_the_vocabulary_checked_before_any_backbone_is_built():
+    spec = backbones.get("mobilenet_0.25")
+    assert freeze.stage_number("block4") == 4 and freeze.stage_number("blocks") is None
+    for word in ("auto", "all", "none", "block1", "block5", "conv_dw_13", "block_3/expand"):
+        assert freeze.spelled_right(word, spec), word
+    for word in ("block0", "block6", "two words", ""):
+        assert not freeze.spelled_right(word, spec), word
+    assert [w for w in ("auto", "block2", "conv_dw_13") if freeze.is_layer_name(w)] == ["conv_dw_13"]
+
+
+def test_a_layer_name_is_checked_on_the_architecture_in_the_params_stage():
+    spec = backbones.get("mobilenet_0.25")
+    freeze.check_on_architecture("conv_dw_13", spec, 32)
+    freeze.check_on_architecture("block5", spec, 32)  # nothing to build for a stage word
+    with pytest.raises(TlpipeError, match=r"Got 'conv_dw_99' instead. \(backbone 'mobilenet_0.25' has no such layer"):
+        freeze.check_on_architecture("conv_dw_99", spec, 32)

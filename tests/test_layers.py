@@ -32,6 +32,10 @@ def test_with_features_gives_the_models_probabilities_and_its_heads_input(mirror
     assert np.allclose(probs, shipped.predict_on_batch(x), atol=1e-6)
     expected = backbone.predict_on_batch(x / 127.5 - 1.0)  # the plain image's, mirror or not
     assert np.allclose(features, expected, atol=1e-5)
+    # the features alone (trust's bank): the same numbers, without the mirror image's pass
+    only = layers.features_of(shipped)
+    np.testing.assert_array_equal(only.predict_on_batch(x), features)
+    assert not any(isinstance(layer, layers.Mirror) for layer in only.layers)
 
 
 def test_with_features_refuses_a_model_without_a_head():

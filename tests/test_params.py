@@ -158,16 +158,6 @@ def test_numbers_are_read_as_dvc_writes_them(tmp_path, text, value):
     assert read["name"] == "3e-05" and read["version"] == "1.2.3"  # quoted and non-numbers stay strings
 
 
-def test_local_checks_use_the_same_wording(tmp_path):
-    with pytest.raises(TlpipeError, match=r"The 'weights' parameter must be 'imagenet', 'none' or the path .* Got 'nope.h5'"):
-        params.check_weights("nope.h5")
-    (tmp_path / "notes.txt").write_text("x")
-    with pytest.raises(TlpipeError, match=r"The 'data.source' parameter must be .* \(not an archive\)"):
-        params.check_source(params.DataParams(str(tmp_path / "notes.txt"), None))
-    with pytest.raises(TlpipeError, match=r"The 'data.sha256' parameter must be null when 'data.source' is a folder"):
-        params.check_source(params.DataParams(str(tmp_path), "a" * 64))
-
-
 def test_lbfgs_solves_linear_heads_only(raw_params):
     raw = with_change(with_change(raw_params, "head.solver", "lbfgs"), "head.hidden", [64])
     message = error_of(raw)

@@ -98,3 +98,23 @@ def test_too_few_val_images_for_the_coverage_put_every_class_in_every_set(calibr
     assert "10 val images are too few for coverage 0.95 (it needs at least 19)" in out
     assert "10 val images are too few to flag unfamiliar images at quantile 0.99 (it needs at least 99)" in out
     assert "lower trust.unfamiliar_quantile (at most 0.909 here)" in out
+
+
+@needs_shared
+def test_the_train_bank_from_the_stored_prefix_is_the_shipped_models_features(calibrated_imagenet, monkeypatch):
+    from tlpipe import trust
+    from tlpipe.layers import load_model
+
+    root = calibrated_imagenet[0]
+    with working_dir(root):
+        assert artifacts.read_prefix_meta()["cached"]
+        model, rows = load_model(paths.MODEL), artifacts.read_split("train")
+        from_prefix = trust.train_features(model, rows, 16)
+        from_images = confidence.features(model, rows, 16, "")
+        assert from_prefix.shape == from_images.shape
+        # the same features up to the prefix's float16 storage
+        assert np.abs(from_images).sum(axis=1).min() > 0  # real features, not a random backbone's zeros
+        cosine = np.sum(confidence.normalised(from_prefix) * confidence.normalised(from_images), axis=1)
+        assert cosine.min() > 0.999
+        monkeypatch.setattr(trust, "read_prefix_meta", lambda: {"cached": False})  # no stored prefix: the images
+        np.testing.assert_array_equal(trust.train_features(model, rows, 16), from_images)

@@ -27,8 +27,9 @@ from __future__ import annotations
 import difflib
 import hashlib
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from tlpipe.errors import TlpipeError
+from tlpipe.errors import TlpipeError, invalid
 
 # What each application's own preprocess_input does, reproduced by
 # tlpipe.layers.Preprocess inside the model graph (checked by a test):
@@ -37,6 +38,17 @@ from tlpipe.errors import TlpipeError
 #   torch: scale to [0, 1], normalise by ImageNet mean/std (DenseNet)
 #   none:  the model takes 0..255 and normalises inside itself
 PREPROCESS_MODES = ("caffe", "tf", "torch", "none")
+
+
+def keras_weights_arg(weights: str) -> str | None:
+    """The ``weights`` param as keras.applications takes it: 'imagenet', None or a file path."""
+    if weights == "imagenet":
+        return "imagenet"
+    if weights == "none":
+        return None
+    if not Path(weights).is_file():
+        raise invalid("weights", "'imagenet', 'none' or the path of an existing weights file", weights, "(no such file)")
+    return weights
 
 
 @dataclass(frozen=True)
@@ -54,10 +66,8 @@ class Backbone:
         """The backbone without its classifier top, global-average-pooled by default."""
         import keras
 
-        from tlpipe.params import check_weights, invalid
-
         constructor = getattr(keras.applications, self.constructor)
-        keras_weights = check_weights(weights)
+        keras_weights = keras_weights_arg(weights)
         try:
             return constructor(
                 include_top=False,
@@ -90,101 +100,59 @@ def weights_fingerprint(model) -> str:
     return digest.hexdigest()
 
 
+# Where each family's five resolution stages start (see the module docstring).
+FAMILY_STAGES = {
+    "vgg": ("block1", "block2", "block3", "block4", "block5"),
+    "resnet": ("conv1", "conv2", "conv3", "conv4", "conv5"),  # DenseNet names its stages alike
+    "mobilenet": ("conv1", "conv_pad_2", "conv_pad_4", "conv_pad_6", "conv_pad_12"),
+    "mobilenet_v2": ("Conv1", "block_1", "block_3", "block_6", "block_13"),
+    "mobilenet_v3_small": ("conv", "expanded_conv", "expanded_conv_1", "expanded_conv_3", "expanded_conv_8"),
+    "mobilenet_v3_large": ("conv", "expanded_conv_1", "expanded_conv_3", "expanded_conv_6", "expanded_conv_12"),
+    "efficientnet": ("stem", "block2", "block3", "block4", "block6"),
+    "xception": ("block1", "block2", "block3", "block4", "block13"),
+    "inception_v3": ("start", "pool:0", "pool:1", "after:mixed2", "after:mixed7"),
+    "inception_resnet_v2": ("start", "pool:0", "pool:1", "after:block35_10_ac", "after:block17_20_ac"),
+    **{f"convnext_{size}": tuple(f"convnext_{size}_{where}" for where in (
+        "stem", "stage_0", "downsampling_block_0", "downsampling_block_1", "downsampling_block_2"))
+       for size in ("tiny", "small")},
+}
+
+
+def _entry(name: str, constructor: str, preprocess: str, family: str, default_size: int = 224, min_size: int = 32,
+           **kwargs) -> Backbone:
+    return Backbone(name=name, constructor=constructor, preprocess=preprocess, default_size=default_size,
+                    min_size=min_size, stages=FAMILY_STAGES[family], kwargs=kwargs)
+
+
 def _entries() -> list[Backbone]:
-    vgg = ("block1", "block2", "block3", "block4", "block5")
-    resnet = ("conv1", "conv2", "conv3", "conv4", "conv5")
-    efficientnet = ("stem", "block2", "block3", "block4", "block6")
-    out = [
-        Backbone("vgg16", "VGG16", "caffe", 224, 32, vgg),
-        Backbone("vgg19", "VGG19", "caffe", 224, 32, vgg),
-    ]
+    out = [_entry("vgg16", "VGG16", "caffe", "vgg"), _entry("vgg19", "VGG19", "caffe", "vgg")]
     for depth in (50, 101, 152):
-        out.append(Backbone(f"resnet{depth}", f"ResNet{depth}", "caffe", 224, 32, resnet))
-        out.append(Backbone(f"resnet{depth}_v2", f"ResNet{depth}V2", "tf", 224, 32, resnet))
-    mobilenet = ("conv1", "conv_pad_2", "conv_pad_4", "conv_pad_6", "conv_pad_12")
+        out.append(_entry(f"resnet{depth}", f"ResNet{depth}", "caffe", "resnet"))
+        out.append(_entry(f"resnet{depth}_v2", f"ResNet{depth}V2", "tf", "resnet"))
+    # freeze: auto is block5, the registry default: chosen on val over cats vs
+    # dogs and sign-language digits (bench/RESULTS.md); for MobileNet block4
+    # trained 6x longer on CPU and never beat the head on cats' val.
     for alpha in (0.25, 0.5, 0.75, 1.0):
         name = "mobilenet" if alpha == 1.0 else f"mobilenet_{alpha}"
-        # freeze: auto is block5, the registry default: chosen on val over cats
-        # vs dogs and sign-language digits (bench/RESULTS.md); block4 trained 6x
-        # longer on CPU and never beat the head on val.
-        out.append(Backbone(name, "MobileNet", "tf", 224, 32, mobilenet, kwargs={"alpha": alpha}))
-    mobilenet_v2 = ("Conv1", "block_1", "block_3", "block_6", "block_13")
+        out.append(_entry(name, "MobileNet", "tf", "mobilenet", alpha=alpha))
     for alpha in (0.35, 0.5, 0.75, 1.0, 1.3, 1.4):
         name = "mobilenet_v2" if alpha == 1.0 else f"mobilenet_v2_{alpha}"
-        out.append(
-            Backbone(name, "MobileNetV2", "tf", 224, 32, mobilenet_v2, kwargs={"alpha": alpha})
-        )
-    out += [
-        Backbone(
-            "mobilenet_v3_small",
-            "MobileNetV3Small",
-            "none",
-            224,
-            32,
-            ("conv", "expanded_conv", "expanded_conv_1", "expanded_conv_3", "expanded_conv_8"),
-        ),
-        Backbone(
-            "mobilenet_v3_large",
-            "MobileNetV3Large",
-            "none",
-            224,
-            32,
-            ("conv", "expanded_conv_1", "expanded_conv_3", "expanded_conv_6", "expanded_conv_12"),
-        ),
-    ]
+        out.append(_entry(name, "MobileNetV2", "tf", "mobilenet_v2", alpha=alpha))
+    out += [_entry("mobilenet_v3_small", "MobileNetV3Small", "none", "mobilenet_v3_small"),
+            _entry("mobilenet_v3_large", "MobileNetV3Large", "none", "mobilenet_v3_large")]
     for b, size in enumerate((224, 240, 260, 300, 380, 456, 528, 600)):
-        out.append(Backbone(f"efficientnet_b{b}", f"EfficientNetB{b}", "none", size, 32, efficientnet))
+        out.append(_entry(f"efficientnet_b{b}", f"EfficientNetB{b}", "none", "efficientnet", default_size=size))
     for b, size in enumerate((224, 240, 260, 300)):
-        out.append(
-            Backbone(f"efficientnet_v2_b{b}", f"EfficientNetV2B{b}", "none", size, 32, efficientnet)
-        )
-    out.append(Backbone("efficientnet_v2_s", "EfficientNetV2S", "none", 384, 32, efficientnet))
+        out.append(_entry(f"efficientnet_v2_b{b}", f"EfficientNetV2B{b}", "none", "efficientnet", default_size=size))
+    out.append(_entry("efficientnet_v2_s", "EfficientNetV2S", "none", "efficientnet", default_size=384))
     for depth in (121, 169, 201):
-        out.append(Backbone(f"densenet{depth}", f"DenseNet{depth}", "torch", 224, 32, resnet))
-    out += [
-        Backbone(
-            "xception",
-            "Xception",
-            "tf",
-            299,
-            71,
-            ("block1", "block2", "block3", "block4", "block13"),
-        ),
-        Backbone(
-            "inception_v3",
-            "InceptionV3",
-            "tf",
-            299,
-            75,
-            ("start", "pool:0", "pool:1", "after:mixed2", "after:mixed7"),
-        ),
-        Backbone(
-            "inception_resnet_v2",
-            "InceptionResNetV2",
-            "tf",
-            299,
-            75,
-            ("start", "pool:0", "pool:1", "after:block35_10_ac", "after:block17_20_ac"),
-        ),
-    ]
+        out.append(_entry(f"densenet{depth}", f"DenseNet{depth}", "torch", "resnet"))
+    out += [_entry("xception", "Xception", "tf", "xception", default_size=299, min_size=71),
+            _entry("inception_v3", "InceptionV3", "tf", "inception_v3", default_size=299, min_size=75),
+            _entry("inception_resnet_v2", "InceptionResNetV2", "tf", "inception_resnet_v2", default_size=299,
+                   min_size=75)]
     for size in ("tiny", "small"):
-        p = f"convnext_{size}_"
-        out.append(
-            Backbone(
-                f"convnext_{size}",
-                f"ConvNeXt{size.capitalize()}",
-                "none",
-                224,
-                32,
-                (
-                    p + "stem",
-                    p + "stage_0",
-                    p + "downsampling_block_0",
-                    p + "downsampling_block_1",
-                    p + "downsampling_block_2",
-                ),
-            )
-        )
+        out.append(_entry(f"convnext_{size}", f"ConvNeXt{size.capitalize()}", "none", f"convnext_{size}"))
     return out
 
 

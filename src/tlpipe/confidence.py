@@ -111,6 +111,16 @@ def probabilities_and_features(shipped, rows, batch_size: int, desc: str) -> tup
     return np.concatenate(probs).astype(np.float64), np.concatenate(features).astype(np.float32)
 
 
+def features(shipped, rows, batch_size: int, desc: str) -> np.ndarray:
+    """The shipped model's pooled features on image rows (the plain images: one forward pass each)."""
+    from tlpipe import images
+    from tlpipe.artifacts import sources
+    from tlpipe.layers import features_of
+
+    batches = images.predict(features_of(shipped), *sources(rows), int(shipped.input_shape[1]), batch_size, desc)
+    return np.concatenate(list(batches)).astype(np.float32)
+
+
 def normalised(features: np.ndarray) -> np.ndarray:
     features = np.asarray(features, dtype=np.float32)
     return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)

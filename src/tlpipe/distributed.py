@@ -11,7 +11,8 @@ back what fits a model under it and predicts with it:
   symbolic build and its metric reduction call collectives that break in
   eager mode), so ``WorkerLoop`` trains with a loop of its own that drives
   the very same Keras callbacks (early stopping with best-weights restore,
-  learning-rate warmup and plateau, DVCLive).
+  the learning-rate plateau reduction, DVCLive) and the same optimizer, whose
+  learning-rate schedule (warmup included) follows its step count.
 
 ``WorkerLoop`` splits every global batch between all replicas of all workers,
 in order, so a run on N workers sees the same batches as a run on one (the

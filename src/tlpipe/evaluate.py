@@ -56,11 +56,8 @@ def predict_images(model, rows, batch_size: int, desc: str = "") -> np.ndarray:
     return np.concatenate(list(batches)).astype(np.float64)
 
 
-def run(ep: EvaluateParams) -> dict:
-    """test split + both models -> metrics/eval.json, plots/evaluate/; reads ``evaluate.*``."""
-    from tlpipe import report
-    from tlpipe.layers import load_model, temperature_of
-
+def _test_split() -> tuple[list[str], list, np.ndarray, np.ndarray]:
+    """(classes, test rows, their label indices, their cached features), checked to agree."""
     classes = read_classes()
     rows = read_split("test")
     y_true = label_indices(rows, classes)
@@ -70,6 +67,15 @@ def run(ep: EvaluateParams) -> dict:
             f"{paths.FEATURES} does not match {paths.split_csv('test')}; run `dvc repro` so "
             "that extract reruns on the current split."
         )
+    return classes, rows, y_true, x_test
+
+
+def _figures(ep: EvaluateParams, classes, rows, y_true, x_test):
+    """Both models scored on test, the shipped model's prediction sets, unfamiliar
+    inputs and calibration -> (results, probabilities by model, prediction
+    sets, unfamiliar flags, the shipped model's probabilities without its temperature)."""
+    from tlpipe.layers import load_model, temperature_of
+
     shipped = load_model(paths.MODEL)
     shipped_probs, test_features = confidence.probabilities_and_features(shipped, rows, ep.batch_size,
                                                                          "evaluate: test images")
@@ -90,51 +96,62 @@ def run(ep: EvaluateParams) -> dict:
     # The shipped model's probabilities are calibrated by a temperature fitted on
     # val; undoing it (softmax(T log p)) shows what calibration did on test.
     temperature = temperature_of(shipped)
-    uncalibrated = temperature_scaled(probs["finetuned"], 1.0 / temperature)
+    uncalibrated = temperature_scaled(shipped_probs, 1.0 / temperature)
     results["calibration"] = {
         "temperature": temperature,
         "ece_before": round(expected_calibration_error(y_true, uncalibrated), 4),
-        "ece_after": round(expected_calibration_error(y_true, probs["finetuned"]), 4),
+        "ece_after": round(expected_calibration_error(y_true, shipped_probs), 4),
     }
+    return results, probs, sets, unfamiliar, uncalibrated
+
+
+def _write_plots(tmp, ep: EvaluateParams, results, probs, sets, unfamiliar, uncalibrated, classes, rows, y_true):
+    """plots/evaluate/: per model its confusion pairs, ROC and PR curves and most
+    confused pairs; reliability, predictions, coverage and the PNG pages.
+    -> the most confused pairs by model."""
+    from tlpipe import report
+
     confused = {}
-    with atomic.atomic_dir(paths.PLOTS) as tmp:
-        for name in MODELS:
-            y_pred = probs[name].argmax(axis=1)
-            for sub in ("confusion", "roc", "pr"):
-                (tmp / sub).mkdir(exist_ok=True)
-            (tmp / "confusion" / f"{name}.csv").write_text(
-                csv_text(("actual", "predicted"), [(classes[a], classes[b]) for a, b in zip(y_true, y_pred)])
-            )
-            roc, pr = curves(y_true, probs[name])
-            (tmp / "roc" / f"{name}.csv").write_text(csv_text(("fpr", "tpr"), roc))
-            (tmp / "pr" / f"{name}.csv").write_text(csv_text(("recall", "precision"), pr))
-            confused[name] = most_confused(y_true, y_pred, classes)
-            (tmp / f"most_confused_{name}.csv").write_text(csv_text(("actual", "predicted", "count"), confused[name]))
-        (tmp / "reliability").mkdir()
-        for name, p in (("uncalibrated", uncalibrated), ("calibrated", probs["finetuned"])):
-            points = [(round(c, 5), round(a, 5), n) for c, a, n in reliability(y_true, p)]
-            (tmp / "reliability" / f"{name}.csv").write_text(csv_text(("confidence", "accuracy", "images"), points))
-        report.reliability_png(tmp / "reliability.png", y_true, uncalibrated, probs["finetuned"], temperature)
-        ft = probs["finetuned"]
-        (tmp / "predictions.csv").write_text(
-            csv_text(
-                ("path", "actual", "predicted", "probability", "head_predicted", "prediction_set", "unfamiliar"),
-                [
-                    (r.path, r.label, classes[int(ft[i].argmax())], round(float(ft[i].max()), 5),
-                     classes[int(probs["head"][i].argmax())], ";".join(c for c, s in zip(classes, sets[i]) if s),
-                     bool(unfamiliar[i]))
-                    for i, r in enumerate(rows)
-                ],
-            )
+    for name in MODELS:
+        y_pred = probs[name].argmax(axis=1)
+        for sub in ("confusion", "roc", "pr"):
+            (tmp / sub).mkdir(exist_ok=True)
+        (tmp / "confusion" / f"{name}.csv").write_text(
+            csv_text(("actual", "predicted"), [(classes[a], classes[b]) for a, b in zip(y_true, y_pred)])
         )
-        (tmp / "conformal").mkdir()
-        (tmp / "conformal" / "per_class.csv").write_text(csv_text(
-            ("class", "coverage"),
-            [(c, v) for c, v in results["conformal"]["per_class_coverage"].items() if v is not None]))
-        report.confusion_png(tmp / "confusion.png", y_true, ft.argmax(axis=1), classes)
-        report.mistakes_png(tmp / "mistakes.png", rows, y_true, ft, classes, ep.gallery)
-        report.per_class_f1_png(tmp / "per_class_f1.png", results, classes)
-    atomic.write_json(paths.EVAL_METRICS, results)
+        roc, pr = curves(y_true, probs[name])
+        (tmp / "roc" / f"{name}.csv").write_text(csv_text(("fpr", "tpr"), roc))
+        (tmp / "pr" / f"{name}.csv").write_text(csv_text(("recall", "precision"), pr))
+        confused[name] = most_confused(y_true, y_pred, classes)
+        (tmp / f"most_confused_{name}.csv").write_text(csv_text(("actual", "predicted", "count"), confused[name]))
+    ft = probs["finetuned"]
+    (tmp / "reliability").mkdir()
+    for name, p in (("uncalibrated", uncalibrated), ("calibrated", ft)):
+        points = [(round(c, 5), round(a, 5), n) for c, a, n in reliability(y_true, p)]
+        (tmp / "reliability" / f"{name}.csv").write_text(csv_text(("confidence", "accuracy", "images"), points))
+    report.reliability_png(tmp / "reliability.png", y_true, uncalibrated, ft, results["calibration"]["temperature"])
+    (tmp / "predictions.csv").write_text(
+        csv_text(
+            ("path", "actual", "predicted", "probability", "head_predicted", "prediction_set", "unfamiliar"),
+            [
+                (r.path, r.label, classes[int(ft[i].argmax())], round(float(ft[i].max()), 5),
+                 classes[int(probs["head"][i].argmax())], ";".join(c for c, s in zip(classes, sets[i]) if s),
+                 bool(unfamiliar[i]))
+                for i, r in enumerate(rows)
+            ],
+        )
+    )
+    (tmp / "conformal").mkdir()
+    (tmp / "conformal" / "per_class.csv").write_text(csv_text(
+        ("class", "coverage"),
+        [(c, v) for c, v in results["conformal"]["per_class_coverage"].items() if v is not None]))
+    report.confusion_png(tmp / "confusion.png", y_true, ft.argmax(axis=1), classes)
+    report.mistakes_png(tmp / "mistakes.png", rows, y_true, ft, classes, ep.gallery)
+    report.per_class_f1_png(tmp / "per_class_f1.png", results, classes)
+    return confused
+
+
+def _print_summary(results: dict, confused: dict) -> None:
     c = results["calibration"]
     print(f"evaluate: calibration (temperature {c['temperature']} fitted on val): test ECE "
           f"{c['ece_before']:.4f} -> {c['ece_after']:.4f}")
@@ -148,4 +165,14 @@ def run(ep: EvaluateParams) -> dict:
               f"log loss {r['log_loss']:.4f}")
     for a, b, n in confused["finetuned"][:5]:
         print(f"evaluate: most confused: {n} x {a} predicted as {b}")
+
+
+def run(ep: EvaluateParams) -> dict:
+    """test split + both models -> metrics/eval.json, plots/evaluate/; reads ``evaluate.*``."""
+    classes, rows, y_true, x_test = _test_split()
+    results, probs, sets, unfamiliar, uncalibrated = _figures(ep, classes, rows, y_true, x_test)
+    with atomic.atomic_dir(paths.PLOTS) as tmp:
+        confused = _write_plots(tmp, ep, results, probs, sets, unfamiliar, uncalibrated, classes, rows, y_true)
+    atomic.write_json(paths.EVAL_METRICS, results)
+    _print_summary(results, confused)
     return results

@@ -31,7 +31,8 @@ from tlpipe import atomic, catalogs, paths
 from tlpipe.artifacts import csv_text
 from tlpipe.errors import TlpipeError
 from tlpipe.images import is_hidden
-from tlpipe.params import DataParams, archive_kind, check_source
+from tlpipe.data_source import archive_kind, local_source
+from tlpipe.params import DataParams
 
 # Folders that archivers add and that never hold a dataset.
 JUNK = {"__MACOSX"}
@@ -44,7 +45,7 @@ RATIO_CHECK_FROM_BYTES = 1024**2
 
 def run(data: DataParams, target: Path = paths.RAW) -> Path:
     """Materialise the dataset under ``target`` atomically; return it. Reads ``data.*``."""
-    local = check_source(data)
+    local = local_source(data.source, data.sha256)
     with atomic.atomic_dir(target) as tmp:
         if catalogs.is_catalog(data.source):
             catalogs.fetch(data.source, tmp)

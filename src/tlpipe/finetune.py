@@ -174,7 +174,7 @@ def _devices(tuning: FinetuneParams, seed: int):
 
 
 def _fit_or_keep_head(trainer, model: keras.Model, train, val: Inputs, y_val: np.ndarray, tuning: FinetuneParams,
-                      steps_per_epoch: int, log_dir: Path) -> tuple[str, np.ndarray, dict]:
+                      rate: training.LearningRate, log_dir: Path) -> tuple[str, np.ndarray, dict]:
     """Train from the head; keep the result only if it beats the head on val
     (scoring.beats). -> (shipped: "finetuned" or "head", its val probabilities,
     its figures for metrics/finetune.json)."""
@@ -186,8 +186,7 @@ def _fit_or_keep_head(trainer, model: keras.Model, train, val: Inputs, y_val: np
         log_dir.joinpath("metrics.json").write_text("{}\n")
         return "head", head_probs, figures
     start_weights = model.get_weights()
-    warmup = (tuning.learning_rate, tuning.warmup_epochs * steps_per_epoch)
-    result = trainer.fit(train, val, tuning.epochs, callbacks(tuning.patience, tuning.schedule, log_dir, warmup))
+    result = trainer.fit(train, val, tuning.epochs, callbacks(tuning.patience, log_dir, rate))
     tuned_probs = trainer.predict(val).astype(np.float64)
     figures.update(epochs_run=len(result.history["val_loss"]), fit_seconds=round(result.seconds, 2))
     if beats(y_val, tuned_probs, head_probs):
@@ -198,6 +197,57 @@ def _fit_or_keep_head(trainer, model: keras.Model, train, val: Inputs, y_val: np
     print(f"finetune: no epoch beat the trained head on val by more than noise (head: loss {figures['val_loss']:.4f}, "
           f"accuracy {figures['val_accuracy']:.4f}): shipping the head on the frozen backbone")
     return "head", head_probs, figures
+
+
+@dataclass
+class Built:
+    """What the build phase made: the classifier on pixels, what trains (its top
+    alone when the stored prefix feeds it), and how."""
+
+    model: keras.Model
+    fit_model: keras.Model
+    plan: freeze.Plan
+    trains: bool
+    on_prefix: bool
+    rate: training.LearningRate
+
+
+def _build(choice: BackboneChoice, tuning: FinetuneParams, n_train: int, batch_size: int) -> Built:
+    """The classifier with the trained head on the frozen backbone, and the
+    model that trains (its top alone on a stored prefix), compiled. Call inside
+    the strategy's scope."""
+    spec = backbones.get(choice.backbone)
+    # first: the same random init as extract's
+    backbone, plan = freeze.frozen_backbone(spec, choice.image_size, choice.weights, choice.freeze)
+    model = assemble(choice, tuning, backbone, plan, load_model(paths.HEAD_MODEL))
+    trains = not plan.trains_nothing and tuning.epochs > 0
+    on_prefix = trains and _stored_prefix(choice, tuning, plan, backbones.weights_fingerprint(backbone))
+    fit_model = _top_model(model, backbone, plan) if on_prefix else model
+    rate = learning_rate(tuning.learning_rate, tuning.schedule, tuning.epochs, steps(n_train, batch_size),
+                         tuning.warmup_epochs)
+    compile_model(fit_model, optimizer(tuning.optimizer, rate), tuning.label_smoothing)
+    fit_model.jit_compile = tuning.xla
+    return Built(model, fit_model, plan, trains, on_prefix, rate)
+
+
+def _metrics(figures: dict, shipped: str, shipping: dict, built: Built, data_seconds: float, strategy,
+             batch_size: int) -> dict:
+    """metrics/finetune.json: the fit's figures, what shipped and how it trained."""
+    return {
+        **figures,
+        "shipped": shipped,
+        **shipping,
+        # Time spent loading stored frozen-prefix outputs, or decoding images into memory.
+        "prefix_seconds": round(data_seconds, 2) if built.on_prefix else 0.0,
+        "data_seconds": round(data_seconds, 2),
+        "trainable_params": trainable_count(built.model),
+        "freeze": built.plan.word,
+        "frozen_prefix_cached": built.on_prefix,
+        "prefix_bytes_per_image": read_prefix_meta()["bytes_per_image"] if built.on_prefix else 0,
+        "replicas": strategy.num_replicas_in_sync,
+        "workers": distributed.worker_count(),
+        "global_batch_size": batch_size,
+    }
 
 
 def run(tuning: FinetuneParams, choice: BackboneChoice) -> dict:
@@ -212,54 +262,31 @@ def run(tuning: FinetuneParams, choice: BackboneChoice) -> dict:
     y_val_idx = label_indices(val_rows, classes)
     y_val = keras.utils.to_categorical(y_val_idx, len(classes))
 
-    with strategy.scope():  # build: the classifier, and what trains (its top alone on a stored prefix)
-        spec = backbones.get(choice.backbone)
-        # first: the same random init as extract's
-        backbone, plan = freeze.frozen_backbone(spec, choice.image_size, choice.weights, choice.freeze)
-        model = assemble(choice, tuning, backbone, plan, load_model(paths.HEAD_MODEL))
-        trains = not plan.trains_nothing and tuning.epochs > 0
-        on_prefix = trains and _stored_prefix(choice, tuning, plan, backbones.weights_fingerprint(backbone))
-        fit_model = _top_model(model, backbone, plan) if on_prefix else model
-        steps_per_epoch = steps(len(train_rows), batch_size)
-        lr = learning_rate(tuning.learning_rate, tuning.schedule, tuning.epochs, steps_per_epoch, tuning.warmup_epochs)
-        compile_model(fit_model, optimizer(tuning.optimizer, lr), tuning.label_smoothing)
-        fit_model.jit_compile = tuning.xla
-    trainer = distributed.trainer(strategy, fit_model, tuning.label_smoothing, batch_size, choice.seed)
+    with strategy.scope():
+        built = _build(choice, tuning, len(train_rows), batch_size)
+    trainer = distributed.trainer(strategy, built.fit_model, tuning.label_smoothing, batch_size, choice.seed)
 
     start = time.perf_counter()  # data: stored prefix outputs, or images
-    val = _inputs(val_rows, y_val, choice.image_size, batch_size, choice.seed, "val", on_prefix)
-    train = (_inputs(train_rows, y_train, choice.image_size, batch_size, choice.seed, "train", on_prefix, shuffle=True)
-             if trains else None)
+    val = _inputs(val_rows, y_val, choice.image_size, batch_size, choice.seed, "val", built.on_prefix)
+    train = (_inputs(train_rows, y_train, choice.image_size, batch_size, choice.seed, "train", built.on_prefix,
+                     shuffle=True) if built.trains else None)
     data_seconds = time.perf_counter() - start
 
     # Other workers of a cluster log to a scratch folder: the chief's logs are the run's.
     with (atomic.atomic_dir(paths.FINETUNE_LOGS) if chief else tempfile.TemporaryDirectory()) as log_dir:
-        shipped, val_probs, metrics = _fit_or_keep_head(trainer, model, train, val, y_val_idx, tuning, steps_per_epoch,
-                                                        Path(log_dir))
+        shipped, val_probs, figures = _fit_or_keep_head(trainer, built.model, train, val, y_val_idx, tuning,
+                                                        built.rate, Path(log_dir))
     if not chief:
         print(f"finetune: {distributed.describe_task()} done; the chief writes {paths.MODEL} and "
               f"{paths.FINETUNE_METRICS}, this worker writes nothing")
-        return metrics
+        return figures
 
-    shipping = _save_shipped(model, val_probs, val_rows, y_val_idx, tuning.tta, choice.image_size, batch_size)
-    metrics.update({
-        "shipped": shipped,
-        **shipping,
-        # Time spent loading stored frozen-prefix outputs, or decoding images into memory.
-        "prefix_seconds": round(data_seconds, 2) if on_prefix else 0.0,
-        "data_seconds": round(data_seconds, 2),
-        "trainable_params": trainable_count(model),
-        "freeze": plan.word,
-        "frozen_prefix_cached": on_prefix,
-        "prefix_bytes_per_image": read_prefix_meta()["bytes_per_image"] if on_prefix else 0,
-        "replicas": strategy.num_replicas_in_sync,
-        "workers": distributed.worker_count(),
-        "global_batch_size": batch_size,
-    })
+    shipping = _save_shipped(built.model, val_probs, val_rows, y_val_idx, tuning.tta, choice.image_size, batch_size)
+    metrics = _metrics(figures, shipped, shipping, built, data_seconds, strategy, batch_size)
     atomic.write_json(paths.FINETUNE_METRICS, metrics)
     mirrored = " with mirror-image TTA" if shipping["tta"] else ""
     print(
         f"finetune: shipped the {shipped} model{mirrored}: val accuracy {metrics['val_accuracy']:.4f}, "
-        f"val loss {metrics['val_loss']:.4f} (freeze {plan.word})"
+        f"val loss {metrics['val_loss']:.4f} (freeze {built.plan.word})"
     )
     return metrics

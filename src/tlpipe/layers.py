@@ -199,13 +199,18 @@ def as_float32(model):
     return copy
 
 
+def _mirrored_classifier(model: keras.Model) -> keras.Model | None:
+    """The classifier a mirror-averaged model averages over, or None."""
+    return next((layer for layer in model.layers
+                 if isinstance(layer, keras.Model) and any(x.name == "head" for x in layer.layers)), None)
+
+
 def with_features(model: keras.Model) -> keras.Model:
     """A view of a tlpipe classifier that gives (probabilities, the pooled
     features its head reads) in one forward pass, with the same weights: what
     the unfamiliar-input score needs beside the prediction. With mirror-image
     TTA the features are the plain image's."""
-    inner = next((layer for layer in model.layers
-                  if isinstance(layer, keras.Model) and any(x.name == "head" for x in layer.layers)), None)
+    inner = _mirrored_classifier(model)
     if inner is None:
         return _chain_with_features(model)
     both = _chain_with_features(inner)
@@ -214,6 +219,23 @@ def with_features(model: keras.Model) -> keras.Model:
     mirror_probs, _ = both(Mirror(name="mirror")(pixels))
     averaged = keras.layers.Average(name="mirror_average", dtype="float32")([probs, mirror_probs])
     return keras.Model(pixels, [Temperature(temperature_of(model), name="temperature")(averaged), features])
+
+
+def backbone_of(model: keras.Model) -> keras.Model:
+    """The backbone inside a tlpipe classifier (mirror-averaged or not): the layer the head reads."""
+    chain = _mirrored_classifier(model) or model
+    names = [layer.name for layer in chain.layers]
+    if "head" not in names:
+        raise ValueError(f"{model.name} has no layer named 'head': not a tlpipe classifier")
+    return chain.layers[names.index("head") - 1]
+
+
+def features_of(model: keras.Model) -> keras.Model:
+    """pixels -> the pooled features ``model``'s head reads, on the plain image
+    alone (the features ``with_features`` gives, without the mirror image's
+    forward pass that only its probabilities need)."""
+    both = _chain_with_features(_mirrored_classifier(model) or model)
+    return keras.Model(both.input, both.outputs[1])
 
 
 def _chain_with_features(model: keras.Model) -> keras.Model:

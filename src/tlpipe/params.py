@@ -9,10 +9,11 @@ stops the stage before any work is done. Errors read like scikit-learn's:
 params.yaml is the one place defaults live: a missing key is an error too,
 which also keeps dvc.yaml's exact-key ``params:`` lists honest.
 
-Every check of a params value lives here, including the ones that need the
-file system (``check_source``, ``check_weights``) or a built backbone
-(``check_freeze_layer``), which the stages reading those keys call; all of them
-word their errors through ``invalid``.
+Each key's rule is declared beside its field (``rule``) and read by one loop
+(``read_section``); a rule that belongs to a vocabulary with a home of its
+own is that module's (the freeze word: tlpipe.freeze; what data.source may
+name: tlpipe.data_source; backbones and their weights: tlpipe.backbones).
+Every message is worded by ``errors.invalid``.
 """
 
 from __future__ import annotations
@@ -25,52 +26,14 @@ from typing import Any
 
 import yaml
 
-from tlpipe import catalogs, paths
-from tlpipe.errors import TlpipeError
+from tlpipe import backbones, catalogs, data_source, freeze, paths
+from tlpipe.errors import TlpipeError, invalid
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SCHEDULES = ("constant", "cosine", "plateau")
 # What the export stage writes (models/export/model_<format>...), in the order written.
 EXPORT_FORMATS = ("saved_model", "tflite", "tflite_float16", "tflite_int8", "onnx")
-FREEZE_WORDS = ("auto", "all", "none")
-ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
-_BLOCK = re.compile(r"block([0-9]+)")
-_LAYER_NAME = re.compile(r"[A-Za-z0-9_./-]+")
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
-SOURCE = str(paths.PARAMS)
-
-
-def invalid(key: str, rule: str, value: Any, hint: str = "", source: str = SOURCE) -> TlpipeError:
-    """The one wording of a bad params value (scikit-learn's), for every check."""
-    return TlpipeError(
-        f"{source}: The '{key}' parameter must be {rule}. Got {value!r} instead.{' ' + hint if hint else ''}"
-    )
-
-
-def freeze_stage(word: str) -> int | None:
-    """N for a ``blockN`` freeze word, else None."""
-    m = _BLOCK.fullmatch(word)
-    return int(m.group(1)) if m else None
-
-
-def freeze_rule(n_stages: int) -> str:
-    blocks = ", ".join(f"'block{i}'" for i in range(1, n_stages + 1))
-    return f"'auto', 'all', 'none', one of {blocks}, or an exact Keras layer name of the backbone"
-
-
-def is_url(source: str) -> bool:
-    import urllib.parse
-
-    return urllib.parse.urlsplit(source).scheme in ("http", "https")
-
-
-def archive_kind(name: str) -> str | None:
-    lower = name.lower()
-    if lower.endswith(".zip"):
-        return "zip"
-    if lower.endswith((".tar", ".tar.gz", ".tgz")):
-        return "tar"
-    return None
 
 
 def rule(reader: str, *args: Any, default: Any = MISSING, **kwargs: Any):
@@ -341,8 +304,6 @@ def _range_text(low, high, low_closed, high_closed) -> str:
 
 def parse(raw: Any, source: str = str(paths.PARAMS)) -> Params:
     """Validate a params mapping (as read from YAML) into a Params object."""
-    from tlpipe import backbones  # light: the registry imports Keras lazily
-
     top = _Section(source, raw, "")
     backbone = top.get("backbone")
     if not isinstance(backbone, str) or backbone not in backbones.names():
@@ -350,20 +311,16 @@ def parse(raw: Any, source: str = str(paths.PARAMS)) -> Params:
     spec = backbones.get(backbone)
     image_size = top.integer("image_size", spec.min_size, 1024)
     weights = top.text("weights")
-    freeze = top.text("freeze")
-    stage = freeze_stage(freeze)
-    # blockN is checked against this backbone here, before any work; a layer
-    # name can only be checked on the built backbone (check_freeze_layer).
-    if (stage is not None and not 1 <= stage <= len(spec.stages)) or (
-        stage is None and freeze not in FREEZE_WORDS and not _LAYER_NAME.fullmatch(freeze)
-    ):
-        top.bad("freeze", freeze_rule(len(spec.stages)), freeze, f"(backbone '{backbone}')")
+    freeze_word = top.text("freeze")
+    if not freeze.spelled_right(freeze_word, spec):  # a layer name is checked on the architecture, in gate
+        top.bad("freeze", freeze.rule(spec), freeze_word, f"(backbone '{backbone}')")
     seed = top.integer("seed", 0, 2**31 - 1)
 
     # Each section of params.yaml, in file order: read by its fields' rules, then its own checks.
     sections = {name: read_section(top.section(name), cls, check) for name, (cls, check) in SECTIONS.items()}
     top.finish()
-    return Params(backbone=backbone, image_size=image_size, weights=weights, freeze=freeze, seed=seed, **sections)
+    return Params(backbone=backbone, image_size=image_size, weights=weights, freeze=freeze_word, seed=seed,
+                  **sections)
 
 
 def read_section(section: _Section, cls, check=None):
@@ -398,8 +355,8 @@ def _check_data(data: DataParams, d: _Section) -> None:
             d.bad("labels", "null for a catalog source (the catalog has its own labels)", data.labels)
     if data.sha256 is not None and not _SHA256.fullmatch(data.sha256):
         d.bad("sha256", "null or a 64-digit hex SHA-256", data.sha256)
-    if is_url(data.source) and not archive_kind(data.source.split("?")[0]):
-        d.bad("source", f"an http(s) URL of an archive ({', '.join(ARCHIVE_SUFFIXES)})", data.source)
+    if rule_broken := data_source.url_rule_broken(data.source):
+        d.bad("source", rule_broken, data.source)
 
 
 def _check_split(split: SplitParams, s: _Section) -> None:
@@ -462,51 +419,6 @@ def load(path: Path | str = paths.PARAMS) -> Params:
     return parse(read_yaml(path), str(path))
 
 
-# ---------------------------------------------------------------- checks that need the
-# file system or a built backbone; called by the stages that read these keys.
-
-
-def check_source(data: DataParams) -> Path | None:
-    """The local file or folder ``data.source`` names (None for a URL or a catalog)."""
-    if is_url(data.source) or catalogs.is_catalog(data.source):
-        return None
-    local = Path(data.source).expanduser()
-    if local.is_dir():
-        if data.sha256:
-            raise invalid(
-                "data.sha256", "null when 'data.source' is a folder (only an archive has a checksum)", data.sha256
-            )
-        return local
-    if local.is_file() and archive_kind(local.name):
-        return local
-    what = "not an archive" if local.is_file() else "no such file or folder"
-    raise invalid(
-        "data.source",
-        f"an http(s) URL of an archive, a local archive ({', '.join(ARCHIVE_SUFFIXES)}) or a local folder",
-        data.source,
-        f"({what})",
-    )
-
-
-def check_weights(weights: str) -> str | None:
-    """``weights`` as keras.applications takes it: 'imagenet', None, or a file path."""
-    if weights == "imagenet":
-        return "imagenet"
-    if weights == "none":
-        return None
-    if not Path(weights).is_file():
-        raise invalid("weights", "'imagenet', 'none' or the path of an existing weights file", weights, "(no such file)")
-    return weights
-
-
-def check_freeze_layer(word: str, layer_names: list[str], backbone: str, n_stages: int) -> None:
-    """A freeze word that is not auto/all/none/blockN must name a layer of the backbone."""
-    if word in layer_names:
-        return
-    example = layer_names[len(layer_names) // 2]
-    raise invalid("freeze", freeze_rule(n_stages), word, f"(backbone '{backbone}' has no such layer; e.g. {example!r})")
-
-
 def gate(p: Params) -> None:
     """The pipeline's first stage: params.yaml is valid (``load`` checked every
     key; here also a ``freeze`` layer name, on the backbone's architecture).
@@ -515,12 +427,7 @@ def gate(p: Params) -> None:
     before any stage that reads it, leaves every earlier result in place. The
     file it writes never changes, so a valid params change reruns nothing else.
     """
-    if freeze_stage(p.freeze) is None and p.freeze not in FREEZE_WORDS:
-        from tlpipe import backbones
-
-        spec = backbones.get(p.backbone)
-        names = [layer.name for layer in spec.build(p.image_size, "none").layers]  # architecture only
-        check_freeze_layer(p.freeze, names, p.backbone, len(spec.stages))
+    freeze.check_on_architecture(p.freeze, backbones.get(p.backbone), p.image_size)
     from tlpipe import atomic
 
     atomic.write_text(paths.PARAMS_CHECKED, "params.yaml is valid\n")

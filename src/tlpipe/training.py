@@ -50,39 +50,61 @@ def optimizer(name: str, learning_rate):
     raise ValueError(name)  # params validation makes this unreachable
 
 
-def learning_rate(base: float, schedule: str, epochs: int, steps_per_epoch: int, warmup_epochs: int):
-    """What the optimizer is built with: cosine decay (with its own linear
-    warmup) as a schedule; otherwise the float ``base``, which the Warmup and
-    ReduceLROnPlateau callbacks can then adjust."""
-    if schedule != "cosine":
-        return base
-    total = max(1, epochs * steps_per_epoch)
-    warmup = min(warmup_epochs * steps_per_epoch, total - 1)
-    return keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=base / 10 if warmup else base,
-        decay_steps=total - warmup,
-        warmup_target=base if warmup else None,
-        warmup_steps=warmup,
-    )
+class LearningRate(keras.optimizers.schedules.LearningRateSchedule):
+    """The one learning-rate policy of fine-tuning: a linear warmup from
+    base/10 to ``base`` over ``warmup_steps``, then cosine decay to zero by
+    ``total_steps`` (Keras' own CosineDecay) or a constant ``base``, times
+    ``scale``, which only ReduceLROnPlateau lowers (see PlateauReduction)."""
+
+    def __init__(self, base: float, schedule: str, total_steps: int, warmup_steps: int = 0):
+        self.base, self.schedule = base, schedule
+        self.warmup_steps = min(warmup_steps, total_steps - 1)
+        self.scale = keras.Variable(1.0, trainable=False, name="learning_rate_scale")
+        self.cosine = (keras.optimizers.schedules.CosineDecay(base, total_steps - self.warmup_steps)
+                       if schedule == "cosine" else None)
+
+    def after_warmup(self, step):
+        return self.cosine(step) if self.cosine else keras.ops.convert_to_tensor(self.base, "float32")
+
+    def __call__(self, step):
+        step = keras.ops.cast(step, "float32")
+        if not self.warmup_steps:
+            return self.after_warmup(step) * self.scale
+        warm = self.base * (0.1 + 0.9 * step / self.warmup_steps)
+        past = self.after_warmup(keras.ops.maximum(step - self.warmup_steps, 0.0))
+        return keras.ops.where(step < self.warmup_steps, warm, past) * self.scale
+
+    def get_config(self):
+        return {"base": self.base, "schedule": self.schedule, "warmup_steps": self.warmup_steps}
 
 
-class Warmup(keras.callbacks.Callback):
-    """Linear warmup from base/10 to base over the first steps (for the
-    constant and plateau schedules; cosine warms up inside its schedule)."""
-
-    def __init__(self, base: float, steps: int):
-        super().__init__()
-        self.base, self.steps, self.step = base, steps, 0
-
-    def on_train_batch_begin(self, batch, logs=None):
-        if self.step <= self.steps:
-            self.model.optimizer.learning_rate = self.base * (0.1 + 0.9 * min(1.0, self.step / self.steps))
-        self.step += 1
+def learning_rate(base: float, schedule: str, epochs: int, steps_per_epoch: int, warmup_epochs: int) -> LearningRate:
+    """``finetune.schedule`` and ``finetune.warmup_epochs`` as the optimizer's schedule."""
+    return LearningRate(base, schedule, max(1, epochs * steps_per_epoch), warmup_epochs * steps_per_epoch)
 
 
-def callbacks(patience: int, schedule: str, log_dir: Path, warmup: tuple[float, int] | None = None) -> list:
-    """DVCLive logging, best-epoch restore, early stopping, and the callback
-    side of the schedule. ``warmup``: (base learning rate, warmup steps)."""
+class PlateauReduction(keras.callbacks.ReduceLROnPlateau):
+    """ReduceLROnPlateau on a LearningRate schedule: it lowers the schedule's
+    ``scale`` (an optimizer built with a schedule has no settable rate)."""
+
+    def __init__(self, rate: LearningRate, **kwargs):
+        super().__init__(**kwargs)
+        self.rate = rate
+
+    def _reduce_optimizer_lr(self, optimizer, epoch, name=""):
+        old = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+        if old <= np.float32(self.min_lr):
+            return False
+        new = max(old * self.factor, self.min_lr)
+        self.rate.scale.assign(self.rate.scale * (new / old))
+        if self.verbose:
+            print(f"\nEpoch {epoch + 1}: ReduceLROnPlateau reducing learning rate to {new}.")
+        return True
+
+
+def callbacks(patience: int, log_dir: Path, rate: LearningRate | None = None) -> list:
+    """DVCLive logging, best-epoch restore, early stopping, and with a
+    ``plateau`` LearningRate, its reduction on a val-loss plateau."""
     # Always end on the best epoch's weights; stop early only when asked to.
     out: list = [
         LiveLogger(log_dir),
@@ -93,14 +115,8 @@ def callbacks(patience: int, schedule: str, log_dir: Path, warmup: tuple[float, 
             verbose=1,
         ),
     ]
-    if warmup and warmup[1] and schedule != "cosine":
-        out.append(Warmup(*warmup))
-    if schedule == "plateau":
-        out.append(
-            keras.callbacks.ReduceLROnPlateau(
-                monitor="val_loss", factor=0.3, patience=max(1, patience // 2), verbose=1
-            )
-        )
+    if rate is not None and rate.schedule == "plateau":
+        out.append(PlateauReduction(rate, monitor="val_loss", factor=0.3, patience=max(1, patience // 2), verbose=1))
     return out
 
 

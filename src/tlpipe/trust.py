@@ -2,8 +2,10 @@
 -> models/trust/ (trust.json and the train images' features).
 
 The shipped model classifies the val images and reads their pooled features
-(its own head's input) in one pass, and the train images' features in
-another: the sets' threshold comes from val (split conformal, see
+(its own head's input) in one pass; the train images' features come from the
+frozen prefix extract stored, through the shipped backbone's trained top (its
+frozen layers are extract's, unchanged), or from the plain images when no
+prefix is stored: the sets' threshold comes from val (split conformal, see
 tlpipe.confidence), and so does the distance beyond which an image is
 unfamiliar. The test split is never read here; evaluate scores both on it.
 """
@@ -12,16 +14,41 @@ from __future__ import annotations
 
 import numpy as np
 
-from tlpipe import paths
-from tlpipe.artifacts import label_indices, read_classes, read_split
-from tlpipe.confidence import (Trust, conformal_threshold, min_val_images, normalised, prediction_sets, probabilities_and_features,
-                               save, unfamiliar_scores, unfamiliar_threshold)
+from tlpipe import backbones, freeze, paths, training
+from tlpipe.artifacts import label_indices, load_prefix, read_classes, read_prefix_meta, read_split
+from tlpipe.confidence import (Trust, conformal_threshold, features, min_val_images, normalised, prediction_sets,
+                               probabilities_and_features, save, unfamiliar_scores, unfamiliar_threshold)
 from tlpipe.errors import TlpipeError
 from tlpipe.params import TrustParams
 
 
+def train_features(model, train_rows, batch_size: int) -> np.ndarray:
+    """The shipped model's pooled features on the train images: the stored
+    frozen prefix through the trained layers above it when extract stored one
+    (a fraction of a forward pass), else the images through the whole model."""
+    import keras
+
+    from tlpipe.layers import backbone_of
+
+    meta = read_prefix_meta()
+    if not meta["cached"]:
+        return features(model, train_rows, batch_size, "trust: train features")
+    backbone = backbone_of(model)
+    plan = freeze.plan(backbone, backbones.get(meta["backbone"]), meta["freeze"])
+    if list(plan.boundary.shape[1:]) != meta["shape"]:
+        raise TlpipeError(f"{paths.PREFIX} holds outputs of shape {meta['shape']}, not the shipped model's "
+                          f"{list(plan.boundary.shape[1:])} at its '{meta['freeze']}' boundary; run `dvc repro`.")
+    top = keras.Model(plan.boundary, backbone.output)
+    prefix = load_prefix("train")
+    print(f"trust: train features of {len(prefix)} images from {paths.PREFIX} (the layers above "
+          f"'{meta['freeze']}' alone)", flush=True)
+    return top.predict(training.disk_batches(prefix, np.zeros((len(prefix), 1)), batch_size).map(lambda x, y: x),
+                       verbose=0).astype(np.float32)
+
+
 def run(tp: TrustParams, batch_size: int) -> Trust:
-    """models/model.keras + val and train images -> models/trust/; reads ``trust.*``, ``evaluate.batch_size``."""
+    """models/model.keras + val images + data/prefix (or train images) -> models/trust/;
+    reads ``trust.*``, ``evaluate.batch_size``."""
     from tlpipe.layers import load_model
 
     classes = read_classes()
@@ -31,14 +58,13 @@ def run(tp: TrustParams, batch_size: int) -> Trust:
         raise TlpipeError(f"{paths.split_csv(empty)} is empty: nothing to calibrate prediction sets on.")
     model = load_model(paths.MODEL)
     val_probs, val_features = probabilities_and_features(model, val_rows, batch_size, "trust: val")
-    _, train_features = probabilities_and_features(model, train_rows, batch_size, "trust: train features")
+    bank = normalised(train_features(model, train_rows, batch_size))
     y_val = label_indices(val_rows, classes)
 
     threshold = conformal_threshold(val_probs, y_val, tp.coverage)
     if threshold >= 1.0:
         print(f"trust: {len(val_rows)} val images are too few for coverage {tp.coverage} (it needs at least "
               f"{min_val_images(tp.coverage)}): every set holds every class")
-    bank = normalised(train_features)
     val_distances = unfamiliar_scores(val_features, bank, tp.neighbours)
     trust = Trust(
         coverage=tp.coverage,
