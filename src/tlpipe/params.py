@@ -340,38 +340,39 @@ def read_section(section: _Section, cls, check=None):
     return result
 
 
-def _check_data(data: DataParams, d: _Section) -> None:
+def _check_data(data: DataParams, section: _Section) -> None:
     if data.labels is not None and (Path(data.labels).is_absolute() or ".." in Path(data.labels).parts):
-        d.bad("labels", "null or the path of a CSV inside data.source (relative to its root)", data.labels)
+        section.bad("labels", "null or the path of a CSV inside data.source (relative to its root)", data.labels)
     if Path(data.corrections).is_absolute() or ".." in Path(data.corrections).parts:
-        d.bad("corrections", f"the path of a CSV inside this repository, e.g. {paths.CORRECTIONS} (DVC tracks it)",
-              data.corrections)
+        section.bad("corrections",
+                    f"the path of a CSV inside this repository, e.g. {paths.CORRECTIONS} (DVC tracks it)",
+                    data.corrections)
     if catalogs.is_catalog(data.source):
         if rule_broken := catalogs.problem(data.source):
-            d.bad("source", rule_broken, data.source)
+            section.bad("source", rule_broken, data.source)
         if data.sha256 is not None:
-            d.bad("sha256", "null for a catalog source (its loader checks its own download)", data.sha256)
+            section.bad("sha256", "null for a catalog source (its loader checks its own download)", data.sha256)
         if data.labels is not None:
-            d.bad("labels", "null for a catalog source (the catalog has its own labels)", data.labels)
+            section.bad("labels", "null for a catalog source (the catalog has its own labels)", data.labels)
     if data.sha256 is not None and not _SHA256.fullmatch(data.sha256):
-        d.bad("sha256", "null or a 64-digit hex SHA-256", data.sha256)
+        section.bad("sha256", "null or a 64-digit hex SHA-256", data.sha256)
     if rule_broken := data_source.url_rule_broken(data.source):
-        d.bad("source", rule_broken, data.source)
+        section.bad("source", rule_broken, data.source)
 
 
-def _check_split(split: SplitParams, s: _Section) -> None:
+def _check_split(split: SplitParams, section: _Section) -> None:
     if split.val_fraction + split.test_fraction >= 1.0:
-        s.fail(
+        section.fail(
             "The 'split.val_fraction' and 'split.test_fraction' parameters must add up to less "
             f"than 1.0 so that some images are left to train on. Got "
             f"{split.val_fraction} + {split.test_fraction} instead."
         )
 
 
-def _check_head(head: HeadParams, h: _Section) -> None:
+def _check_head(head: HeadParams, section: _Section) -> None:
     if head.solver == "lbfgs" and head.hidden:
-        h.bad("solver", "'keras' for a head with hidden layers ('lbfgs' solves a linear head, head.hidden: [])",
-              head.solver)
+        section.bad("solver", "'keras' for a head with hidden layers ('lbfgs' solves a linear head, head.hidden: [])",
+                    head.solver)
 
 
 # params.yaml's sections: the dataclass whose fields declare each key's rule,
