@@ -65,6 +65,12 @@ def test_warmup_rises_linearly_from_a_tenth_then_holds(schedule):
     np.testing.assert_allclose(got[5:], 1e-3, rtol=1e-6)
 
 
+def test_the_schedule_rebuilds_from_its_config():
+    rate = learning_rate(1e-3, "cosine", epochs=4, steps_per_epoch=5, warmup_epochs=1)
+    again = type(rate).from_config(rate.get_config())
+    np.testing.assert_array_equal(rates(again, 22), rates(rate, 22))
+
+
 def test_no_warmup_constant_is_the_base_rate():
     np.testing.assert_array_equal(rates(learning_rate(5e-3, "constant", 2, 3, 0), 6), np.float32(5e-3))
 
