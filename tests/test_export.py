@@ -90,6 +90,21 @@ def test_the_runtimes_reproduce_the_keras_models_probabilities(exported):
             assert np.abs(got - expected).max() < tolerance, fmt
 
 
+def test_tflite_converted_from_the_one_saved_model_is_what_a_fresh_export_gives(exported, tmp_path):
+    """The stage exports the SavedModel once and converts every TFLite format
+    from it; converting straight from the Keras model gives the same model."""
+    from tlpipe.layers import load_model
+
+    root, _, _ = exported
+    with working_dir(root):
+        rows = artifacts.read_split("test")[:4]
+        fresh = tmp_path / "fresh.tflite"
+        export.write_artifact(load_model(paths.MODEL), "tflite_float16", fresh)
+        staged = runtimes.open_model(export.artifact_path("tflite_float16"), threads=1)
+        x = np.concatenate(list(export.pixel_batches(rows, staged.image_size)))
+        np.testing.assert_array_equal(runtimes.open_model(fresh, threads=1)(x), staged(x))
+
+
 def test_a_format_that_loses_accuracy_is_named_with_both_figures():
     results = {"keras": {"accuracy": 0.95}, "onnx": {"accuracy": 0.95}, "tflite_int8": {"accuracy": 0.9}}
     (line,) = export.accuracy_drops(results, 0.01)

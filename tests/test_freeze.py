@@ -54,6 +54,18 @@ def test_freeze_all_trains_nothing(raw_params):
     assert plan.trains_nothing and backbone.trainable_weights == []
 
 
+def test_the_layers_above_the_boundary_finish_what_the_prefix_started(raw_params):
+    import numpy as np
+
+    backbone, plan = frozen(raw_params, "mobilenet_0.25", 32, "block5")
+    images = np.random.default_rng(0).uniform(-1, 1, (3, 32, 32, 3)).astype("float32")
+    prefix = keras.Model(backbone.input, plan.boundary).predict(images, verbose=0)
+    above = freeze.layers_above(backbone, plan)
+    assert above.input.shape[1:] == plan.boundary.shape[1:]
+    np.testing.assert_allclose(above.predict(prefix, verbose=0), backbone.predict(images, verbose=0), atol=1e-5)
+    assert {w.path for w in above.trainable_weights} == {w.path for w in backbone.trainable_weights}
+
+
 def test_freeze_auto_uses_the_registry_default(raw_params):
     _, plan = frozen(raw_params, "mobilenet_0.25", 32, "auto")
     assert plan.word == backbones.get("mobilenet_0.25").default_freeze

@@ -29,6 +29,13 @@ def test_in_order_without_a_seed(tmp_path):
     np.testing.assert_array_equal(got_y, y)
 
 
+def test_without_labels_it_streams_the_rows_alone(tmp_path):
+    x, _ = on_disk(tmp_path)
+    batches = list(disk_batches(x, None, 8))
+    assert all(not isinstance(b, tuple) for b in batches)
+    np.testing.assert_array_equal(np.concatenate([b.numpy() for b in batches]), x)
+
+
 def test_seeded_shuffle_keeps_rows_with_their_labels_and_reshuffles_each_epoch(tmp_path):
     x, y = on_disk(tmp_path)
     dataset = disk_batches(x, y, 8, shuffle_seed=3)

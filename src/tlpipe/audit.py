@@ -135,11 +135,8 @@ def _label_from_path(path: str, label_of: dict[str, str]) -> str:
     return parts[0] if len(parts) > 1 else ""
 
 
-def run(audit: AuditParams, *, seed: int) -> dict:
-    """data/features + data/split -> plots/audit, metrics/audit.json; reads ``audit.*`` and ``seed``."""
-    from tlpipe import report
-
-    classes = read_classes()
+def _every_split():
+    """Rows, split names, cached features and labels of train, val and test, in that order."""
     rows: list[Row] = []
     splits: list[str] = []
     feats, labels = [], []
@@ -150,29 +147,24 @@ def run(audit: AuditParams, *, seed: int) -> dict:
         splits += [split] * len(split_rows)
         feats.append(x)
         labels.append(y)
-    x, y = np.concatenate(feats), np.concatenate(labels)
-    split_of = {r.path: s for r, s in zip(rows, splits)}
-    label_of = {r.path: r.label for r in rows}
+    return rows, splits, np.concatenate(feats), np.concatenate(labels)
 
-    threshold, calibration = audit.near_duplicate_similarity, None
+
+def _similarity_threshold(audit: AuditParams):
+    """audit.near_duplicate_similarity, or one fitted on extract's near-copies
+    of train images -> (threshold, calibration figures or None)."""
+    if audit.near_duplicate_similarity is not None:
+        return audit.near_duplicate_similarity, None
     copies = np.load(paths.copies_file()).astype(np.float32) if paths.copies_file().is_file() else np.zeros((0, 0))
-    if threshold is None and len(copies):
-        threshold, calibration = calibrated_similarity(load_features("train")[0], copies,
-                                                       np.load(paths.copies_of_file()))
-    elif threshold is None:
-        threshold = FALLBACK_SIMILARITY
-        print(f"audit: no near-copies to calibrate on (no train images); near-duplicates from similarity {threshold}")
-    pairs = near_duplicates(x, threshold)
-    pair_rows = [(rows[i].path, rows[j].path, splits[i], splits[j], rows[i].label, rows[j].label, round(s, 5))
-                 for i, j, s in pairs]
-    exact = _exact_duplicates(split_of, label_of)
-    cross_split = sum(a != b for _, _, a, b, *_ in pair_rows)
-    cross_label = sum(a != b for *_, a, b, _ in pair_rows)
+    if len(copies):
+        return calibrated_similarity(load_features("train")[0], copies, np.load(paths.copies_of_file()))
+    print(f"audit: no near-copies to calibrate on (no train images); near-duplicates from similarity "
+          f"{FALLBACK_SIMILARITY}")
+    return FALLBACK_SIMILARITY, None
 
-    probs = out_of_fold_probabilities(x, y, len(classes), audit.folds, seed)
-    flagged, quality = label_issues(y, probs)
-    issue_rows = [(rows[i].path, splits[i], classes[y[i]], classes[int(probs[i].argmax())], round(float(quality[i]), 5))
-                  for i in flagged]
+
+def _write_plots(audit: AuditParams, exact, pair_rows, issue_rows, threshold) -> None:
+    from tlpipe import report
 
     with atomic.atomic_dir(paths.AUDIT_PLOTS) as tmp:
         header = ("path_a", "path_b", "split_a", "split_b", "label_a", "label_b", "similarity")
@@ -182,12 +174,53 @@ def run(audit: AuditParams, *, seed: int) -> dict:
                                                        issue_rows))
         report.pairs_png(tmp / "duplicates.png", pair_rows[: audit.gallery], threshold)
         report.label_issues_png(tmp / "label_issues.png", issue_rows[: audit.gallery])
+
+
+def _print_summary(metrics: dict, issue_rows) -> None:
+    duplicates, threshold = metrics["duplicates"], metrics["near_duplicate_similarity"]
+    calibration = metrics.get("near_duplicate_calibration")
+    print(f"audit: {duplicates['exact']} exact duplicates (removed by split), {duplicates['near']} near-duplicate "
+          f"pairs (similarity >= {threshold}): {duplicates['cross_split']} across splits, "
+          f"{duplicates['cross_label']} across classes")
+    if calibration:
+        print(f"audit: similarity {threshold} calibrated on {calibration['copies']} near-copies of train images "
+              f"(resized, re-encoded, cropped; {calibration['copies_found']:.0%} found, median similarity "
+              f"{calibration['copy_similarity_median']}); {calibration['distinct_pairs_above']} of "
+              f"{calibration['distinct_pairs']} pairs of distinct sampled images are above it")
+    if duplicates["cross_split"]:
+        print(f"audit: WARNING: {duplicates['cross_split']} near-duplicate pairs straddle splits: the val/test "
+              f"scores are optimistic. See {paths.AUDIT_PLOTS / 'duplicates.csv'}.")
+    print(f"audit: {len(issue_rows)} likely label errors of {metrics['images']} images "
+          f"(most suspicious first in {paths.AUDIT_PLOTS / 'label_issues.csv'})")
+    for path, split, given, suggested, score in issue_rows[:5]:
+        print(f"audit:   {path} ({split}): labelled {given}, looks like {suggested} (label quality {score:.3f})")
+
+
+def run(audit: AuditParams, *, seed: int) -> dict:
+    """data/features + data/split -> plots/audit, metrics/audit.json; reads ``audit.*`` and ``seed``."""
+    classes = read_classes()
+    rows, splits, x, y = _every_split()
+    split_of = {r.path: s for r, s in zip(rows, splits)}
+    label_of = {r.path: r.label for r in rows}
+
+    threshold, calibration = _similarity_threshold(audit)
+    pairs = near_duplicates(x, threshold)
+    pair_rows = [(rows[i].path, rows[j].path, splits[i], splits[j], rows[i].label, rows[j].label, round(s, 5))
+                 for i, j, s in pairs]
+    exact = _exact_duplicates(split_of, label_of)
+
+    probs = out_of_fold_probabilities(x, y, len(classes), audit.folds, seed)
+    flagged, quality = label_issues(y, probs)
+    issue_rows = [(rows[i].path, splits[i], classes[y[i]], classes[int(probs[i].argmax())], round(float(quality[i]), 5))
+                  for i in flagged]
+
+    _write_plots(audit, exact, pair_rows, issue_rows, threshold)
     metrics = {
         "duplicates": {
             "exact": len(exact),
             "near": len(pair_rows),
-            "cross_split": cross_split,
-            "cross_label": cross_label,
+            "cross_split": sum(a != b for _, _, a, b, *_ in pair_rows),
+            "cross_label": sum(a != b for *_, a, b, _ in pair_rows),
         },
         "near_duplicate_similarity": threshold,
         **({"near_duplicate_calibration": calibration} if calibration else {}),
@@ -195,18 +228,5 @@ def run(audit: AuditParams, *, seed: int) -> dict:
         "images": len(rows),
     }
     atomic.write_json(paths.AUDIT_METRICS, metrics)
-    print(f"audit: {len(exact)} exact duplicates (removed by split), {len(pair_rows)} near-duplicate pairs "
-          f"(similarity >= {threshold}): {cross_split} across splits, {cross_label} across classes")
-    if calibration:
-        print(f"audit: similarity {threshold} calibrated on {calibration['copies']} near-copies of train images "
-              f"(resized, re-encoded, cropped; {calibration['copies_found']:.0%} found, median similarity "
-              f"{calibration['copy_similarity_median']}); {calibration['distinct_pairs_above']} of "
-              f"{calibration['distinct_pairs']} pairs of distinct sampled images are above it")
-    if cross_split:
-        print(f"audit: WARNING: {cross_split} near-duplicate pairs straddle splits: the val/test scores are "
-              f"optimistic. See {paths.AUDIT_PLOTS / 'duplicates.csv'}.")
-    print(f"audit: {len(issue_rows)} likely label errors of {len(rows)} images "
-          f"(most suspicious first in {paths.AUDIT_PLOTS / 'label_issues.csv'})")
-    for path, split, given, suggested, score in issue_rows[:5]:
-        print(f"audit:   {path} ({split}): labelled {given}, looks like {suggested} (label quality {score:.3f})")
+    _print_summary(metrics, issue_rows)
     return metrics

@@ -36,14 +36,14 @@ def artifact_path(fmt: str, folder: Path = paths.EXPORT) -> Path:
     return folder / f"model_{fmt}{_FILE_SUFFIX[fmt]}"
 
 
-def write_artifact(model, fmt: str, out: Path, representative=None) -> None:
+def write_artifact(model, fmt: str, out: Path, representative=None, saved_model: Path | None = None) -> None:
     """Write ``model`` as ``fmt`` to ``out`` (a folder for saved_model).
 
     ``representative``: a function giving an iterator of float32 pixel
     batches (train images), the calibration data of full-integer quantisation.
+    ``saved_model``: ``model`` already exported as a SavedModel, which the
+    TFLite formats convert from (exporting one takes as long as a conversion).
     """
-    import tensorflow as tf
-
     if fmt == "keras":
         atomic.save_keras(out, model)
     elif fmt == "saved_model":
@@ -53,23 +53,45 @@ def write_artifact(model, fmt: str, out: Path, representative=None) -> None:
         with warnings.catch_warnings():  # tf2onnx on NumPy 2: "np.object ... FutureWarning", harmless
             warnings.simplefilter("ignore", FutureWarning)
             model.export(str(out), format="onnx", verbose=False)
+    elif saved_model is not None:
+        out.write_bytes(_tflite_bytes(saved_model, fmt, representative))
     else:
         with tempfile.TemporaryDirectory() as tmp:
             model.export(tmp, format="tf_saved_model", verbose=False)
-            converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]  # at least int8 weights (dynamic range)
-            if fmt == "tflite_float16":
-                converter.target_spec.supported_types = [tf.float16]
-            if fmt == "tflite_int8":
-                if representative is None:
-                    raise TlpipeError("tflite_int8 needs representative images to calibrate on.")
-                converter.representative_dataset = lambda: ([batch] for batch in representative())
-                # Integers end to end (uint8 pixels in, uint8 probabilities out): what
-                # microcontrollers and the Edge TPU compiler require.
-                converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-                converter.inference_input_type = tf.uint8
-                converter.inference_output_type = tf.uint8
-            out.write_bytes(converter.convert())
+            out.write_bytes(_tflite_bytes(Path(tmp), fmt, representative))
+
+
+def _tflite_bytes(saved_model: Path, fmt: str, representative) -> bytes:
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]  # at least int8 weights (dynamic range)
+    if fmt == "tflite_float16":
+        converter.target_spec.supported_types = [tf.float16]
+    if fmt == "tflite_int8":
+        if representative is None:
+            raise TlpipeError("tflite_int8 needs representative images to calibrate on.")
+        converter.representative_dataset = lambda: ([batch] for batch in representative())
+        # Integers end to end (uint8 pixels in, uint8 probabilities out): what
+        # microcontrollers and the Edge TPU compiler require.
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.uint8
+        converter.inference_output_type = tf.uint8
+    return converter.convert()
+
+
+def write_artifacts(model, formats: list[str], folder: Path, representative) -> None:
+    """Every format of ``formats`` into ``folder``, the SavedModel exported
+    once: it is an artifact itself when asked for, and what TFLite converts."""
+    with tempfile.TemporaryDirectory() as scratch:
+        graph = artifact_path("saved_model", folder if "saved_model" in formats else Path(scratch))
+        for fmt in sorted(formats, key=lambda f: f != "saved_model"):  # the SavedModel first
+            start = time.perf_counter()
+            if not graph.exists() and (fmt == "saved_model" or fmt.startswith("tflite")):
+                write_artifact(model, "saved_model", graph)
+            if fmt != "saved_model":
+                write_artifact(model, fmt, artifact_path(fmt, folder), representative, saved_model=graph)
+            print(f"export: wrote {artifact_path(fmt)} in {time.perf_counter() - start:.1f}s", flush=True)
 
 
 def size_bytes(path: Path) -> int:
@@ -171,10 +193,7 @@ def run(xp: ExportParams, seed: int) -> dict:
         # The prediction sets' threshold travels with every artifact (they give
         # probabilities); the unfamiliar score needs the Keras model's features.
         shutil.copy(paths.TRUST / "trust.json", tmp / "trust.json")
-        for fmt in xp.formats:
-            start = time.perf_counter()
-            write_artifact(model, fmt, artifact_path(fmt, tmp), lambda: pixel_batches(calibration, size))
-            print(f"export: wrote {artifact_path(fmt)} in {time.perf_counter() - start:.1f}s", flush=True)
+        write_artifacts(model, xp.formats, tmp, lambda: pixel_batches(calibration, size))
     opened = {"keras": runtimes.open_model(paths.MODEL, threads=1)}
     opened.update({fmt: runtimes.open_model(artifact_path(fmt), threads=1) for fmt in xp.formats})
     results = score_runtimes(opened, test_rows, classes)

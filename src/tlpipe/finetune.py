@@ -79,7 +79,7 @@ def _top_model(model: keras.Model, backbone: keras.Model, plan: freeze.Plan) -> 
     """Frozen-prefix outputs -> class probabilities, through the very layers of
     ``model`` (training it trains ``model``)."""
     prefix_input = keras.Input(tuple(plan.boundary.shape[1:]), name="frozen_prefix")
-    top = keras.Model(plan.boundary, backbone.output)
+    top = freeze.layers_above(backbone, plan)
     return keras.Model(prefix_input, model.get_layer("head")(top(prefix_input, training=False)))
 
 

@@ -142,6 +142,15 @@ def plan(model, spec: Backbone, word: str) -> Plan:
     return Plan(word, boundary, frozen)
 
 
+def layers_above(backbone, p: Plan):
+    """The backbone from ``p``'s boundary up: stored frozen-prefix outputs ->
+    pooled features, through the very layers of ``backbone`` (training it
+    trains them)."""
+    import keras
+
+    return keras.Model(p.boundary, backbone.output)
+
+
 def apply(model, p: Plan) -> None:
     """Set ``trainable`` on every backbone layer; BatchNormalization always False."""
     import keras

@@ -218,22 +218,27 @@ class LiveLogger(keras.callbacks.Callback):
             self.live.end()
 
 
-def disk_batches(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle_seed: int | None = None):
-    """A tf.data stream of (x, y) batches gathered from ``x``, a memory-mapped
-    array on disk (the stored frozen prefix): a batch in memory at a time, so
-    memory stays flat whatever the array's size. ``shuffle_seed``: a new
-    seeded permutation of all rows every epoch, as Keras shuffles arrays;
-    None: in order (val, predict)."""
+def disk_batches(x: np.ndarray, y: np.ndarray | None, batch_size: int, shuffle_seed: int | None = None):
+    """A tf.data stream of (x, y) batches, or of x batches when ``y`` is None,
+    gathered from ``x``, a memory-mapped array on disk (the stored frozen
+    prefix): a batch in memory at a time, so memory stays flat whatever the
+    array's size. ``shuffle_seed``: a new seeded permutation of all rows every
+    epoch, as Keras shuffles arrays; None: in order (val, predict)."""
     import tensorflow as tf
 
     n = len(x)
-    y = np.asarray(y, dtype=np.float32)
+    y = None if y is None else np.asarray(y, dtype=np.float32)
 
     def gather(rows):
         rows = np.sort(rows)  # ascending offsets: sequential reads within the file
-        return np.asarray(x[rows], dtype=np.float16), y[rows]
+        xb = np.asarray(x[rows], dtype=np.float16)
+        return xb if y is None else (xb, y[rows])
 
     def load(rows):
+        if y is None:
+            xb = tf.numpy_function(gather, [rows], tf.float16, stateful=False)
+            xb.set_shape((None, *x.shape[1:]))
+            return xb
         xb, yb = tf.numpy_function(gather, [rows], (tf.float16, tf.float32), stateful=False)
         xb.set_shape((None, *x.shape[1:]))
         yb.set_shape((None, *y.shape[1:]))

@@ -26,8 +26,6 @@ def train_features(model, train_rows, batch_size: int) -> np.ndarray:
     """The shipped model's pooled features on the train images: the stored
     frozen prefix through the trained layers above it when extract stored one
     (a fraction of a forward pass), else the images through the whole model."""
-    import keras
-
     from tlpipe.layers import backbone_of
 
     meta = read_prefix_meta()
@@ -38,11 +36,11 @@ def train_features(model, train_rows, batch_size: int) -> np.ndarray:
     if list(plan.boundary.shape[1:]) != meta["shape"]:
         raise TlpipeError(f"{paths.PREFIX} holds outputs of shape {meta['shape']}, not the shipped model's "
                           f"{list(plan.boundary.shape[1:])} at its '{meta['freeze']}' boundary; run `dvc repro`.")
-    top = keras.Model(plan.boundary, backbone.output)
+    top = freeze.layers_above(backbone, plan)
     prefix = load_prefix("train")
     print(f"trust: train features of {len(prefix)} images from {paths.PREFIX} (the layers above "
           f"'{meta['freeze']}' alone)", flush=True)
-    return top.predict(training.disk_batches(prefix, np.zeros((len(prefix), 1)), batch_size).map(lambda x, y: x),
+    return top.predict(training.disk_batches(prefix, None, batch_size),
                        verbose=0).astype(np.float32)
 
 
