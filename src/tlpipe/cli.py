@@ -156,12 +156,17 @@ def predict(args) -> int:
     def check(path):
         return path, images.inspect(path) if path.is_file() else None
 
-    # Streamed in chunks: memory stays flat over any number of files, and
-    # within a chunk decoding and the forward pass overlap as in extract.
+    # Streamed in chunks: memory stays flat over any number of files; within a
+    # chunk decoding and the forward pass overlap as in extract, and the next
+    # chunk's files are checked while this one's run through the model.
+    chunks = [files[start : start + PREDICT_CHUNK] for start in range(0, len(files), PREDICT_CHUNK)]
     with tqdm(total=len(files), desc="predict", unit="img", disable=len(files) < 100 or None) as bar, \
             ThreadPoolExecutor(min(8, (os.cpu_count() or 1) * 2)) as pool:
-        for start in range(0, len(files), PREDICT_CHUNK):
-            checks = list(pool.map(check, files[start : start + PREDICT_CHUNK]))
+        next_checks = pool.map(check, chunks[0]) if chunks else iter(())
+        for i in range(len(chunks)):
+            checks = list(next_checks)
+            if i + 1 < len(chunks):
+                next_checks = pool.map(check, chunks[i + 1])
             good = [(p, c) for p, c in checks if c is not None and c.ok]
             rows = iter(())
             if good:
