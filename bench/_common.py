@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -53,12 +54,23 @@ def copy_pipeline(target: Path) -> Path:
 
 
 def timed(cmd: list[str], cwd: Path) -> float:
+    return run_timed(cmd, cwd)[0]
+
+
+def run_timed(cmd: list[str], cwd: Path) -> tuple[float, str]:
+    """(wall seconds, stdout) of ``cmd``; its output's tail and SystemExit if it fails."""
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=cwd, env=tool_env(), capture_output=True, text=True)
     if proc.returncode:
         print(proc.stdout[-3000:], proc.stderr[-3000:])
         raise SystemExit(f"{' '.join(cmd)} failed")
-    return time.perf_counter() - start
+    return time.perf_counter() - start, proc.stdout
+
+
+def stage_costs(out: str) -> dict[str, tuple[float, float]]:
+    """stage -> (seconds, peak RSS MB), read off each stage's "done in" line."""
+    found = re.findall(r"^(\w+): done in ([0-9.]+)s .*peak memory ([0-9,]+) MB", out, re.MULTILINE)
+    return {name: (float(s), float(mb.replace(",", ""))) for name, s, mb in found}
 
 
 def repo_from_argv(name: str, up_to_stage: str) -> Path:

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import yaml
-from _common import REPO, SHARED_KERAS, copy_pipeline, require_keras_home, timed
+from _common import REPO, SHARED_KERAS, copy_pipeline, require_keras_home, run_timed, stage_costs
 from probe import probe
 
 DATA = {
@@ -57,35 +57,52 @@ def one_pass_seconds(work: Path, backbone: str, image_size: int) -> tuple[float,
     return time.perf_counter() - start, len(files)
 
 
+def one_data_set(name: str) -> None:
+    work = copy_pipeline(Path(tempfile.mkdtemp(prefix=f"tlpipe-accuracy-{name}-")) / "repo")
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    if DATA[name] is not None:
+        params["data"]["source"] = str(DATA[name])
+        (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    repro, out = run_timed(["dvc", "repro"], work)
+    baseline = probe(work)
+    one_pass, n_images = one_pass_seconds(work, params["backbone"], params["image_size"])
+    head = json.loads((work / "metrics/head.json").read_text())
+    ft = json.loads((work / "metrics/finetune.json").read_text())
+    ev = json.loads((work / "metrics/eval.json").read_text())
+    shipped_error, probe_error = 1 - ev["finetuned"]["accuracy"], 1 - baseline["test_accuracy"]
+    print(f"{name}: {n_images} images ({work}); dvc repro {repro:.1f} s = {repro / one_pass:.2f} passes "
+          f"(one decode + forward pass {one_pass:.1f} s)")
+    stages = stage_costs(out)
+    print("  stages (share of dvc repro): " + ", ".join(f"{stage} {seconds / repro:.0%}"
+                                                        for stage, (seconds, _) in stages.items())
+          + f"; DVC and the rest {1 - sum(s for s, _ in stages.values()) / repro:.0%}")
+    print(f"  probe   (C={baseline['C']:.3g}): val {baseline['val_accuracy']:.4f}  test {baseline['test_accuracy']:.4f}")
+    print(f"  head    (l2={head['l2']:.0e}):   val {head['val_accuracy']:.4f}  test {ev['head']['accuracy']:.4f}  "
+          f"val loss {head['val_loss']:.4f}")
+    tuned = (f"fine-tuned val {ft['finetuned_val_accuracy']:.4f} / loss {ft['finetuned_val_loss']:.4f}, gain "
+             f"{ft['val_loss_gain_se']:.2f} SE" if "finetuned_val_loss" in ft else "not fine-tuned")
+    print(f"  shipped ({ft['shipped']}, tta {ft['tta']}): val {ft['val_accuracy']:.4f}  "
+          f"test {ev['finetuned']['accuracy']:.4f}  val loss {ft['val_loss']:.4f}  ({tuned}; fit "
+          f"{ft['fit_seconds']:.1f} s, {ft['epochs_run']} epochs)")
+    ratio = shipped_error / probe_error if probe_error else float("nan")
+    print(f"  test error shipped / probe: {ratio:.2f}; shipped val accuracy >= head's: "
+          f"{ft['val_accuracy'] >= ft['head_val_accuracy']}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=",".join(DATA))
     args = ap.parse_args()
     require_keras_home()
+    failed = []
     for name in args.data.split(","):
-        work = copy_pipeline(Path(tempfile.mkdtemp(prefix=f"tlpipe-accuracy-{name}-")) / "repo")
-        params = yaml.safe_load((work / "params.yaml").read_text())
-        if DATA[name] is not None:
-            params["data"]["source"] = str(DATA[name])
-            (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        repro = timed(["dvc", "repro"], work)
-        baseline = probe(work)
-        one_pass, n_images = one_pass_seconds(work, params["backbone"], params["image_size"])
-        head = json.loads((work / "metrics/head.json").read_text())
-        ft = json.loads((work / "metrics/finetune.json").read_text())
-        ev = json.loads((work / "metrics/eval.json").read_text())
-        shipped_error, probe_error = 1 - ev["finetuned"]["accuracy"], 1 - baseline["test_accuracy"]
-        print(f"{name}: {n_images} images; dvc repro {repro:.1f} s = {repro / one_pass:.2f} passes "
-              f"(one decode + forward pass {one_pass:.1f} s)")
-        print(f"  probe   (C={baseline['C']:.3g}): val {baseline['val_accuracy']:.4f}  test {baseline['test_accuracy']:.4f}")
-        print(f"  head    (l2={head['l2']:.0e}):   val {head['val_accuracy']:.4f}  test {ev['head']['accuracy']:.4f}  "
-              f"val loss {head['val_loss']:.4f}")
-        print(f"  shipped ({ft['shipped']}, tta {ft['tta']}): val {ft['val_accuracy']:.4f}  "
-              f"test {ev['finetuned']['accuracy']:.4f}  val loss {ft['val_loss']:.4f}  "
-              f"(fine-tune fit {ft['fit_seconds']:.1f} s, {ft['epochs_run']} epochs)")
-        ratio = shipped_error / probe_error if probe_error else float("nan")
-        print(f"  test error shipped / probe: {ratio:.2f}; shipped val accuracy >= head's: "
-              f"{ft['val_accuracy'] >= ft['head_val_accuracy']}", flush=True)
+        try:
+            one_data_set(name)
+        except SystemExit as err:  # one data set's failure is a figure too: the others still run
+            print(f"{name}: FAILED ({err})", flush=True)
+            failed.append(name)
+    if failed:
+        raise SystemExit(f"failed: {', '.join(failed)}")
 
 
 if __name__ == "__main__":

@@ -80,7 +80,7 @@ def tiny_params(raw: dict, source: Path | str, **top) -> dict:
     p["split"].update({"val_fraction": 0.25, "test_fraction": 0.25})
     p["extract"]["batch_size"] = 16
     p["head"].update({"epochs": 3, "batch_size": 8, "patience": 0})
-    p["finetune"].update({"epochs": 2, "batch_size": 8, "patience": 0})
+    p["finetune"].update({"runs": 1, "epochs": 2, "batch_size": 8, "patience": 0})
     p["evaluate"].update({"batch_size": 16, "gallery": 4})
     # Two runtimes of the five (the others: tests/test_export.py); every
     # model change reruns export.

@@ -208,14 +208,16 @@ def load_weights(root):
 @pytest.mark.cluster
 def test_two_workers_stream_images_from_files(two_machines):
     """Augmentation on and no memory to hold images: each worker streams the files
-    and takes its half of every global batch."""
+    and takes its half of every global batch, in two runs of a soup (each in an
+    order of its own, the same on both workers)."""
     chief, other = two_machines
-    with changed_params([chief, other], **{"finetune.augment.flip": True}):
+    with changed_params([chief, other], **{"finetune.augment.flip": True, "finetune.runs": 2}):
         results = run_cluster([chief, other], TLPIPE_MEMORY_BUDGET="0")
     for code, out, err in results:
         assert code == 0, out[-3000:] + err[-3000:]
     metrics = json.loads((chief / "metrics/finetune.json").read_text())
     assert metrics["replicas"] == 2 and metrics["frozen_prefix_cached"] is False
+    assert metrics["runs"] == 2 and len(metrics["run_val_losses"]) == 2
     assert np.isfinite(metrics["val_loss"])
 
 

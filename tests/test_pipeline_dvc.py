@@ -6,6 +6,7 @@ import copy
 import json
 import os
 
+import numpy as np
 import pytest
 import yaml
 
@@ -146,6 +147,24 @@ def test_exp_run_exact_head_chooses_l2_on_val_or_takes_a_fixed_one(repo):
     repo.dvc("exp", "run", "-n", "lbfgs-l2", "-S", "head.solver=lbfgs", "-S", "head.l2=0.001")
     head = json.loads((repo.root / "metrics/head.json").read_text())
     assert head["l2"] == 0.001 and head["l2_chosen_on_val"] is False and list(head["l2_val_loss"]) == ["1e-03"]
+    repo.write_params(original)
+    assert set(ran(repo.dvc("repro").stdout)) <= {"params"}
+
+
+def test_exp_run_one_longer_run_or_early_stopping(repo):
+    """The README's `dvc exp run -S finetune.runs=1 -S finetune.epochs=10` and
+    `dvc exp run -S finetune.patience=3`, typed as a user types them."""
+    original = repo.params()
+    result = repo.dvc("exp", "run", "-n", "one-run", "-S", "finetune.runs=1", "-S", "finetune.epochs=10")  # README
+    assert ran(result.stdout)[:2] == ["params", "finetune"]
+    ft = json.loads((repo.root / "metrics/finetune.json").read_text())
+    assert ft["runs"] == 1 and ft["epochs_run"] == 10 and ft["kept_epochs"] == [10]  # patience 0: the last epoch
+    repo.dvc("exp", "run", "-n", "patience", "-S", "finetune.patience=3")  # README
+    ft = json.loads((repo.root / "metrics/finetune.json").read_text())
+    logged = (repo.root / "dvclive/finetune/plots/metrics/val/loss.tsv").read_text().splitlines()[1:]
+    losses = [float(line.split("\t")[1]) for line in logged]
+    assert ft["epochs_run"] == len(losses) <= 10
+    assert ft["kept_epochs"] == [int(np.argmin(losses)) + 1]  # early stopping keeps the best epoch
     repo.write_params(original)
     assert set(ran(repo.dvc("repro").stdout)) <= {"params"}
 

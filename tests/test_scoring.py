@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from tlpipe.scoring import beats, clearly_lower, log_loss, scores
+from tlpipe.scoring import MARGIN_SE, beats, clearly_lower, gain_in_standard_errors, log_loss, scores
 
 
 def probs_for(y, right_prob):
@@ -18,7 +18,27 @@ def test_a_gain_carried_by_one_image_is_not_clearly_lower():
     one_image = old.copy()
     one_image[0] = 0.0  # a big gain on one image, nothing elsewhere
     assert not clearly_lower(one_image, old)
+    assert abs(gain_in_standard_errors(one_image, old) - 1.0) < 1e-9  # exactly one standard error, however large
+    assert not clearly_lower(np.where(np.arange(100) == 0, -50.0, old), old)
     assert clearly_lower(old - 0.01, old)  # a small gain on every image is one
+
+
+def test_two_images_that_agree_are_a_gain_and_the_margin_is_above_one_image():
+    old = np.full(40, 0.30)  # a small val set: 40 images
+    two_images = old.copy()
+    two_images[:2] = 0.05
+    assert MARGIN_SE >= 1.0  # a one-image gain never passes
+    assert gain_in_standard_errors(two_images, old) > MARGIN_SE and clearly_lower(two_images, old)
+    mixed = old.copy()
+    mixed[:2], mixed[2] = 0.05, 0.80  # two images better, one worse by as much: not clear
+    assert not clearly_lower(mixed, old)
+
+
+def test_gain_in_standard_errors_signs_and_degenerate_cases():
+    old = np.full(10, 0.5)
+    assert gain_in_standard_errors(old + 0.1, old) == -np.inf  # the same loss added everywhere: clearly worse
+    assert gain_in_standard_errors(old, old) == 0.0
+    assert gain_in_standard_errors(old[:1] - 0.4, old[:1]) == 0.0  # one image: no evidence
 
 
 def test_beats_needs_a_clear_loss_gain_and_no_clear_accuracy_loss():

@@ -1,6 +1,7 @@
 """run_stage: a stage's error is one line and exit code 2, success says how long
 it took, and a bad params.yaml stops every stage before it works."""
 
+import re
 import subprocess
 import sys
 
@@ -37,6 +38,25 @@ def test_success_prints_the_body_and_its_time(tmp_path):
     proc = run(tmp_path, 3)
     assert proc.returncode == 0, proc.stderr
     assert "seed 3" in proc.stdout and "demo: done in " in proc.stdout
+    assert 10 < peak_mb(proc.stdout) < 500, proc.stdout  # Python, yaml and tlpipe.params: no TensorFlow
+
+
+def peak_mb(stdout: str) -> float:
+    found = re.search(r"peak memory ([0-9,]+) MB", stdout)
+    assert found, stdout
+    return float(found.group(1).replace(",", ""))
+
+
+def test_the_peak_memory_is_the_stages_own_not_its_parents(tmp_path):
+    """A stage started by a large process (DVC, a test runner) reports its own
+    peak: getrusage's would carry the parent's over across fork and exec."""
+    run(tmp_path, 3)  # writes demo.py and params.yaml
+    parent = ("import subprocess, sys; held = bytearray(600_000_000); "
+              f"sys.exit(subprocess.run([sys.executable, {str(tmp_path / 'demo.py')!r}]).returncode)")
+    proc = subprocess.run([sys.executable, "-c", parent], cwd=tmp_path, env=tool_env(), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert peak_mb(proc.stdout) < 500, proc.stdout
 
 
 def test_an_error_is_one_line_and_exit_code_2(tmp_path):

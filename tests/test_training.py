@@ -1,11 +1,12 @@
-"""training: the learning-rate policy, and batches read from a memory-mapped
-array on disk, seeded and reshuffled."""
+"""training: the learning-rate policy, which epoch a fit keeps, and batches
+read from a memory-mapped array on disk, seeded and reshuffled."""
 
 import keras
 import numpy as np
 import pytest
 
-from tlpipe.training import PlateauReduction, callbacks, disk_batches, learning_rate, optimizer
+from tlpipe.training import (Inputs, LiveLogger, PlateauReduction, StartingPoint, soup, callbacks, compile_model, disk_batches, fit, learning_rate,
+                             optimizer)
 
 
 def on_disk(tmp_path, rows=37):
@@ -86,11 +87,78 @@ def test_plateau_lowers_the_schedule_through_keras_reduce_lr_on_plateau(tmp_path
     rate = learning_rate(1e-3, "plateau", epochs=10, steps_per_epoch=2, warmup_epochs=0)
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     model.compile(optimizer=optimizer("adam", rate), loss="mse")
-    reduction = [c for c in callbacks(2, tmp_path, rate) if isinstance(c, PlateauReduction)]
+    reduction = [c for c in callbacks(2, LiveLogger(tmp_path), rate) if isinstance(c, PlateauReduction)]
     assert len(reduction) == 1 and reduction[0].patience == 1
     reduction[0].set_model(model)
     reduction[0].on_train_begin()
     for epoch, val_loss in enumerate([1.0, 0.5, 0.5, 0.5]):  # no gain after epoch 2: two reductions
         reduction[0].on_epoch_end(epoch, {"val_loss": val_loss})
     np.testing.assert_allclose(float(model.optimizer.learning_rate), 1e-3 * 0.3 * 0.3, rtol=1e-6)
-    assert not any(isinstance(c, PlateauReduction) for c in callbacks(2, tmp_path, learning_rate(1e-3, "cosine", 1, 1, 0)))
+    cosine = learning_rate(1e-3, "cosine", 1, 1, 0)
+    assert not any(isinstance(c, PlateauReduction) for c in callbacks(2, LiveLogger(tmp_path), cosine))
+
+
+class WeightsPerEpoch(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seen.append([np.array(w) for w in self.model.get_weights()])
+
+
+@pytest.mark.parametrize("patience", [0, 2])
+def test_fit_keeps_the_last_epoch_without_patience_and_the_best_with_it(tmp_path, patience):
+    """patience 0: every epoch runs and the model ends on its last weights (val
+    chose nothing); patience N: early stopping restores the lowest val loss."""
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x, labels = rng.normal(size=(64, 4)).astype("float32"), rng.integers(0, 2, 64)
+    x_val, labels_val = rng.normal(size=(32, 4)).astype("float32"), rng.integers(0, 2, 32)  # noise: val loss wanders
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
+    compile_model(model, keras.optimizers.SGD(0.5), label_smoothing=0.0)
+    onehot = lambda y: np.eye(2, dtype="float32")[y]  # noqa: E731
+    seen = WeightsPerEpoch()
+    result = fit(model, Inputs(x, onehot(labels), 16), Inputs(x_val, onehot(labels_val)), 6,
+                 callbacks(patience, LiveLogger(tmp_path / "logs")) + [seen])
+    losses = result.history["val_loss"]
+    expected = int(np.argmin(losses)) if patience else len(losses) - 1
+    assert result.kept == expected and result.metrics()["kept_epoch"] == expected + 1
+    for got, want in zip(model.get_weights(), seen.seen[expected]):
+        np.testing.assert_array_equal(got, want)
+    if patience:
+        assert any(isinstance(c, keras.callbacks.EarlyStopping)
+                   for c in callbacks(patience, LiveLogger(tmp_path / "x")))
+    else:
+        assert np.argmin(losses) != len(losses) - 1  # the last epoch is not the best: the test tells them apart
+        assert len(losses) == 6 and not any(isinstance(c, keras.callbacks.EarlyStopping)
+                                            for c in callbacks(0, LiveLogger(tmp_path / "x")))
+
+
+def test_a_starting_point_puts_back_weights_optimizer_state_and_the_plateau_scale():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, activation="softmax")])
+    rate = learning_rate(1e-2, "plateau", epochs=2, steps_per_epoch=2, warmup_epochs=0)
+    compile_model(model, optimizer("adam", rate), label_smoothing=0.0)
+    start = StartingPoint(model, rate)
+    before = [np.array(w) for w in model.get_weights()]
+    x, y = np.ones((4, 3), "float32"), np.eye(2, dtype="float32")[[0, 1, 0, 1]]
+    model.fit(x, y, epochs=2, verbose=0)
+    rate.scale.assign(0.3)  # as a plateau reduction would
+    assert int(model.optimizer.iterations) > 0
+    start.restore()
+    for got, want in zip(model.get_weights(), before):
+        np.testing.assert_array_equal(got, want)
+    assert int(model.optimizer.iterations) == 0 and float(rate.scale) == 1.0
+    assert all(not np.any(v.numpy()) for v in model.optimizer.variables if "momentum" in v.path or "velocity" in v.path)
+
+
+def test_soup_is_the_average_of_the_runs_weights_in_their_dtype():
+    runs = [[np.array([1.0, 2.0], "float32"), np.array([[0.0]], "float32")],
+            [np.array([3.0, 2.0], "float32"), np.array([[1.0]], "float32")]]
+    averaged = soup(runs)
+    np.testing.assert_array_equal(averaged[0], [2.0, 2.0])
+    np.testing.assert_array_equal(averaged[1], [[0.5]])
+    assert averaged[0].dtype == np.float32
+    same = np.array([0.1, 1 / 3], "float32")
+    np.testing.assert_array_equal(soup([[same], [same], [same]])[0], same)  # identical runs: the very same weights

@@ -34,7 +34,7 @@ import keras
 import numpy as np
 
 from tlpipe.errors import TlpipeError
-from tlpipe.training import FitResult, Inputs, fit
+from tlpipe.training import FitResult, Inputs, fit, kept_epoch
 
 REPLICAS_ENV = "TLPIPE_REPLICAS"
 # Seconds a worker waits for its peers: to join the cluster at start, and at
@@ -207,7 +207,10 @@ class WorkerLoop:
         import tensorflow as tf
 
         self.tf, self.strategy, self.model = tf, strategy, model
-        self.global_batch, self.seed = global_batch, seed
+        self.global_batch = global_batch
+        # Arrays are shuffled from one stream for the trainer's life: the same orders on
+        # every worker, and a new order for every run of a soup.
+        self.shuffle = np.random.default_rng(seed)
         self._tensors: dict[int, tuple] = {}
         self.loss = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing, reduction=None)
         self._train_step = tf.function(self._step_fn(train=True))
@@ -309,7 +312,6 @@ class WorkerLoop:
         ``model.stop_training`` ends the run."""
         callback_list = keras.callbacks.CallbackList(callbacks, model=self.model, epochs=epochs, verbose=2)
         history: dict[str, list[float]] = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}
-        shuffle = np.random.default_rng(self.seed)  # the same orders on every worker
         start = time.perf_counter()
         self.model.stop_training = False
         callback_list.on_train_begin()
@@ -320,7 +322,7 @@ class WorkerLoop:
         for epoch in range(epochs):
             epoch_start = time.perf_counter()
             callback_list.on_epoch_begin(epoch)
-            order = shuffle.permutation(len(train.x)) if train.y is not None else None
+            order = self.shuffle.permutation(len(train.x)) if train.y is not None else None
             loss, accuracy = self._run(self._train_step, self._distributed(train, order), on_batch)
             val_loss, val_accuracy = self.evaluate(val)
             logs = {"loss": loss, "accuracy": accuracy, "val_loss": val_loss, "val_accuracy": val_accuracy}
@@ -332,7 +334,7 @@ class WorkerLoop:
             if self.model.stop_training:
                 break
         callback_list.on_train_end()
-        return FitResult(history, time.perf_counter() - start)
+        return FitResult(history, time.perf_counter() - start, kept_epoch(history, callbacks))
 
     def predict(self, data: Inputs) -> np.ndarray:
         """Probabilities on this worker alone (every worker holds the same weights)."""

@@ -2,10 +2,14 @@
 
 The model is ``pixels -> augmentation -> the backbone's own preprocessing ->
 backbone -> head``, with the head's trained weights loaded, so fine-tuning
-starts from a trained head, never from a random one. That starting point is a
-candidate: unless the fine-tuned model beats it on val (scoring.beats: a
-clearly lower loss, accuracy not evidently lower), the shipped model is the head on the frozen backbone
-(``shipped: head`` in metrics/finetune.json).
+starts from a trained head, never from a random one. It trains
+``finetune.runs`` runs from that same start, each with its own order of the
+train images, and averages their weights (a model soup: one run on a small
+data set is a noisy draw, their average a steadier model). The starting point
+is a candidate too: unless the fine-tuned model beats it on val
+(scoring.beats: a clearly lower loss, accuracy not evidently lower), the
+shipped model is the head on the frozen backbone (``shipped: head`` in
+metrics/finetune.json).
 
 Speed: when augmentation is off, the frozen part of the backbone computes the
 same thing for an image every epoch; the extract stage stored those outputs
@@ -37,8 +41,10 @@ from tlpipe.artifacts import label_indices, load_prefix, read_classes, read_pref
 from tlpipe.errors import TlpipeError
 from tlpipe.layers import Mirror, Temperature, as_float32, augmentation, load_model, mirror_averaged, on_pixels
 from tlpipe.params import FinetuneParams
-from tlpipe.scoring import beats, expected_calibration_error, fit_temperature, temperature_scaled, val_figures
-from tlpipe.training import Inputs, callbacks, compile_model, learning_rate, optimizer, seed_everything, steps
+from tlpipe.scoring import (MARGIN_SE, beats, expected_calibration_error, fit_temperature, gain_in_standard_errors,
+                            image_losses, temperature_scaled, val_figures)
+from tlpipe.training import (Inputs, LiveLogger, callbacks, compile_model, learning_rate, optimizer, seed_everything,
+                             steps)
 
 
 @dataclass(frozen=True)
@@ -102,17 +108,36 @@ def _stored_prefix(choice: BackboneChoice, tuning: FinetuneParams, plan: freeze.
     return True
 
 
-def _inputs(rows, labels, image_size: int, batch_size: int, seed: int, split: str, on_prefix: bool, shuffle=False):
-    """What one split feeds to fit/evaluate: stored frozen-prefix outputs read
+def _val_inputs(rows, labels, image_size: int, batch_size: int, on_prefix: bool) -> Inputs:
+    """What val feeds to evaluate, in order: stored frozen-prefix outputs read
     from disk batch by batch, or decoded images held in memory when they fit,
     or a tf.data stream of (image, label) batches from the files."""
-    shuffle_seed = seed if shuffle else None
     if on_prefix:
-        return Inputs(training.disk_batches(load_prefix(split), labels, batch_size, shuffle_seed))
-    if len(rows) * image_size**2 * 3 < training.MEMORY_BUDGET_BYTES:
-        desc = f"finetune: decoding {split} ({len(rows)} images)"
+        return Inputs(training.disk_batches(load_prefix("val"), labels, batch_size))
+    if _fits_in_memory(rows, image_size):
+        desc = f"finetune: decoding val ({len(rows)} images)"
         return Inputs(images.decode_all(*sources(rows), image_size, batch_size, desc), labels, batch_size)
-    return Inputs(images.dataset(*sources(rows), image_size, batch_size, labels=labels, shuffle_seed=shuffle_seed))
+    return Inputs(images.dataset(*sources(rows), image_size, batch_size, labels=labels))
+
+
+def _train_inputs(rows, labels, image_size: int, batch_size: int, seed: int, on_prefix: bool):
+    """run -> what the train split feeds to fit in fine-tuning run ``run``,
+    shuffled in an order of its own (seed + run) every epoch: the stored prefix
+    or a stream of image files read batch by batch, or images decoded into
+    memory once for every run when they fit (Keras shuffles those)."""
+    if on_prefix:
+        prefix = load_prefix("train")
+        return lambda run: Inputs(training.disk_batches(prefix, labels, batch_size, seed + run))
+    if _fits_in_memory(rows, image_size):
+        decoded = images.decode_all(*sources(rows), image_size, batch_size,
+                                    f"finetune: decoding train ({len(rows)} images)")
+        return lambda run: Inputs(decoded, labels, batch_size)
+    return lambda run: Inputs(images.dataset(*sources(rows), image_size, batch_size, labels=labels,
+                                             shuffle_seed=seed + run))
+
+
+def _fits_in_memory(rows, image_size: int) -> bool:
+    return len(rows) * image_size**2 * 3 < training.MEMORY_BUDGET_BYTES
 
 
 def _mirror_choice(model: keras.Model, plain: np.ndarray, val_rows, y_val: np.ndarray, image_size: int,
@@ -173,32 +198,6 @@ def _devices(tuning: FinetuneParams, seed: int):
     return strategy, tuning.batch_size * strategy.num_replicas_in_sync  # the per-replica batch stays as configured
 
 
-def _fit_or_keep_head(trainer, model: keras.Model, train, val: Inputs, y_val: np.ndarray, tuning: FinetuneParams,
-                      rate: training.LearningRate, log_dir: Path) -> tuple[str, np.ndarray, dict]:
-    """Train from the head; keep the result only if it beats the head on val
-    (scoring.beats). -> (shipped: "finetuned" or "head", its val probabilities,
-    its figures for metrics/finetune.json)."""
-    head_probs = trainer.predict(val).astype(np.float64)
-    loss, accuracy = val_figures(y_val, head_probs)
-    figures = {"val_accuracy": accuracy, "val_loss": loss, "best_epoch": 0, "epochs_run": 0, "fit_seconds": 0.0,
-               "head_val_accuracy": accuracy, "head_val_loss": loss}
-    if train is None:  # nothing to train: freeze all, or epochs 0
-        log_dir.joinpath("metrics.json").write_text("{}\n")
-        return "head", head_probs, figures
-    start_weights = model.get_weights()
-    result = trainer.fit(train, val, tuning.epochs, callbacks(tuning.patience, log_dir, rate))
-    tuned_probs = trainer.predict(val).astype(np.float64)
-    figures.update(epochs_run=len(result.history["val_loss"]), fit_seconds=round(result.seconds, 2))
-    if beats(y_val, tuned_probs, head_probs):
-        loss, accuracy = val_figures(y_val, tuned_probs)
-        figures.update(val_accuracy=accuracy, val_loss=loss, best_epoch=result.best + 1)
-        return "finetuned", tuned_probs, figures
-    model.set_weights(start_weights)
-    print(f"finetune: no epoch beat the trained head on val by more than noise (head: loss {figures['val_loss']:.4f}, "
-          f"accuracy {figures['val_accuracy']:.4f}): shipping the head on the frozen backbone")
-    return "head", head_probs, figures
-
-
 @dataclass
 class Built:
     """What the build phase made: the classifier on pixels, what trains (its top
@@ -210,6 +209,7 @@ class Built:
     trains: bool
     on_prefix: bool
     rate: training.LearningRate
+    start: training.StartingPoint  # what every fine-tuning run starts from, and the head to fall back on
 
 
 def _build(choice: BackboneChoice, tuning: FinetuneParams, n_train: int, batch_size: int) -> Built:
@@ -227,7 +227,58 @@ def _build(choice: BackboneChoice, tuning: FinetuneParams, n_train: int, batch_s
                          tuning.warmup_epochs)
     compile_model(fit_model, optimizer(tuning.optimizer, rate), tuning.label_smoothing)
     fit_model.jit_compile = tuning.xla
-    return Built(model, fit_model, plan, trains, on_prefix, rate)
+    return Built(model, fit_model, plan, trains, on_prefix, rate, training.StartingPoint(fit_model, rate))
+
+
+def _soup_of_runs(trainer, built: Built, train_for_run, val: Inputs, tuning: FinetuneParams, log_dir: Path) -> dict:
+    """``finetune.runs`` runs of ``finetune.epochs`` each, every one from the
+    trained head and the pretrained weights with its own data order; the
+    model ends holding their averaged weights (training.soup). One run: that
+    run. -> their figures for metrics/finetune.json."""
+    logger = LiveLogger(log_dir, fits=tuning.runs)  # every run on one step count: dvclive/finetune
+    finals, results = [], []
+    for run in range(tuning.runs):
+        built.start.restore()
+        if tuning.runs > 1:
+            print(f"finetune: run {run + 1} of {tuning.runs} (its own data order)", flush=True)
+        results.append(trainer.fit(train_for_run(run), val, tuning.epochs,
+                                   callbacks(tuning.patience, logger, built.rate)))
+        finals.append([v.numpy() for v in built.fit_model.trainable_variables])
+    for variable, value in zip(built.fit_model.trainable_variables, training.soup(finals)):
+        variable.assign(value)
+    return {"runs": tuning.runs, "epochs_run": sum(len(r.history["val_loss"]) for r in results),
+            "fit_seconds": round(sum(r.seconds for r in results), 2),
+            "run_val_losses": [round(r.val_loss, 4) for r in results],
+            "kept_epochs": [r.kept + 1 for r in results]}
+
+
+def _fit_or_keep_head(trainer, built: Built, train_for_run, val: Inputs, y_val: np.ndarray, tuning: FinetuneParams,
+                      log_dir: Path) -> tuple[str, np.ndarray, dict]:
+    """Fine-tune from the head (_soup_of_runs); keep the result only if it
+    beats the head on val (scoring.beats). -> (shipped: "finetuned" or "head",
+    its val probabilities, its figures for metrics/finetune.json, which report
+    the fine-tuned model's val figures and its val-loss gain in standard
+    errors either way)."""
+    head_probs = trainer.predict(val).astype(np.float64)
+    loss, accuracy = val_figures(y_val, head_probs)
+    figures = {"val_accuracy": accuracy, "val_loss": loss, "runs": 0, "epochs_run": 0, "fit_seconds": 0.0,
+               "head_val_accuracy": accuracy, "head_val_loss": loss}
+    if train_for_run is None:  # nothing to train: freeze all, or epochs 0
+        log_dir.joinpath("metrics.json").write_text("{}\n")
+        return "head", head_probs, figures
+    figures.update(_soup_of_runs(trainer, built, train_for_run, val, tuning, log_dir))
+    tuned_probs = trainer.predict(val).astype(np.float64)
+    tuned_loss, tuned_accuracy = val_figures(y_val, tuned_probs)
+    gain = gain_in_standard_errors(image_losses(y_val, tuned_probs), image_losses(y_val, head_probs))
+    figures.update(finetuned_val_loss=tuned_loss, finetuned_val_accuracy=tuned_accuracy, val_loss_gain_se=round(gain, 2))
+    if beats(y_val, tuned_probs, head_probs):
+        figures.update(val_accuracy=tuned_accuracy, val_loss=tuned_loss)
+        return "finetuned", tuned_probs, figures
+    built.start.restore()  # back to the head on the frozen backbone
+    print(f"finetune: the fine-tuned model (val loss {tuned_loss:.4f}, accuracy {tuned_accuracy:.4f}) did not beat "
+          f"the trained head (loss {loss:.4f}, accuracy {accuracy:.4f}) by more than noise (gain {gain:.2f} standard "
+          f"errors, {MARGIN_SE:g} needed, or accuracy evidently lower): shipping the head on the frozen backbone")
+    return "head", head_probs, figures
 
 
 def _metrics(figures: dict, shipped: str, shipping: dict, built: Built, data_seconds: float, strategy,
@@ -267,15 +318,15 @@ def run(tuning: FinetuneParams, choice: BackboneChoice) -> dict:
     trainer = distributed.trainer(strategy, built.fit_model, tuning.label_smoothing, batch_size, choice.seed)
 
     start = time.perf_counter()  # data: stored prefix outputs, or images
-    val = _inputs(val_rows, y_val, choice.image_size, batch_size, choice.seed, "val", built.on_prefix)
-    train = (_inputs(train_rows, y_train, choice.image_size, batch_size, choice.seed, "train", built.on_prefix,
-                     shuffle=True) if built.trains else None)
+    val = _val_inputs(val_rows, y_val, choice.image_size, batch_size, built.on_prefix)
+    train_for_run = (_train_inputs(train_rows, y_train, choice.image_size, batch_size, choice.seed, built.on_prefix)
+                     if built.trains else None)
     data_seconds = time.perf_counter() - start
 
     # Other workers of a cluster log to a scratch folder: the chief's logs are the run's.
     with (atomic.atomic_dir(paths.FINETUNE_LOGS) if chief else tempfile.TemporaryDirectory()) as log_dir:
-        shipped, val_probs, figures = _fit_or_keep_head(trainer, built.model, train, val, y_val_idx, tuning,
-                                                        built.rate, Path(log_dir))
+        shipped, val_probs, figures = _fit_or_keep_head(trainer, built, train_for_run, val, y_val_idx, tuning,
+                                                        Path(log_dir))
     if not chief:
         print(f"finetune: {distributed.describe_task()} done; the chief writes {paths.MODEL} and "
               f"{paths.FINETUNE_METRICS}, this worker writes nothing")

@@ -100,7 +100,8 @@ class AugmentParams:
 
 @dataclass(frozen=True)
 class FinetuneParams:
-    epochs: int = rule("integer", 0, 100_000)
+    runs: int = rule("integer", 1, 100)  # runs from the same start, their weights averaged (a model soup)
+    epochs: int = rule("integer", 0, 100_000)  # per run
     batch_size: int = rule("integer", 1, 65_536)
     optimizer: str = rule("choice", OPTIMIZERS)
     learning_rate: float = rule("real", 0.0, 10.0, low_closed=False)

@@ -50,7 +50,7 @@ def run(sp: ScratchParams, *, image_size: int, seed: int, top_k: int) -> dict:
     from tlpipe import images
     from tlpipe.artifacts import SPLITS, label_indices, read_classes, read_split, sources
     from tlpipe.scoring import scores
-    from tlpipe.training import Inputs, callbacks, compile_model, fit, optimizer, seed_everything
+    from tlpipe.training import Inputs, LiveLogger, callbacks, compile_model, fit, optimizer, seed_everything
 
     seed_everything(seed)
     classes = read_classes()
@@ -68,7 +68,7 @@ def run(sp: ScratchParams, *, image_size: int, seed: int, top_k: int) -> dict:
             Inputs(data["train"][0], onehot(data["train"][1]), sp.batch_size),
             Inputs(data["val"][0], onehot(data["val"][1])),
             sp.epochs,
-            callbacks(sp.patience, log_dir),
+            callbacks(sp.patience, LiveLogger(log_dir)),
         )
     probs = model.predict(data["test"][0], batch_size=sp.batch_size, verbose=0).astype(np.float64)
     metrics = {"enabled": True, **result.metrics(), "test": scores(data["test"][1], probs, classes, top_k)}

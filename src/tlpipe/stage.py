@@ -8,9 +8,11 @@ exit status 2, never a traceback; so does Ctrl-C, with exit status 130.
 from __future__ import annotations
 
 import os
+import resource
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from tlpipe import params
 from tlpipe.errors import TlpipeError
@@ -24,6 +26,20 @@ def _process_seconds() -> float:
         return time.time() - psutil.Process().create_time()
     except Exception:  # psutil comes with DVC; without it, time since this module loaded
         return time.perf_counter() - _LOADED
+
+
+def _peak_memory_mb() -> float:
+    """This process's peak resident memory. On Linux, VmHWM: getrusage's
+    figure is carried over from the parent across fork and exec, so a stage
+    started by a large process would report that process's peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (2**20 if sys.platform == "darwin" else 2**10)  # macOS reports bytes, Linux KiB
 
 
 _LOADED = time.perf_counter()
@@ -47,4 +63,5 @@ def run_stage(name: str, body: Callable[[params.Params], object]) -> None:
               file=sys.stderr, flush=True)
         sys.stdout.flush()
         os._exit(INTERRUPTED)
-    print(f"{name}: done in {_process_seconds():.1f}s (process wall time, start-up included)", flush=True)
+    print(f"{name}: done in {_process_seconds():.1f}s (process wall time, start-up included), "
+          f"peak memory {_peak_memory_mb():,.0f} MB", flush=True)

@@ -194,7 +194,7 @@ def train_keras(head_params: HeadParams, x_train, y_train, x_val, y_val, n_class
         Inputs(x_train, onehot(y_train), head_params.batch_size),
         Inputs(x_val, onehot(y_val)),
         head_params.epochs,
-        callbacks(head_params.patience, log_dir),
+        callbacks(head_params.patience, LiveLogger(log_dir)),
         class_weight=class_weights(y_train, n_classes, head_params.class_weight),
     )
     return model, {**result.metrics(), "solver": "keras", "l2": l2, "l2_chosen_on_val": False}

@@ -1,6 +1,6 @@
 """Shared by the training stages (train_head, finetune, scratch): seeding,
 compiling, optimizers, schedules, DVCLive logging, and one ``fit`` that
-returns the best epoch's figures."""
+returns the figures of the epoch whose weights the model keeps."""
 
 from __future__ import annotations
 
@@ -105,28 +105,29 @@ class PlateauReduction(keras.callbacks.ReduceLROnPlateau):
         return True
 
 
-def callbacks(patience: int, log_dir: Path, rate: LearningRate | None = None) -> list:
-    """DVCLive logging, best-epoch restore, early stopping, and with a
-    ``plateau`` LearningRate, its reduction on a val-loss plateau."""
-    # Always end on the best epoch's weights; stop early only when asked to.
-    out: list = [
-        LiveLogger(log_dir),
-        keras.callbacks.EarlyStopping(
-            monitor="val_loss",
-            patience=patience or 1_000_000,
-            restore_best_weights=True,
-            verbose=1,
-        ),
-    ]
+def callbacks(patience: int, logger: LiveLogger, rate: LearningRate | None = None) -> list:
+    """``logger`` (DVCLive); with ``patience``, early stopping on val loss that
+    restores the best epoch's weights; with a ``plateau`` LearningRate, its
+    reduction on a val-loss plateau.
+
+    ``patience`` 0: every epoch runs and the model keeps its last weights (what
+    a schedule that decays to zero is for, as in fastai's one-cycle fit). No
+    epoch is then chosen on val, so val stays an unbiased judge of the result.
+    """
+    out: list = [logger]
+    if patience:
+        out.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True,
+                                                 verbose=1))
     if rate is not None and rate.schedule == "plateau":
         out.append(PlateauReduction(rate, monitor="val_loss", factor=0.3, patience=max(1, patience // 2), verbose=1))
     return out
 
 
-def best_epoch(history: dict) -> int:
-    """Index of the epoch whose weights the model holds after training (the
-    EarlyStopping callback restores the lowest val loss)."""
-    return int(np.argmin(history["val_loss"]))
+def kept_epoch(history: dict, callbacks: list) -> int:
+    """Index of the epoch whose weights the model holds after training: the
+    lowest val loss when early stopping restores it, else the last."""
+    restores = any(isinstance(c, keras.callbacks.EarlyStopping) and c.restore_best_weights for c in callbacks)
+    return int(np.argmin(history["val_loss"])) if restores else len(history["val_loss"]) - 1
 
 
 @dataclass(frozen=True)
@@ -150,32 +151,29 @@ class Inputs:
 class FitResult:
     history: dict
     seconds: float  # Keras fit alone
-
-    @property
-    def best(self) -> int:
-        return best_epoch(self.history)
+    kept: int  # the epoch whose weights the model holds (see kept_epoch)
 
     @property
     def val_loss(self) -> float:
-        return float(self.history["val_loss"][self.best])
+        return float(self.history["val_loss"][self.kept])
 
     @property
     def val_accuracy(self) -> float:
-        return float(self.history["val_accuracy"][self.best])
+        return float(self.history["val_accuracy"][self.kept])
 
     def metrics(self) -> dict:
-        """The figures every training stage reports for its best epoch."""
+        """The figures every training stage reports for the epoch it keeps."""
         return {
             "val_accuracy": round(self.val_accuracy, 4),
             "val_loss": round(self.val_loss, 4),
-            "best_epoch": self.best + 1,
+            "kept_epoch": self.kept + 1,
             "epochs_run": len(self.history["val_loss"]),
             "fit_seconds": round(self.seconds, 2),
         }
 
 
 def fit(model: keras.Model, train: Inputs, val: Inputs, epochs: int, callbacks: list, **kwargs) -> FitResult:
-    """``model.fit`` with per-epoch lines; the model ends on its best epoch (see ``callbacks``)."""
+    """``model.fit`` with per-epoch lines; the model ends on the epoch ``callbacks`` keep (see there)."""
     start = time.perf_counter()
     history = model.fit(
         **train.fit_kwargs(),
@@ -186,23 +184,27 @@ def fit(model: keras.Model, train: Inputs, val: Inputs, epochs: int, callbacks: 
         verbose=2,
         **kwargs,
     ).history
-    return FitResult(history, time.perf_counter() - start)
+    return FitResult(history, time.perf_counter() - start, kept_epoch(history, callbacks))
 
 
 class LiveLogger(keras.callbacks.Callback):
     """Per-epoch train/val loss and accuracy to DVCLive, laid out so that one
-    plot in dvc.yaml overlays train and val (plots/metrics/{train,val}/*.tsv)."""
+    plot in dvc.yaml overlays train and val (plots/metrics/{train,val}/*.tsv).
+    ``fits``: how many fits it logs, one after the other on one step count
+    (the runs of a fine-tuning soup); the log is closed after the last."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, fits: int = 1):
         super().__init__()
         self.directory = Path(directory)
+        self.fits_left = fits
         self.live = None
 
     def on_train_begin(self, logs=None):
         from dvclive import Live
 
-        # dvcyaml=False: our dvc.yaml declares the plots; DVCLive must not edit it.
-        self.live = Live(str(self.directory), dvcyaml=False, save_dvc_exp=False, report=None)
+        if self.live is None:  # once: a second Live on the folder would wipe the first fit's steps
+            # dvcyaml=False: our dvc.yaml declares the plots; DVCLive must not edit it.
+            self.live = Live(str(self.directory), dvcyaml=False, save_dvc_exp=False, report=None)
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
@@ -214,8 +216,37 @@ class LiveLogger(keras.callbacks.Callback):
         self.live.next_step()
 
     def on_train_end(self, logs=None):
-        if self.live is not None:
+        self.fits_left -= 1
+        if self.live is not None and self.fits_left <= 0:
             self.live.end()
+
+
+class StartingPoint:
+    """A compiled model's trainable weights and optimizer state (and a
+    LearningRate's plateau scale), taken once and put back before each run,
+    so that every run of a soup starts where the first did: from the same
+    weights, at step 0 of its schedule, with no optimizer momentum."""
+
+    def __init__(self, model: keras.Model, rate: LearningRate | None = None):
+        model.optimizer.build(model.trainable_variables)  # its slots exist before the first step
+        self.model, self.rate = model, rate
+        self.weights = [v.numpy() for v in model.trainable_variables]
+        self.optimizer_state = [v.numpy() for v in model.optimizer.variables]
+
+    def restore(self) -> None:
+        for variable, value in zip(self.model.trainable_variables, self.weights):
+            variable.assign(value)
+        for variable, value in zip(self.model.optimizer.variables, self.optimizer_state):
+            variable.assign(value)
+        if self.rate is not None:
+            self.rate.scale.assign(1.0)
+
+
+def soup(runs: list[list[np.ndarray]]) -> list[np.ndarray]:
+    """The uniform average of several runs' trainable weights (a model soup:
+    runs from one starting point stay in one basin, so their average is a
+    model, and a less noisy one than any run)."""
+    return [np.mean(np.stack(values), axis=0, dtype=np.float64).astype(values[0].dtype) for values in zip(*runs)]
 
 
 def disk_batches(x: np.ndarray, y: np.ndarray | None, batch_size: int, shuffle_seed: int | None = None):
