@@ -9,6 +9,6 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 for script in ("accuracy.py", "prefix_stream.py", "export.py", "trust.py", "startup.py", "extract_limit.py", "pipeline.py", "scaling.py",
-               "classic.py", "finetune_grid.py"):
+               "near_duplicates.py", "classic.py", "finetune_grid.py"):
     print(f"==> python bench/{script}", flush=True)
     subprocess.run([sys.executable, str(HERE / script)], check=True)

@@ -125,8 +125,25 @@ def test_pictures_are_written(audited):
 
 def test_near_duplicates_by_hand():
     x = np.array([[1, 0], [0.999, 0.04], [0, 1], [-1, 0]], dtype=np.float32)
-    assert [(i, j) for i, j, _ in audit.near_duplicates(x, 0.99)] == [(0, 1)]
-    assert audit.near_duplicates(x, 0.99, block=1) == audit.near_duplicates(x, 0.99)
+    pairs, total = audit.near_duplicates(x, 0.99)
+    assert [(i, j) for i, j, _ in pairs] == [(0, 1)] and total == 1
+    assert audit.near_duplicates(x, 0.99, block=1) == (pairs, total)
+
+
+def test_when_every_pair_is_near_the_closest_are_listed_and_all_are_counted():
+    """A backbone that cannot tell 3,000 images apart: 4.5 million near pairs,
+    counted; the MAX_PAIRS closest listed, closest first, whatever the block."""
+    rng = np.random.default_rng(0)
+    x = 1 + 1e-3 * rng.normal(size=(3000, 8)).astype(np.float32)
+    pairs, total = audit.near_duplicates(x, 0.5)
+    assert total == 3000 * 2999 // 2 and len(pairs) == audit.MAX_PAIRS
+    sims = [s for _, _, s in pairs]
+    assert sims == sorted(sims, reverse=True) and all(i < j for i, j, _ in pairs)
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    every = (unit @ unit.T)[np.triu_indices(3000, k=1)]
+    assert sims[-1] >= np.sort(every)[-audit.MAX_PAIRS] - 1e-6  # none closer was left out
+    other, other_total = audit.near_duplicates(x, 0.5, block=700)  # another block: the same up to float rounding
+    assert other_total == total and np.allclose([s for _, _, s in other], sims, atol=1e-6)
 
 
 def test_auto_threshold_by_hand():
