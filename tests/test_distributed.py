@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 import yaml
 
+from tlpipe.scoring import MARGIN_SE
+
 from conftest import REPO, make_class_folders, new_dvc_repo, set_dotted, tiny_params, tool_env
 
 
@@ -167,10 +169,11 @@ def test_two_workers_train_as_one_and_only_the_chief_writes(two_machines):
     metrics; worker 1 leaves its repo as it was. A one-worker cluster at the same
     global batch sees the same batches, so the models match."""
     chief, other = two_machines
-    [(code, out, err)] = run_cluster([chief])
+    with changed_params([chief], **{"finetune.batch_size": 8}):  # two workers at 4 each
+        [(code, out, err)] = run_cluster([chief])
     assert code == 0, out[-3000:] + err[-3000:]
     one = json.loads((chief / "metrics/finetune.json").read_text())
-    one_weights = load_weights(chief)
+    one_weights, one_curve = load_weights(chief), val_curve(chief)
     before = outputs(other)
 
     results = run_cluster([chief, other])
@@ -181,18 +184,31 @@ def test_two_workers_train_as_one_and_only_the_chief_writes(two_machines):
     # A run that succeeded says nothing that reads as a failure (TensorFlow's
     # coordination service does when one worker leaves before the other).
     assert not any("crashed" in err for _, _, err in results), [err[-2000:] for _, _, err in results]
-    assert one["replicas"] == 1 and one["workers"] == 1 and one["global_batch_size"] == 4
+    assert one["replicas"] == 1 and one["workers"] == 1 and one["global_batch_size"] == 8
     assert two["replicas"] == 2 and two["workers"] == 2 and two["global_batch_size"] == 8
     assert two["epochs_run"] == 2 and two["frozen_prefix_cached"] is True
-    # Same data order and global batch; only the order of float sums differs.
+    # Same data order and global batch; only the order of float sums differs:
+    # they train alike, epoch by epoch (DVCLive's val losses, full precision).
     assert two["head_val_loss"] == pytest.approx(one["head_val_loss"], abs=1e-5)
-    assert two["val_loss"] == pytest.approx(one["val_loss"], rel=1e-3)
+    assert val_curve(chief) == pytest.approx(one_curve, rel=0.05, abs=1e-5)
+    if one["shipped"] != two["shipped"]:
+        # On this synthetic data val losses are near zero, and float noise can tip a
+        # choice that sits at the margin; only there may the two differ.
+        assert all(abs(m["val_loss_gain_se"] - MARGIN_SE) < 0.5 for m in (one, two)), (one, two)
+        return
+    assert two["val_loss"] == pytest.approx(one["val_loss"], rel=1e-3, abs=1e-5)
     # Adam moves a weight whose gradient is ~0 by up to the learning rate per
     # step whatever the gradient's sign, so float noise shows there: a few
     # weights differ by a few learning rates, none by more than 10.
     lr = two_machines_lr(chief)
     for a, b in zip(one_weights, load_weights(chief)):
         np.testing.assert_allclose(a, b, atol=10 * lr)
+
+
+def val_curve(root) -> list[float]:
+    """The finetune stage's val loss after every epoch, as DVCLive logged it."""
+    lines = (root / "dvclive/finetune/plots/metrics/val/loss.tsv").read_text().splitlines()[1:]
+    return [float(line.split("\t")[1]) for line in lines]
 
 
 def two_machines_lr(root) -> float:
