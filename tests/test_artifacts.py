@@ -1,9 +1,11 @@
 """What stages hand each other on disk: split CSVs that survive any file name,
-classes, features and the memory-mapped prefix."""
+classes, features and the prefix, whose rows stay on disk until read."""
 
 import json
+from pathlib import Path
 
 import numpy as np
+import pytest
 
 from tlpipe import artifacts, paths
 from tlpipe.artifacts import Row
@@ -26,11 +28,88 @@ def test_label_indices_follow_the_classes_order(tmp_path):
     assert files == [paths.RAW / "x", paths.RAW / "y"] and decoders == ["tf", "tf"]
 
 
-def test_features_load_as_float32_and_the_prefix_memory_mapped(tmp_path):
+def test_features_load_as_float32_and_the_prefix_stays_on_disk(tmp_path):
     np.save(paths.features_file("val", tmp_path), np.ones((3, 4), np.float16))
     np.save(paths.labels_file("val", tmp_path), np.array([0, 1, 0]))
     x, y = artifacts.load_features("val", tmp_path)
     assert x.dtype == np.float32 and x.shape == (3, 4) and y.tolist() == [0, 1, 0]
-    np.save(paths.prefix_file("train", tmp_path), np.zeros((5, 2, 2, 3), np.float16))
+    stored = np.arange(5 * 12, dtype=np.float16).reshape(5, 2, 2, 3)
+    np.save(paths.prefix_file("train", tmp_path), stored)
     prefix = artifacts.load_prefix("train", tmp_path)
-    assert isinstance(prefix, np.memmap) and prefix.shape == (5, 2, 2, 3)
+    assert isinstance(prefix, artifacts.StoredRows) and prefix.shape == (5, 2, 2, 3) and len(prefix) == 5
+    np.testing.assert_array_equal(np.asarray(prefix), stored)
+
+
+@pytest.mark.parametrize("rows", [[3], [0, 1, 2], [4, 0, 2, 3], [1, 2, 4], []])
+def test_stored_rows_read_the_rows_asked_for_in_their_order(tmp_path, rows):
+    stored = np.random.default_rng(0).normal(size=(5, 7, 3)).astype(np.float16)
+    np.save(tmp_path / "a.npy", stored)
+    got = artifacts.StoredRows(tmp_path / "a.npy")[np.array(rows, dtype=int)]
+    assert got.dtype == np.float16 and got.shape == (len(rows), 7, 3)
+    np.testing.assert_array_equal(got, stored[rows])
+
+
+def test_stored_rows_refuse_rows_past_the_end(tmp_path):
+    np.save(tmp_path / "a.npy", np.zeros((5, 2), np.float16))
+    with pytest.raises(IndexError, match=r"a.npy: rows 0..5 asked of 5"):
+        artifacts.StoredRows(tmp_path / "a.npy")[[0, 5]]
+
+
+def resident_bytes() -> int:
+    line = next(line for line in open("/proc/self/status") if line.startswith("VmRSS:"))
+    return int(line.split()[1]) * 1024
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmRSS from /proc (Linux)")
+def test_reading_every_stored_row_leaves_resident_memory_flat(tmp_path):
+    """A memory map of the same file grows the process by the file's size as
+    its pages are touched (checked here too, so the measure can fail)."""
+    size = 64 * 2**20
+    np.save(tmp_path / "big.npy", np.ones((size // 4096, 2048), np.float16))
+    order = np.random.default_rng(0).permutation(size // 4096)
+
+    def growth(array) -> int:
+        before = resident_bytes()
+        for start in range(0, len(order), 32):
+            array[np.sort(order[start:start + 32])].sum()
+        return resident_bytes() - before
+
+    assert growth(artifacts.StoredRows(tmp_path / "big.npy")) < size / 8
+    assert growth(np.load(tmp_path / "big.npy", mmap_mode="r")) > size / 2
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmRSS from /proc (Linux)")
+def test_writing_every_row_leaves_resident_memory_flat(tmp_path):
+    """extract writes the prefix a batch at a time; written through a memory
+    map, every page would stay resident (checked here too)."""
+    rows, batch = 64 * 2**20 // 4096, np.ones((32, 2048), np.float16)
+
+    def growth(out) -> int:
+        before = resident_bytes()
+        for start in range(0, rows, 32):
+            out[start:start + 32] = batch
+        return resident_bytes() - before
+
+    assert growth(artifacts.RowWriter(tmp_path / "written.npy", rows, (2048,))) < 8 * 2**20
+    mapped = np.lib.format.open_memmap(tmp_path / "mapped.npy", mode="w+", dtype=np.float16, shape=(rows, 2048))
+    assert growth(mapped) > 32 * 2**20
+
+
+def test_row_writer_writes_the_bytes_a_memory_map_would(tmp_path):
+    """extract's outputs stay byte-identical, so DVC sees the same hashes."""
+    values = np.random.default_rng(1).normal(size=(7, 3, 2)).astype(np.float16)
+    mapped = np.lib.format.open_memmap(tmp_path / "mapped.npy", mode="w+", dtype=np.float16, shape=(7, 3, 2))
+    writer = artifacts.RowWriter(tmp_path / "written.npy", 7, (3, 2))
+    for start, stop in ((0, 4), (4, 7)):
+        mapped[start:stop] = values[start:stop]
+        writer[start:stop] = values[start:stop]
+    mapped.flush()
+    del mapped
+    assert (tmp_path / "written.npy").read_bytes() == (tmp_path / "mapped.npy").read_bytes()
+    np.testing.assert_array_equal(np.load(tmp_path / "written.npy"), values)
+
+
+def test_row_writer_refuses_values_of_another_shape(tmp_path):
+    writer = artifacts.RowWriter(tmp_path / "w.npy", 4, (3,))
+    with pytest.raises(ValueError, match=r"w.npy: rows 0..2 of shape \(3,\) expected, got \(2, 4\)"):
+        writer[0:2] = np.zeros((2, 4))

@@ -178,7 +178,7 @@ def test_stored_prefix_is_the_frozen_layers_output(trained_head_repo):
     direct = keras.Model(pixels, out).predict(x, verbose=0)
     stored = artifacts.load_prefix("val")
     assert stored.dtype == np.float16 and stored.shape == direct.shape
-    np.testing.assert_allclose(stored.astype(np.float32), direct, rtol=2e-3, atol=2e-3)  # float16 storage
+    np.testing.assert_allclose(np.asarray(stored, np.float32), direct, rtol=2e-3, atol=2e-3)  # float16 storage
     metrics = run_stage_code(p, "finetune")
     assert metrics["frozen_prefix_cached"] is True and metrics["epochs_run"] == 2
 

@@ -1,10 +1,11 @@
 """training: the learning-rate policy, which epoch a fit keeps, and batches
-read from a memory-mapped array on disk, seeded and reshuffled."""
+read from rows left on disk, seeded and reshuffled."""
 
 import keras
 import numpy as np
 import pytest
 
+from tlpipe.artifacts import StoredRows
 from tlpipe.training import (Inputs, LiveLogger, PlateauReduction, StartingPoint, soup, callbacks, compile_model, disk_batches, fit, learning_rate,
                              optimizer)
 
@@ -13,7 +14,7 @@ def on_disk(tmp_path, rows=37):
     x = np.arange(rows * 6, dtype=np.float16).reshape(rows, 3, 2)
     path = tmp_path / "prefix.npy"
     np.save(path, x)
-    return np.load(path, mmap_mode="r"), np.eye(4, dtype=np.float32)[np.arange(rows) % 4]
+    return StoredRows(path), np.eye(4, dtype=np.float32)[np.arange(rows) % 4]
 
 
 def epoch(dataset):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,7 +77,94 @@ def read_prefix_meta(folder: Path = paths.PREFIX) -> dict:
     return json.loads(paths.prefix_meta(folder).read_text())
 
 
-def load_prefix(split: str, folder: Path = paths.PREFIX) -> np.ndarray:
+def load_prefix(split: str, folder: Path = paths.PREFIX) -> StoredRows:
     """The frozen prefix's outputs for one split (float16, split CSV order),
-    memory-mapped: rows are read from disk as they are indexed."""
-    return np.load(paths.prefix_file(split, folder), mmap_mode="r")
+    left on disk: rows are read as they are indexed."""
+    return StoredRows(paths.prefix_file(split, folder))
+
+
+class StoredRows:
+    """A C-ordered .npy array on disk whose rows are read when indexed, with
+    ``pread`` into a new array. (A memory map reads the same bytes, but every
+    page it touches stays mapped into the process and counts in its resident
+    memory, so a stage's peak would grow with the data set; read this way, the
+    pages stay in the kernel's page cache, shared and reclaimable.)"""
+
+    def __init__(self, path: Path):
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran_order, dtype = read_header(f)
+            self.offset = f.tell()
+        if fortran_order or dtype.hasobject or not shape:
+            raise ValueError(f"{path}: rows of a C-ordered numeric array expected, got shape {shape}, dtype {dtype}")
+        self.path, self.shape, self.dtype = path, tuple(shape), dtype
+        self.row_bytes = dtype.itemsize * int(np.prod(shape[1:], dtype=np.int64))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows) -> np.ndarray:
+        """The rows at the integer indices ``rows`` (in that order); runs of
+        consecutive rows are read at once, so reading in order is sequential."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
+            raise IndexError(f"{self.path}: rows {rows.min()}..{rows.max()} asked of {len(self)}")
+        out = np.empty((len(rows), *self.shape[1:]), self.dtype)
+        if not rows.size:
+            return out
+        flat = out.reshape(len(rows), self.row_bytes // self.dtype.itemsize).view(np.uint8)
+        starts = [0, *(np.flatnonzero(np.diff(rows) != 1) + 1).tolist(), len(rows)]
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            for first, end in zip(starts[:-1], starts[1:]):
+                _read_exactly(fd, memoryview(flat[first:end]).cast("B"), self.offset + int(rows[first]) * self.row_bytes)
+        finally:
+            os.close(fd)
+        return out
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        everything = self[np.arange(len(self))]
+        return everything if dtype is None else everything.astype(dtype)
+
+
+class RowWriter:
+    """A new .npy file of ``rows`` rows of ``shape``, filled slice by slice
+    (``writer[start:stop] = values``) with ``pwrite``: the bytes
+    ``np.lib.format.open_memmap`` would write, without mapping the file, so
+    the written pages do not count in the process's resident memory."""
+
+    def __init__(self, path: Path, rows: int, shape: tuple[int, ...], dtype=np.float16):
+        self.path, self.dtype = path, np.dtype(dtype)
+        self.shape = (rows, *shape)
+        self.row_bytes = self.dtype.itemsize * int(np.prod(shape, dtype=np.int64))
+        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": self.shape}
+        with open(path, "wb") as f:
+            np.lib.format.write_array_header_1_0(f, header)
+            self.offset = f.tell()
+            f.truncate(self.offset + rows * self.row_bytes)  # unwritten rows read as zeros
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __setitem__(self, rows: slice, values) -> None:
+        start, stop, step = rows.indices(len(self))
+        values = np.ascontiguousarray(values, dtype=self.dtype)
+        if step != 1 or values.shape != (stop - start, *self.shape[1:]):
+            raise ValueError(f"{self.path}: rows {start}..{stop} of shape {self.shape[1:]} expected, got {values.shape}")
+        fd = os.open(self.path, os.O_WRONLY)
+        try:
+            buffer, offset = memoryview(values.reshape(-1).view(np.uint8)), self.offset + start * self.row_bytes
+            while buffer.nbytes:
+                written = os.pwrite(fd, buffer, offset)
+                buffer, offset = buffer[written:], offset + written
+        finally:
+            os.close(fd)
+
+
+def _read_exactly(fd: int, buffer: memoryview, offset: int) -> None:
+    while buffer.nbytes:
+        got = os.preadv(fd, [buffer], offset)
+        if got == 0:
+            raise EOFError(f"file descriptor {fd}: {buffer.nbytes} bytes short at offset {offset}")
+        buffer, offset = buffer[got:], offset + got

@@ -26,6 +26,7 @@ import numpy as np
 
 from tlpipe import atomic, paths
 from tlpipe.artifacts import SPLITS, Row, csv_text, load_features, read_classes, read_split
+from tlpipe.similarity import block_rows, normalised
 from tlpipe.params import AuditParams
 
 # A backbone that cannot tell images apart (random weights) makes every pair
@@ -33,23 +34,16 @@ from tlpipe.params import AuditParams
 MAX_PAIRS = 10_000
 
 
-# Similarities computed at once: a block of rows against every row, sized so
-# that a block's memory (its similarities and their indices) stays the same
-# whatever the number of images.
-BLOCK_SIMILARITIES = 2**22
-
-
 def near_duplicates(x: np.ndarray, threshold: float, block: int | None = None) -> tuple[list[tuple[int, int, float]], int]:
     """(the MAX_PAIRS closest pairs (i, j, cosine similarity), i < j, at or above
     ``threshold``, closest first; how many pairs are at or above it in all).
 
     A block of rows against all rows at a time (``block`` rows; default:
-    BLOCK_SIMILARITIES in all), and only a block's MAX_PAIRS closest pairs
+    similarity.BLOCK_SIMILARITIES in all), and only a block's MAX_PAIRS closest pairs
     leave it, as arrays: memory stays a block's however many images and pairs
     there are (a backbone that cannot tell images apart makes every pair near)."""
-    x = x.astype(np.float32)
-    x = x / np.clip(np.linalg.norm(x, axis=1, keepdims=True), 1e-12, None)
-    block = block or max(1, BLOCK_SIMILARITIES // max(len(x), 1))
+    x = normalised(x)
+    block = block or block_rows(len(x))
     kept_i, kept_j, kept_s = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
     total = 0
     for start in range(0, len(x), block):

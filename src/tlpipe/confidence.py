@@ -32,8 +32,7 @@ import numpy as np
 
 from tlpipe import atomic, paths
 from tlpipe.errors import TlpipeError
-
-_CHUNK = 2048  # query rows per similarity product: bounds memory for any bank size
+from tlpipe.similarity import block_rows, normalised
 
 
 @dataclass(frozen=True)
@@ -121,11 +120,6 @@ def features(shipped, rows, batch_size: int, desc: str) -> np.ndarray:
     return np.concatenate(list(batches)).astype(np.float32)
 
 
-def normalised(features: np.ndarray) -> np.ndarray:
-    features = np.asarray(features, dtype=np.float32)
-    return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
-
-
 def unfamiliar_scores(features: np.ndarray, bank: np.ndarray, k: int) -> np.ndarray:
     """Cosine distance of each (raw) feature row to its k-th nearest row of the
     normalised ``bank``."""
@@ -133,10 +127,11 @@ def unfamiliar_scores(features: np.ndarray, bank: np.ndarray, k: int) -> np.ndar
     bank = np.asarray(bank, dtype=np.float32)
     k = min(k, len(bank))
     out = np.empty(len(queries), dtype=np.float64)
-    for start in range(0, len(queries), _CHUNK):
-        sims = queries[start : start + _CHUNK] @ bank.T
+    block = block_rows(len(bank))
+    for start in range(0, len(queries), block):
+        sims = queries[start : start + block] @ bank.T
         kth = np.partition(-sims, k - 1, axis=1)[:, k - 1]
-        out[start : start + _CHUNK] = 1.0 + kth  # 1 - similarity
+        out[start : start + block] = 1.0 + kth  # 1 - similarity
     return np.clip(out, 0.0, 2.0)
 
 

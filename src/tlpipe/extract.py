@@ -15,8 +15,8 @@ when it would take more than ``extract.prefix_max_gb`` (or the free disk);
 fine-tuning reads it from disk in batches, so its size never costs memory.
 
 Images stream through tf.data (parallel decode and resize, batching,
-prefetch) and outputs go straight into memory-mapped files, so memory stays
-flat as data grows.
+prefetch) and outputs are written to their files a batch at a time
+(artifacts.RowWriter), so memory stays flat as data grows.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from tlpipe import atomic, backbones, freeze, images, paths, training
-from tlpipe.artifacts import SPLITS, Row, label_indices, read_classes, read_split, sources
+from tlpipe.artifacts import SPLITS, Row, RowWriter, label_indices, read_classes, read_split, sources
 from tlpipe.params import ExtractParams
 
 PREFIX_SPLITS = ("train", "val")  # what fine-tuning trains and validates on
@@ -138,10 +138,6 @@ def _prefix_plan(plan: freeze.Plan, rows: dict[str, list[Row]], max_gb: float) -
     return shape, ""
 
 
-def _memmap(path, rows: int, shape: tuple[int, ...]):
-    return np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(rows, *shape))
-
-
 def run(extract: ExtractParams, *, backbone: str, image_size: int, weights: str, seed: int, freeze_word: str) -> dict:
     """data/split -> data/features, data/prefix; reads ``backbone``, ``image_size``,
     ``weights``, ``seed`` (random init with ``weights: none``), ``freeze`` (as
@@ -171,15 +167,12 @@ def run(extract: ExtractParams, *, backbone: str, image_size: int, weights: str,
     with atomic.atomic_dir(paths.FEATURES) as feats_dir, atomic.atomic_dir(paths.PREFIX) as prefix_dir:
         for split in SPLITS:
             n = len(rows[split])
-            outs = [_memmap(paths.features_file(split, feats_dir), n, (dim,))]
+            outs = [RowWriter(paths.features_file(split, feats_dir), n, (dim,))]
             model = pooled
             if prefix_shape is not None and split in PREFIX_SPLITS:
-                outs.append(_memmap(paths.prefix_file(split, prefix_dir), n, prefix_shape))
+                outs.append(RowWriter(paths.prefix_file(split, prefix_dir), n, prefix_shape))
                 model = both
             rate = stream_features(model, rows[split], image_size, extract.batch_size, outs, f"extract {split}")
-            for out in outs:
-                out.flush()
-            del outs
             np.save(paths.labels_file(split, feats_dir), label_indices(rows[split], classes))
             meta["images"][split] = n
             print(f"extract: {split}: {n} images, {rate:.0f} img/s", flush=True)

@@ -251,9 +251,9 @@ def soup(runs: list[list[np.ndarray]]) -> list[np.ndarray]:
 
 def disk_batches(x: np.ndarray, y: np.ndarray | None, batch_size: int, shuffle_seed: int | None = None):
     """A tf.data stream of (x, y) batches, or of x batches when ``y`` is None,
-    gathered from ``x``, a memory-mapped array on disk (the stored frozen
-    prefix): a batch in memory at a time, so memory stays flat whatever the
-    array's size. ``shuffle_seed``: a new seeded permutation of all rows every
+    gathered from ``x``, rows left on disk (the stored frozen prefix, as
+    ``artifacts.load_prefix`` gives it) or any array: a batch in memory at a
+    time, so memory stays flat whatever the array's size. ``shuffle_seed``: a new seeded permutation of all rows every
     epoch, as Keras shuffles arrays; None: in order (val, predict)."""
     import tensorflow as tf
 
