@@ -4,11 +4,14 @@ frozen prefix from disk batch by batch.
     python bench/prefix_stream.py [REPO]    (REPO: a repository after `dvc repro`; default: a
                                              fresh copy of the pipeline on the default params)
 
-Runs the finetune stage's own script twice in REPO under /usr/bin/time -v:
-with the default memory budget and with TLPIPE_MEMORY_BUDGET=100000000 (a
-quarter of the cats vs dogs prefix). Prints, for each: whether it stayed on the
-stored prefix, Keras fit seconds, the stage's wall seconds and its peak RSS,
-and the prefix's size on disk.
+Runs the finetune stage's own script twice in REPO under /usr/bin/time -v,
+one after the other: with the whole stored prefix loaded into memory first
+(the reference issue 25 measures against; `load_prefix` swapped for
+`np.load` in that process alone), and as the stage reads it, from disk a batch
+at a time, with TLPIPE_MEMORY_BUDGET=100000000 (a quarter of the cats vs dogs
+prefix). Prints, for each: whether it stayed on the stored prefix, Keras fit
+seconds, the stage's wall seconds and its peak RSS, the fit against the
+in-memory run's, and the prefix's size on disk.
 """
 
 from __future__ import annotations
@@ -23,8 +26,20 @@ from pathlib import Path
 from _common import repo_from_argv, tool_env
 
 
-def finetune_once(repo: Path, env: dict) -> dict:
-    proc = subprocess.run(["/usr/bin/time", "-v", sys.executable, "stages/finetune.py"], cwd=repo,
+# The finetune stage's script with the stored prefix loaded whole into memory.
+IN_MEMORY = """
+import runpy, sys
+import numpy as np
+sys.path[:0] = ["stages", "src"]
+from tlpipe import finetune, paths
+finetune.load_prefix = lambda split: np.load(paths.prefix_file(split, paths.PREFIX))
+runpy.run_path("stages/finetune.py", run_name="__main__")
+"""
+
+
+def finetune_once(repo: Path, env: dict, in_memory: bool) -> dict:
+    script = ["-c", IN_MEMORY] if in_memory else ["stages/finetune.py"]
+    proc = subprocess.run(["/usr/bin/time", "-v", sys.executable, *script], cwd=repo,
                           env={**tool_env(), **env}, capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(proc.stdout[-3000:] + proc.stderr[-3000:])
@@ -40,10 +55,14 @@ def main() -> None:
     repo = repo_from_argv("prefix", "train_head")
     prefix_bytes = sum(p.stat().st_size for p in (repo / "data" / "prefix").glob("*.npy"))
     print(f"data/prefix: {prefix_bytes / 1e6:.0f} MB on disk")
-    for label, env in (("default budget", {}), ("TLPIPE_MEMORY_BUDGET=100000000", {"TLPIPE_MEMORY_BUDGET": "100000000"})):
-        r = finetune_once(repo, env)
-        print(f"{label:32s} frozen_prefix_cached {r['cached']}  fit {r['fit']:.1f} s  stage wall {r['wall']:.1f} s  "
-              f"peak RSS {r['rss_gb']:.2f} GB  (shipped {r['shipped']}, val loss {r['val_loss']})", flush=True)
+    reference = None
+    for label, env, in_memory in (("prefix loaded into memory", {}, True),
+                                  ("from disk, TLPIPE_MEMORY_BUDGET=1e8", {"TLPIPE_MEMORY_BUDGET": "100000000"}, False)):
+        r = finetune_once(repo, env, in_memory)
+        reference = reference or r["fit"]
+        print(f"{label:36s} frozen_prefix_cached {r['cached']}  fit {r['fit']:.1f} s ({r['fit'] / reference:.2f}x)  "
+              f"stage wall {r['wall']:.1f} s  peak RSS {r['rss_gb']:.2f} GB  (shipped {r['shipped']}, "
+              f"val loss {r['val_loss']})", flush=True)
 
 
 if __name__ == "__main__":
