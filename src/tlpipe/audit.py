@@ -39,19 +39,26 @@ def near_duplicates(x: np.ndarray, threshold: float, block: int | None = None) -
     ``threshold``, closest first; how many pairs are at or above it in all).
 
     A block of rows against all rows at a time (``block`` rows; default:
-    similarity.BLOCK_SIMILARITIES in all), and only a block's MAX_PAIRS closest pairs
-    leave it, as arrays: memory stays a block's however many images and pairs
-    there are (a backbone that cannot tell images apart makes every pair near)."""
+    similarity.BLOCK_SIMILARITIES in all). Near pairs are counted in place;
+    only those that can still be among the MAX_PAIRS closest leave a block
+    as indices (at most MAX_PAIRS of a block's, ties aside), so memory stays
+    a block's however many images and pairs there are (a backbone that cannot
+    tell images apart makes every pair near)."""
     x = normalised(x)
     block = block or block_rows(len(x))
     kept_i, kept_j, kept_s = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
     total = 0
     for start in range(0, len(x), block):
         sims = x[start : start + block] @ x.T
-        rows, cols = np.nonzero(sims >= threshold)
-        upper = cols > rows + start  # each pair once, i < j
-        rows, cols = rows[upper], cols[upper]
-        total += len(rows)
+        near = sims >= threshold
+        near &= np.arange(len(x))[None, :] > np.arange(start, start + len(sims))[:, None]  # each pair once, i < j
+        count = int(np.count_nonzero(near))
+        total += count
+        if count > MAX_PAIRS:  # only the closest can matter: raise the bar to the block's MAX_PAIRS-th
+            values = sims[near]
+            near &= sims >= np.partition(values, count - MAX_PAIRS)[count - MAX_PAIRS]
+            del values
+        rows, cols = np.nonzero(near)
         values = sims[rows, cols]
         kept_i, kept_j = np.concatenate([kept_i, rows + start]), np.concatenate([kept_j, cols])
         kept_s = np.concatenate([kept_s, values])
