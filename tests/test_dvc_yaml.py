@@ -168,6 +168,16 @@ def test_paths_match_the_paths_module():
                 assert dep in produced, f"{stage} depends on {dep}, which no stage writes"
 
 
+def test_only_split_depends_on_the_image_folder():
+    """The stages after split read the images its CSVs list and depend on
+    data/split, whose images.sha256 changes with any image's bytes (a folder of
+    30k files costs DVC about a second to hash, for every stage that lists it)."""
+    assert [stage for stage, spec in STAGES.items() if str(paths.RAW) in spec["deps"]] == ["split"]
+    for stage in ("extract", "finetune", "trust", "evaluate", "export", "audit", "scratch"):
+        assert str(paths.SPLIT) in STAGES[stage]["deps"], stage
+    assert paths.image_hashes_file().parent == paths.SPLIT
+
+
 def test_plots_point_at_files_the_pipeline_writes():
     for entry in DVC["plots"]:
         if isinstance(entry, str):

@@ -160,7 +160,7 @@ def trained_head_repo(in_tmp_cwd, raw_params):
 def test_stored_prefix_is_the_frozen_layers_output(trained_head_repo):
     """extract's data/prefix holds what fine-tuning's frozen layers compute, for
     the same init (its fingerprint matches), and finetune trains from it."""
-    from tlpipe import artifacts, images
+    from tlpipe import artifacts, images, paths
     from tlpipe.layers import on_pixels
     from tlpipe.training import seed_everything
 
@@ -179,6 +179,12 @@ def test_stored_prefix_is_the_frozen_layers_output(trained_head_repo):
     stored = artifacts.load_prefix("val")
     assert stored.dtype == np.float16 and stored.shape == direct.shape
     np.testing.assert_allclose(np.asarray(stored, np.float32), direct, rtol=2e-3, atol=2e-3)  # float16 storage
+    # and on the mirror images, for the choice of mirror-image test-time augmentation
+    mirrored = artifacts.load_prefix(paths.MIRRORED_VAL)
+    assert meta["shape"] == list(mirrored.shape[1:]) and len(mirrored) == len(rows)
+    flipped = keras.Model(pixels, out).predict(x[:, :, ::-1], verbose=0)
+    np.testing.assert_allclose(np.asarray(mirrored, np.float32), flipped, rtol=2e-3, atol=2e-3)
+    assert np.abs(flipped - direct).max() > 0.1  # the mirror image's outputs, not the image's again
     metrics = run_stage_code(p, "finetune")
     assert metrics["frozen_prefix_cached"] is True and metrics["epochs_run"] == 2
 
@@ -258,7 +264,7 @@ def test_mirror_image_tta_is_chosen_on_val_and_ships_inside_the_model(trained_he
 
     from tlpipe import artifacts, images, paths
     from tlpipe.layers import load_model, temperature_of
-    from tlpipe.scoring import temperature_scaled
+    from tlpipe.scoring import temperature_scaled, val_figures
 
     p = trained_head_repo
     metrics = run_stage_code(p.with_overrides(finetune=dataclasses.replace(p.finetune, tta=tta)), "finetune")
@@ -277,3 +283,7 @@ def test_mirror_image_tta_is_chosen_on_val_and_ships_inside_the_model(trained_he
         plain, flipped = (classifier.predict(v, verbose=0).astype(np.float64) for v in (x, x[:, :, ::-1]))
         expected = temperature_scaled((plain + flipped) / 2, temperature_of(shipped))
         np.testing.assert_allclose(shipped.predict(x, verbose=0), expected, atol=1e-5)
+        # the figures the choice was made on (stored prefixes through the trained
+        # top) are the shipped classifier's on the images, float16 storage aside
+        loss, _ = val_figures(artifacts.label_indices(rows, artifacts.read_classes()), (plain + flipped) / 2)
+        assert metrics["val_loss_with_tta"] == pytest.approx(loss, abs=2e-3)

@@ -5,6 +5,8 @@ module (in order), since every `dvc repro` starts TensorFlow per stage."""
 import copy
 import json
 import os
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -120,6 +122,29 @@ def test_a_params_change_touches_only_the_stages_that_read_it(repo, key, value, 
         repo.write_params(original)
     # 'params' checks every change of params.yaml, in a fraction of a second
     assert {name.split(":")[-1] for name in status} == stages | {"params"}
+
+
+def test_an_image_changed_under_its_own_name_reruns_every_stage_after_split(repo):
+    """Only split depends on data/raw; the stages after it depend on data/split,
+    whose images.sha256 changes with any image's bytes, name and label unchanged."""
+    if shutil.which("sha256sum"):  # the README's check, typed as a user types it
+        check = subprocess.run("cd data/raw && sha256sum -c ../split/images.sha256", shell=True, cwd=repo.root,
+                               capture_output=True, text=True)
+        assert check.returncode == 0 and "red/red_000.jpg: OK" in check.stdout, check.stdout + check.stderr
+    image = repo.root.parent / "images" / "red" / "red_000.jpg"
+    original = image.read_bytes()
+    try:
+        draw_image(COLOURS["red"], 12_345).save(image, "JPEG")
+        repo.dvc("repro", "--force", "--single-item", "fetch")
+        repo.dvc("repro", "--single-item", "split")
+        status = json.loads(repo.dvc("status", "--json").stdout)
+    finally:
+        image.write_bytes(original)
+        repo.dvc("repro", "--force", "--single-item", "fetch")
+        repo.dvc("repro", "--single-item", "split")
+    assert {name.split(":")[-1] for name in status} == {"extract", "finetune", "trust", "evaluate", "export", "audit",
+                                                         "scratch"}
+    assert repo.dvc("status").stdout.strip().endswith("Data and pipelines are up to date.")
 
 
 def test_exp_run_finetune_param_reuses_the_stored_prefix(repo):

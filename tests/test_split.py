@@ -148,6 +148,36 @@ def test_real_ten_class_archive_without_split_folders(in_tmp_cwd):
     assert {r.decoder for rows in result.rows.values() for r in rows} == {"tf", "pil"}
 
 
+def test_image_hashes_list_every_split_image_as_sha256sum_checks_them(in_tmp_cwd):
+    """data/split/images.sha256 is what the stages after split depend on in
+    place of data/raw: every image of the splits and its bytes' SHA-256, and
+    nothing else (a rejected file is not there), in sha256sum's format."""
+    import hashlib
+    import shutil
+    import subprocess
+
+    make_class_folders(paths.RAW, per_class=8)
+    odd = paths.RAW / "red" / "back\\slash.jpg"  # sha256sum escapes such a name
+    (paths.RAW / "red" / "red_007.jpg").rename(odd)
+    (paths.RAW / "blue" / "broken.jpg").write_bytes(b"not an image")
+    result = run_split()
+    expected = {r.path: hashlib.sha256((paths.RAW / r.path).read_bytes()).hexdigest()
+                for s in paths.SPLITS for r in result.rows[s]}
+    listed = {}
+    for line in paths.image_hashes_file().read_text().splitlines():
+        digest, name = line.removeprefix("\\").split("  ", 1)
+        listed[name.replace("\\\\", "\\") if line.startswith("\\") else name] = digest
+    assert listed == expected and len(listed) == 16 and "red/back\\slash.jpg" in listed
+    if shutil.which("sha256sum"):  # the same text sha256sum writes, and it checks every image
+        ours = paths.image_hashes_file().read_text()
+        assert subprocess.run(["sha256sum", *sorted(expected)], cwd=paths.RAW, capture_output=True,
+                              text=True).stdout == ours
+        manifest = paths.image_hashes_file().resolve()
+        check = subprocess.run(["sha256sum", "--check", "--strict", manifest], cwd=paths.RAW, capture_output=True,
+                               text=True)
+        assert check.returncode == 0 and check.stdout.count(": OK") == 16, check.stdout + check.stderr
+
+
 # ---------------------------------------------------------------- label hygiene
 
 

@@ -7,9 +7,12 @@ what the head trains on.
 ``data/prefix``: for train and val, the output of the part of the backbone
 that ``freeze`` keeps frozen (the tensor entering the first trained stage),
 taken from the same forward pass, so fine-tuning never pushes an image through
-the frozen layers again. It is its own DVC output: a new ``freeze`` value
-rewrites it and leaves the pooled features (and so the head) untouched, and
-DVC's run-cache restores it for a value seen before. It is left empty (with
+the frozen layers again; for val also its output on the mirror image
+(``val_mirror.npy``, from the same decoded batch), so finetune's choice of
+mirror-image test-time augmentation reads stored outputs too. It is its own
+DVC output: a new ``freeze`` value rewrites it and leaves the pooled features
+(and so the head) untouched, and DVC's run-cache restores it for a value seen
+before. It is left empty (with
 the reason in its meta.json) when nothing is frozen below trained layers, or
 when it would take more than ``extract.prefix_max_gb`` (or the free disk);
 fine-tuning reads it from disk in batches, so its size never costs memory.
@@ -51,9 +54,7 @@ def feature_model(spec: backbones.Backbone, image_size: int, weights: str, freez
     from tlpipe.layers import on_pixels
 
     backbone, plan = freeze.frozen_backbone(spec, image_size, weights, freeze_word)
-    # Outputs are cast to float16 inside the graph: what is stored, at half the
-    # bytes to copy out of TensorFlow (the same rounding as NumPy's cast).
-    half = keras.layers.Activation(lambda t: keras.ops.cast(t, "float16"), dtype="float32")
+    half = _float16()
     pixels, features = on_pixels(spec, image_size, backbone)
     pooled = keras.Model(pixels, half(features), name=f"{spec.name}_features")
     both = None
@@ -62,6 +63,27 @@ def feature_model(spec: backbones.Backbone, image_size: int, weights: str, freez
         pixels, outputs = on_pixels(spec, image_size, two_outputs)
         both = keras.Model(pixels, [half(o) for o in outputs], name=f"{spec.name}_features_and_prefix")
     return pooled, both, backbone, plan
+
+
+def _float16():
+    """Outputs cast to float16 inside the graph: what is stored, at half the
+    bytes to copy out of TensorFlow (the same rounding as NumPy's cast)."""
+    import keras
+
+    return keras.layers.Activation(lambda t: keras.ops.cast(t, "float16"), dtype="float32")
+
+
+def with_mirrored_prefix(both, spec: backbones.Backbone, image_size: int, backbone, plan: freeze.Plan):
+    """``both`` (pooled features and prefix) with a third output: the prefix's
+    output on the mirror image of the same decoded batch (the frozen layers
+    alone: no pooled features are computed for it)."""
+    import keras
+
+    from tlpipe.layers import Mirror, on_pixels
+
+    prefix = keras.Model(backbone.input, plan.boundary)
+    mirrored = keras.Model(*on_pixels(spec, image_size, prefix, (Mirror(name="mirror"),)), name="mirrored_prefix")
+    return keras.Model(both.input, [*both.outputs, _float16()(mirrored(both.input))], name=f"{both.name}_mirrored")
 
 
 def stream_features(model, rows, image_size: int, batch_size: int, outs, desc: str) -> float:
@@ -127,7 +149,8 @@ def _prefix_plan(plan: freeze.Plan, rows: dict[str, list[Row]], max_gb: float) -
     if not plan.has_prefix:
         return None, f"freeze '{plan.word}' leaves no frozen layers below trained ones"
     shape = tuple(int(d) for d in plan.boundary.shape[1:])
-    size = sum(len(rows[s]) for s in PREFIX_SPLITS) * int(np.prod(shape)) * 2  # float16
+    stored_rows = sum(len(rows[s]) for s in PREFIX_SPLITS) + len(rows["val"])  # val's mirror images too
+    size = stored_rows * int(np.prod(shape)) * 2  # float16
     free = shutil.disk_usage(paths.PREFIX.parent if paths.PREFIX.parent.exists() else ".").free
     if size > max_gb * 1e9 or size > free:
         limit = (f"more than 'extract.prefix_max_gb' ({max_gb:g}); raise it (dvc exp run -S "
@@ -172,6 +195,9 @@ def run(extract: ExtractParams, *, backbone: str, image_size: int, weights: str,
             if prefix_shape is not None and split in PREFIX_SPLITS:
                 outs.append(RowWriter(paths.prefix_file(split, prefix_dir), n, prefix_shape))
                 model = both
+            if prefix_shape is not None and split == "val":
+                outs.append(RowWriter(paths.prefix_file(paths.MIRRORED_VAL, prefix_dir), n, prefix_shape))
+                model = with_mirrored_prefix(both, spec, image_size, built, plan)
             rate = stream_features(model, rows[split], image_size, extract.batch_size, outs, f"extract {split}")
             np.save(paths.labels_file(split, feats_dir), label_indices(rows[split], classes))
             meta["images"][split] = n

@@ -140,18 +140,26 @@ def _fits_in_memory(rows, image_size: int) -> bool:
     return len(rows) * image_size**2 * 3 < training.MEMORY_BUDGET_BYTES
 
 
-def _mirror_choice(model: keras.Model, plain: np.ndarray, val_rows, y_val: np.ndarray, image_size: int,
-                   batch_size: int, tta: bool | None):
+def _mirror_probs(trainer, built: Built, val_rows, y_val: np.ndarray, image_size: int, batch_size: int) -> np.ndarray:
+    """The classifier's val probabilities on the mirror images: their stored
+    prefix through the trained top when extract stored one (as the plain val
+    probabilities were scored), else the images through the whole model."""
+    if built.on_prefix and paths.prefix_file(paths.MIRRORED_VAL).is_file():
+        stored = Inputs(training.disk_batches(load_prefix(paths.MIRRORED_VAL), y_val, batch_size))
+        return trainer.predict(stored).astype(np.float64)
+    pixels = keras.Input(built.model.input_shape[1:], name="pixels")
+    mirrored = keras.Model(pixels, built.model(Mirror()(pixels)))
+    batches = images.predict(mirrored, *sources(val_rows), image_size, batch_size, "finetune: val, mirrored")
+    return np.concatenate(list(batches)).astype(np.float64)
+
+
+def _mirror_choice(plain: np.ndarray, mirrored: np.ndarray, y_val: np.ndarray, tta: bool | None):
     """Whether the shipped model averages over the image and its mirror image
     (``finetune.tta``; auto: when the average beats the plain model on val,
     see scoring.beats), and the val probabilities of the model that ships.
-    ``plain``: val probabilities as the head-or-fine-tuned choice scored them
-    (from the stored prefix when there is one, float16 storage aside the same
-    numbers); the mirror images go through the whole model."""
-    pixels = keras.Input(model.input_shape[1:], name="pixels")
-    mirrored = keras.Model(pixels, model(Mirror()(pixels)))
-    batches = images.predict(mirrored, *sources(val_rows), image_size, batch_size, "finetune: val, mirrored")
-    averaged = (plain + np.concatenate(list(batches)).astype(np.float64)) / 2
+    ``plain`` and ``mirrored``: val probabilities on the images and on their
+    mirror images (_mirror_probs)."""
+    averaged = (plain + mirrored) / 2
     use = tta if tta is not None else beats(y_val, averaged, plain)
     (loss_without, acc_without), (loss_with, acc_with) = val_figures(y_val, plain), val_figures(y_val, averaged)
     report = {"val_loss_without_tta": loss_without, "val_accuracy_without_tta": acc_without,
@@ -161,14 +169,15 @@ def _mirror_choice(model: keras.Model, plain: np.ndarray, val_rows, y_val: np.nd
     return use, averaged if use else plain, report
 
 
-def _save_shipped(model, val_probs: np.ndarray, val_rows, y_val: np.ndarray, tta: bool | None, image_size: int,
-                  batch_size: int) -> dict:
+def _save_shipped(model, val_probs: np.ndarray, mirrored_probs: np.ndarray | None, y_val: np.ndarray,
+                  tta: bool | None) -> dict:
     """models/model.keras: ``model`` (mirror-averaged if ``tta`` says so, see
     _mirror_choice) with a temperature fitted on val. ``val_probs``: the
-    model's val probabilities. Returns what metrics/finetune.json reports of it."""
+    model's val probabilities; ``mirrored_probs``: on the mirror images (None
+    with ``tta`` false). Returns what metrics/finetune.json reports of it."""
     use_tta, report = False, {}
     if tta is not False:
-        use_tta, val_probs, report = _mirror_choice(model, val_probs, val_rows, y_val, image_size, batch_size, tta)
+        use_tta, val_probs, report = _mirror_choice(val_probs, mirrored_probs, y_val, tta)
     # Calibration: one temperature fitted on val (never test), stored in the
     # shipped model, so that its probabilities (evaluate, tlpipe predict) mean
     # what they say; its decisions do not change.
@@ -332,7 +341,9 @@ def run(tuning: FinetuneParams, choice: BackboneChoice) -> dict:
               f"{paths.FINETUNE_METRICS}, this worker writes nothing")
         return figures
 
-    shipping = _save_shipped(built.model, val_probs, val_rows, y_val_idx, tuning.tta, choice.image_size, batch_size)
+    mirrored_probs = (None if tuning.tta is False
+                      else _mirror_probs(trainer, built, val_rows, y_val, choice.image_size, batch_size))
+    shipping = _save_shipped(built.model, val_probs, mirrored_probs, y_val_idx, tuning.tta)
     metrics = _metrics(figures, shipped, shipping, built, data_seconds, strategy, batch_size)
     atomic.write_json(paths.FINETUNE_METRICS, metrics)
     mirrored = " with mirror-image TTA" if shipping["tta"] else ""

@@ -42,6 +42,9 @@ FEATURES = Path("data/features")
 # The frozen part of the backbone's outputs for train and val (freeze-dependent,
 # so apart from the pooled features: a new freeze value leaves those unchanged).
 PREFIX = Path("data/prefix")
+# Also stored: the prefix's outputs on val's mirror images, so finetune scores
+# the mirror-averaged model on stored outputs too.
+MIRRORED_VAL = "val_mirror"
 
 MODELS = Path("models")
 HEAD_MODEL = MODELS / "head.keras"
@@ -106,6 +109,14 @@ def classes_file(folder: Path = SPLIT) -> Path:
 
 def rejected_file(folder: Path = SPLIT) -> Path:
     return folder / "rejected.csv"
+
+
+def image_hashes_file(folder: Path = SPLIT) -> Path:
+    """Every image of the splits with the SHA-256 of its bytes (sha256sum's
+    format, paths under data/raw): what the stages after split depend on in
+    place of data/raw, whose tens of thousands of files DVC would otherwise
+    hash anew for each of them."""
+    return folder / "images.sha256"
 
 
 CLASSES = classes_file()

@@ -1,4 +1,5 @@
-"""split: data/raw/ -> data/split/{train,val,test}.csv, classes.json, rejected.csv.
+"""split: data/raw/ -> data/split/{train,val,test}.csv, classes.json, rejected.csv,
+images.sha256 (see image_hashes).
 
 Rules (also in the README):
 
@@ -407,6 +408,21 @@ def inspect_all(raw: Path, files: list[Path]) -> dict[str, Checked]:
     return checked
 
 
+def image_hashes(rows: dict[str, list[Row]], checked: dict[str, Checked]) -> str:
+    """data/split/images.sha256: every image of the splits and the SHA-256 of
+    its bytes, in sha256sum's format (``cd data/raw && sha256sum -c``): an image
+    whose bytes change changes data/split, so the stages after split rerun."""
+
+    def line(path: str) -> str:
+        if not any(c in path for c in "\\\n\r"):
+            return f"{checked[path].sha256}  {path}\n"
+        # sha256sum's escaped form: a leading backslash, then \\, \n and \r in the name
+        escaped = path.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
+        return f"\\{checked[path].sha256}  {escaped}\n"
+
+    return "".join(line(path) for path in sorted(r.path for split in rows.values() for r in split))
+
+
 def _rejected_at_fetch(raw: Path) -> list[tuple[str, str]]:
     """What fetch could not copy from a folder source (dangling links)."""
     listed = raw / paths.FETCH_REJECTED.name
@@ -414,8 +430,6 @@ def _rejected_at_fetch(raw: Path) -> list[tuple[str, str]]:
         return []
     with open(listed, newline="") as f:
         return [(r["path"], r["reason"]) for r in csv.DictReader(f)]
-
-
 
 
 def run(params: SplitParams, seed: int, raw: Path = paths.RAW, labels: str | None = None,
@@ -430,7 +444,8 @@ def run(params: SplitParams, seed: int, raw: Path = paths.RAW, labels: str | Non
         found, stray, unlisted = read_labels(raw, labels)
     fixes = read_corrections(Path(corrections), found) if corrections is not None else {}
     files = [f for classes in found.values() for fs in classes.values() for f in fs]
-    result = assign(found, inspect_all(raw, files), params, seed, fixes)
+    checked = inspect_all(raw, files)
+    result = assign(found, checked, params, seed, fixes)
     result.rejected = sorted(result.rejected + stray + _rejected_at_fetch(raw))
     with atomic.atomic_dir(paths.SPLIT) as tmp:
         for name in SPLITS:
@@ -438,6 +453,7 @@ def run(params: SplitParams, seed: int, raw: Path = paths.RAW, labels: str | Non
             paths.split_csv(name, tmp).write_text(csv_text(SPLIT_COLUMNS, rows))
         paths.classes_file(tmp).write_text(json.dumps(result.classes, indent=2) + "\n")
         paths.rejected_file(tmp).write_text(csv_text(("path", "reason"), result.rejected))
+        paths.image_hashes_file(tmp).write_text(image_hashes(result.rows, checked))
     counts = {
         name: dict(sorted(Counter(r.label for r in result.rows[name]).items())) for name in SPLITS
     }
