@@ -13,6 +13,9 @@ fresh git+DVC repo with this checkout's pipeline and an empty cache, then
   crops of one photo land in several splits);
 - `dvc exp run -S finetune.learning_rate=...`, what a user iterates with.
 
+Each size's folder is removed after it, unless TLPIPE_BENCH_KEEP is set (to
+look into a repo of that size).
+
 Prints each stage's seconds per 1,000 images and peak RSS (from the stage's
 own "done in" line), the experiment's time beyond its fit (against the fit),
 the disk the run used per image (workspace and DVC cache), and the ratios
@@ -159,7 +162,10 @@ def main() -> None:
         try:
             results.append(one_size(n, archive, root))
         finally:
-            shutil.rmtree(root, ignore_errors=True)
+            if os.environ.get("TLPIPE_BENCH_KEEP"):
+                print(f"kept {root} (TLPIPE_BENCH_KEEP)")
+            else:
+                shutil.rmtree(root, ignore_errors=True)
         report(results[-1])
     first, last = results[0], results[-1]
     if first is last:

@@ -146,6 +146,62 @@ def test_when_every_pair_is_near_the_closest_are_listed_and_all_are_counted():
     assert other_total == total and np.allclose([s for _, _, s in other], sims, atol=1e-6)
 
 
+def test_near_duplicate_search_memory_is_a_tiles_whatever_the_number_of_images():
+    import tracemalloc
+
+    from tlpipe.similarity import TILE_ROWS
+
+    rng = np.random.default_rng(0)
+    peaks = []
+    for n in (2 * TILE_ROWS, 6 * TILE_ROWS):
+        x = rng.normal(size=(n, 256)).astype(np.float16)  # a float32 copy of it would show
+        tracemalloc.start()
+        audit.near_duplicates(x, 0.999)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    assert peaks[1] < 1.1 * peaks[0], peaks
+
+
+def test_equally_near_pairs_are_listed_in_index_order_within_a_tiles_memory():
+    """Every image the same (a backbone that cannot tell them apart): every
+    pair ties, the first MAX_PAIRS by index are listed whatever the tile, and
+    a tile keeps MAX_PAIRS of its millions of ties, not all of them."""
+    import tracemalloc
+
+    from tlpipe.similarity import TILE_ROWS
+
+    n = 2 * TILE_ROWS
+    x = np.ones((n, 8), np.float16)
+    tracemalloc.start()
+    pairs, total = audit.near_duplicates(x, 0.5)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    first = [(i, j) for i in range(3) for j in range(i + 1, n)][: audit.MAX_PAIRS]
+    assert total == n * (n - 1) // 2 and [(i, j) for i, j, _ in pairs] == first
+    assert audit.near_duplicates(x, 0.5, block=700) == (pairs, total)
+    assert peak < 4 * TILE_ROWS**2 * 4, peak  # four tiles of float32 similarities
+
+
+def test_out_of_fold_probabilities_from_float16_match_a_standardised_pipeline_per_fold():
+    """The folds' statistics gathered a chunk at a time, from the stored float16
+    features: the same probabilities as scikit-learn's pipeline on float32 copies."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 2 * audit.CHUNK_ROWS + 300)
+    x = (rng.normal(size=(len(y), 6)) + y[:, None]).astype(np.float16)
+    probs = audit.out_of_fold_probabilities(x, y, 3, 5, seed=1)
+    expected = np.zeros_like(probs)
+    for fit, held in StratifiedKFold(5, shuffle=True, random_state=1).split(x, y):
+        model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=0.1))
+        model.fit(x[fit].astype(np.float32), y[fit])
+        expected[held] = model.predict_proba(x[held].astype(np.float32))
+    assert np.allclose(probs, expected, atol=1e-4)
+
+
 def test_auto_threshold_by_hand():
     """Copies close to their originals, distinct images apart: the threshold
     finds the copies; a backbone that cannot tell them apart gets a threshold

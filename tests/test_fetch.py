@@ -266,3 +266,14 @@ def test_names_that_are_not_utf8_never_reach_data_raw(tmp_path):
         assert len(list((out / "red").iterdir())) == 3
         rejected = (out / ".fetch_rejected.csv").read_text()
         assert "red/caf\\xe9.jpg" in rejected and "not valid UTF-8" in rejected, rejected
+
+
+def test_folder_walk_lists_what_sorted_rglob_lists_one_folder_at_a_time(tmp_path):
+    """The folder source is listed folder by folder (memory: one folder's
+    names), in the order sorted(rglob) gives, links to folders not entered."""
+    root = tmp_path / "src"
+    for rel in ("a/x.jpg", "a/b/y.jpg", "a-b/z.jpg", "a b/w.jpg", "B/v.jpg", "a/b c/u.jpg"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"x")
+    (root / "link").symlink_to(root / "a", target_is_directory=True)
+    assert list(fetch_module._walk(root)) == sorted(root.rglob("*"))

@@ -18,6 +18,9 @@ from tlpipe.stage import run_stage
 def body(p):
     if p.seed == 7:
         raise TlpipeError("seven is not allowed here")
+    if p.seed == 8:  # a library thread that winds down slowly, as TensorFlow's do
+        import threading, time
+        threading.Thread(target=time.sleep, args=(60,)).start()
     print("seed", p.seed)
 
 run_stage("demo", body)
@@ -39,6 +42,16 @@ def test_success_prints_the_body_and_its_time(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "seed 3" in proc.stdout and "demo: done in " in proc.stdout
     assert 10 < peak_mb(proc.stdout) < 500, proc.stdout  # Python, yaml and tlpipe.params: no TensorFlow
+
+
+def test_a_stage_ends_when_its_work_is_done_not_when_library_threads_wind_down(tmp_path):
+    import time
+
+    start = time.perf_counter()
+    proc = run(tmp_path, 8)  # the thread sleeps 60 s; run's timeout is 120 s
+    assert proc.returncode == 0, proc.stderr
+    assert "seed 8" in proc.stdout and "demo: done in " in proc.stdout
+    assert time.perf_counter() - start < 30
 
 
 def peak_mb(stdout: str) -> float:

@@ -62,9 +62,10 @@ def label_indices(rows: list[Row], classes: list[str]) -> np.ndarray:
     return np.array([index[r.label] for r in rows], dtype=np.int32)
 
 
-def load_features(split: str, folder: Path = paths.FEATURES) -> tuple[np.ndarray, np.ndarray]:
-    """Cached features (as float32) and labels of one split."""
-    x = np.load(paths.features_file(split, folder)).astype(np.float32)
+def load_features(split: str, folder: Path = paths.FEATURES, dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """Cached features (as ``dtype``; None: as stored, float16) and labels of one split."""
+    x = np.load(paths.features_file(split, folder))
+    x = x if dtype is None else x.astype(dtype)
     y = np.load(paths.labels_file(split, folder))
     return x, y
 

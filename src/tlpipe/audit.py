@@ -26,7 +26,7 @@ import numpy as np
 
 from tlpipe import atomic, paths
 from tlpipe.artifacts import SPLITS, Row, csv_text, load_features, read_classes, read_split
-from tlpipe.similarity import block_rows, normalised
+from tlpipe.similarity import TILE_ROWS, normalised
 from tlpipe.params import AuditParams
 
 # A backbone that cannot tell images apart (random weights) makes every pair
@@ -38,35 +38,69 @@ def near_duplicates(x: np.ndarray, threshold: float, block: int | None = None) -
     """(the MAX_PAIRS closest pairs (i, j, cosine similarity), i < j, at or above
     ``threshold``, closest first; how many pairs are at or above it in all).
 
-    A block of rows against all rows at a time (``block`` rows; default:
-    similarity.BLOCK_SIMILARITIES in all). Near pairs are counted in place;
-    only those that can still be among the MAX_PAIRS closest leave a block
-    as indices (at most MAX_PAIRS of a block's, ties aside), so memory stays
-    a block's however many images and pairs there are (a backbone that cannot
-    tell images apart makes every pair near)."""
-    x = normalised(x)
-    block = block or block_rows(len(x))
-    kept_i, kept_j, kept_s = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
-    total = 0
+    Square tiles of ``block`` rows against ``block`` rows (default:
+    similarity.TILE_ROWS), each side normalised as it is read, the tiles below
+    the diagonal skipped. Near pairs are counted in place; only those that can
+    still be among the MAX_PAIRS closest leave a tile as indices, so memory
+    stays a tile's however many images and pairs there are (a backbone that
+    cannot tell images apart makes every pair near)."""
+    block = block or TILE_ROWS
+    closest = _ClosestPairs()
     for start in range(0, len(x), block):
-        sims = x[start : start + block] @ x.T
-        near = sims >= threshold
-        near &= np.arange(len(x))[None, :] > np.arange(start, start + len(sims))[:, None]  # each pair once, i < j
+        rows = normalised(x[start : start + block])
+        for col in range(start, len(x), block):
+            cols = rows if col == start else normalised(x[col : col + block])
+            sims = rows @ cols.T
+            near = sims >= threshold
+            if col == start:
+                near = np.triu(near, k=1)  # each pair once, i < j
+            closest.add(sims, near, start, col)
+    return closest.pairs(), closest.total
+
+
+def _closest_of_tile(sims: np.ndarray, near: np.ndarray, count: int) -> np.ndarray:
+    """Of a tile's ``count`` near pairs, the MAX_PAIRS closest (ties taken in
+    index order, as the final list takes them): a tile where every pair is
+    equally near (a backbone that cannot tell images apart) keeps MAX_PAIRS
+    of them, not millions."""
+    values = sims[near]
+    bar = np.partition(values, count - MAX_PAIRS)[count - MAX_PAIRS]
+    del values
+    closer = near & (sims > bar)
+    ties = near & (sims == bar)
+    ties_wanted = MAX_PAIRS - int(np.count_nonzero(closer))
+    ties_to_row = np.cumsum(np.count_nonzero(ties, axis=1))
+    last = int(np.searchsorted(ties_to_row, ties_wanted))  # the row where enough ties are in
+    if last < len(ties):
+        in_last_row = ties_wanted - (int(ties_to_row[last - 1]) if last else 0)
+        row_ties = np.flatnonzero(ties[last])
+        ties[last, row_ties[in_last_row:]] = False
+        ties[last + 1 :] = False
+    return closer | ties
+
+
+class _ClosestPairs:
+    """The MAX_PAIRS closest near pairs seen so far, and how many near pairs in all."""
+
+    def __init__(self):
+        self.i, self.j, self.s = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+        self.total = 0
+
+    def add(self, sims: np.ndarray, near: np.ndarray, row0: int, col0: int) -> None:
         count = int(np.count_nonzero(near))
-        total += count
-        if count > MAX_PAIRS:  # only the closest can matter: raise the bar to the block's MAX_PAIRS-th
-            values = sims[near]
-            near &= sims >= np.partition(values, count - MAX_PAIRS)[count - MAX_PAIRS]
-            del values
+        self.total += count
+        if count > MAX_PAIRS:
+            near = _closest_of_tile(sims, near, count)
         rows, cols = np.nonzero(near)
-        values = sims[rows, cols]
-        kept_i, kept_j = np.concatenate([kept_i, rows + start]), np.concatenate([kept_j, cols])
-        kept_s = np.concatenate([kept_s, values])
-        if len(kept_s) > MAX_PAIRS:
-            closest = np.argpartition(-kept_s, MAX_PAIRS - 1)[:MAX_PAIRS]
-            kept_i, kept_j, kept_s = kept_i[closest], kept_j[closest], kept_s[closest]
-    order = np.lexsort((kept_j, kept_i, -kept_s))  # closest first, then by index
-    return [(int(kept_i[k]), int(kept_j[k]), float(kept_s[k])) for k in order], total
+        self.i, self.j = np.concatenate([self.i, rows + row0]), np.concatenate([self.j, cols + col0])
+        self.s = np.concatenate([self.s, sims[rows, cols]])
+        if len(self.s) > MAX_PAIRS:
+            keep = np.lexsort((self.j, self.i, -self.s))[:MAX_PAIRS]  # closest first, then by index
+            self.i, self.j, self.s = self.i[keep], self.j[keep], self.s[keep]
+
+    def pairs(self) -> list[tuple[int, int, float]]:
+        order = np.lexsort((self.j, self.i, -self.s))  # closest first, then by index
+        return [(int(self.i[k]), int(self.j[k]), float(self.s[k])) for k in order]
 
 
 # The share of the calibration copies that the auto threshold must find.
@@ -81,10 +115,8 @@ def calibrated_similarity(x_train: np.ndarray, copies: np.ndarray, copies_of: np
     of train images (resized, re-encoded, cropped), and above all but the
     closest 0.1 % of pairs of distinct images in that sample, so that a
     backbone that cannot tell copies apart does not flood the audit."""
-    unit = x_train / np.maximum(np.linalg.norm(x_train, axis=1, keepdims=True), 1e-12)
-    copies = copies / np.maximum(np.linalg.norm(copies, axis=1, keepdims=True), 1e-12)
-    copy_sims = (unit[copies_of] * copies).sum(axis=1)
-    sample = unit[np.unique(copies_of)]
+    copy_sims = (normalised(x_train[copies_of]) * normalised(copies)).sum(axis=1)
+    sample = normalised(x_train[np.unique(copies_of)])
     distinct = (sample @ sample.T)[np.triu_indices(len(sample), k=1)]
     finds = float(np.quantile(copy_sims, 1 - COPY_RECALL, method="lower"))
     apart = float(np.quantile(distinct, 0.999, method="higher")) if len(distinct) else -1.0
@@ -100,20 +132,44 @@ def calibrated_similarity(x_train: np.ndarray, copies: np.ndarray, copies_of: np
 
 
 def out_of_fold_probabilities(x: np.ndarray, y: np.ndarray, n_classes: int, folds: int, seed: int) -> np.ndarray:
-    """Each image's class probabilities from a classifier that never saw it."""
+    """Each image's class probabilities from a classifier that never saw it
+    (a standardised linear softmax classifier per fold)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
     smallest = int(np.bincount(y, minlength=n_classes).min())
     splitter = StratifiedKFold(n_splits=max(2, min(folds, smallest)), shuffle=True, random_state=seed)
     probs = np.zeros((len(y), n_classes))
-    for fit_idx, held_idx in splitter.split(x, y):
-        model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=0.1))
-        model.fit(x[fit_idx], y[fit_idx])
-        probs[np.ix_(held_idx, model.classes_)] = model.predict_proba(x[held_idx])
+    for fit_idx, held_idx in splitter.split(np.zeros((len(y), 1)), y):
+        scaler = _standard_scaler(x, fit_idx)
+        model = LogisticRegression(max_iter=2000, C=0.1)
+        model.fit(scaler.transform(_float32_rows(x, fit_idx), copy=False), y[fit_idx])
+        probs[np.ix_(held_idx, model.classes_)] = model.predict_proba(
+            scaler.transform(_float32_rows(x, held_idx), copy=False))
     return probs
+
+
+# Rows per chunk where a fold's statistics are gathered: a chunk's float64
+# copies, not the fold's, are what that costs.
+CHUNK_ROWS = 4096
+
+
+def _standard_scaler(x: np.ndarray, rows: np.ndarray):
+    """A StandardScaler fitted to ``x[rows]`` a chunk at a time."""
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler()
+    for start in range(0, len(rows), CHUNK_ROWS):
+        scaler.partial_fit(_float32_rows(x, rows[start : start + CHUNK_ROWS]))
+    return scaler
+
+
+def _float32_rows(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``x[rows]`` as float32, in one new array (no float16 copy beside it)."""
+    out = np.empty((len(rows), x.shape[1]), np.float32)
+    for start in range(0, len(rows), CHUNK_ROWS):
+        out[start : start + CHUNK_ROWS] = x[rows[start : start + CHUNK_ROWS]]
+    return out
 
 
 def label_issues(y: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -157,12 +213,13 @@ def _label_from_path(path: str, label_of: dict[str, str]) -> str:
 
 
 def _every_split():
-    """Rows, split names, cached features and labels of train, val and test, in that order."""
+    """Rows, split names, cached features (float16, as stored) and labels of
+    train, val and test, in that order."""
     rows: list[Row] = []
     splits: list[str] = []
     feats, labels = [], []
     for split in SPLITS:
-        x, y = load_features(split)
+        x, y = load_features(split, dtype=None)
         split_rows = read_split(split)
         rows += split_rows
         splits += [split] * len(split_rows)
@@ -171,14 +228,14 @@ def _every_split():
     return rows, splits, np.concatenate(feats), np.concatenate(labels)
 
 
-def _similarity_threshold(audit: AuditParams):
+def _similarity_threshold(audit: AuditParams, x_train: np.ndarray):
     """audit.near_duplicate_similarity, or one fitted on extract's near-copies
-    of train images -> (threshold, calibration figures or None)."""
+    of train images (features ``x_train``) -> (threshold, calibration figures or None)."""
     if audit.near_duplicate_similarity is not None:
         return audit.near_duplicate_similarity, None
     copies = np.load(paths.copies_file()).astype(np.float32) if paths.copies_file().is_file() else np.zeros((0, 0))
     if len(copies):
-        return calibrated_similarity(load_features("train")[0], copies, np.load(paths.copies_of_file()))
+        return calibrated_similarity(x_train, copies, np.load(paths.copies_of_file()))
     print(f"audit: no near-copies to calibrate on (no train images); near-duplicates from similarity "
           f"{FALLBACK_SIMILARITY}")
     return FALLBACK_SIMILARITY, None
@@ -224,7 +281,7 @@ def run(audit: AuditParams, *, seed: int) -> dict:
     split_of = {r.path: s for r, s in zip(rows, splits)}
     label_of = {r.path: r.label for r in rows}
 
-    threshold, calibration = _similarity_threshold(audit)
+    threshold, calibration = _similarity_threshold(audit, x[: splits.count("train")])
     pairs, near_in_all = near_duplicates(x, threshold)
     pair_rows = [(rows[i].path, rows[j].path, splits[i], splits[j], rows[i].label, rows[j].label, round(s, 5))
                  for i, j, s in pairs]

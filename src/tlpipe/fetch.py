@@ -294,7 +294,7 @@ def _copy_folder(source: Path, target: Path) -> None:
     data/raw/.fetch_rejected.csv, which split reports."""
     print(f"fetch: copying {source}", flush=True)
     rejected = []
-    for path in sorted(source.rglob("*")):
+    for path in _walk(source):
         rel = path.relative_to(source)
         if is_hidden(rel):
             continue
@@ -313,6 +313,18 @@ def _copy_folder(source: Path, target: Path) -> None:
             except OSError:
                 shutil.copy2(path, out)
     _list_rejected(target, rejected)
+
+
+def _walk(folder: Path):
+    """Every path under ``folder`` in sorted order (a folder before what it
+    holds, as sorted(folder.rglob("*")) gives them, links to folders not
+    entered), listing one folder at a time: memory is one folder's names, not
+    the whole tree's."""
+    for name in sorted(entry.name for entry in os.scandir(folder)):
+        path = folder / name
+        yield path
+        if path.is_dir() and not path.is_symlink():
+            yield from _walk(path)
 
 
 # A name DVC cannot hash (it encodes paths as UTF-8) must never reach data/raw.

@@ -5,11 +5,16 @@ with the square of the data set unless the rows come in bounded blocks."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 # Similarities computed at once: a block of query rows against every bank row,
 # sized so that a block's memory stays the same whatever the number of images.
 BLOCK_SIMILARITIES = 2**22
+# Rows on each side of a square tile of BLOCK_SIMILARITIES similarities, for a
+# set compared with itself: neither side grows with the data set.
+TILE_ROWS = math.isqrt(BLOCK_SIMILARITIES)
 
 
 def block_rows(bank_rows: int) -> int:
