@@ -95,12 +95,14 @@ class _ClosestPairs:
         self.i, self.j = np.concatenate([self.i, rows + row0]), np.concatenate([self.j, cols + col0])
         self.s = np.concatenate([self.s, sims[rows, cols]])
         if len(self.s) > MAX_PAIRS:
-            keep = np.lexsort((self.j, self.i, -self.s))[:MAX_PAIRS]  # closest first, then by index
+            keep = self._order()[:MAX_PAIRS]
             self.i, self.j, self.s = self.i[keep], self.j[keep], self.s[keep]
 
+    def _order(self) -> np.ndarray:
+        return np.lexsort((self.j, self.i, -self.s))  # closest first, then by index
+
     def pairs(self) -> list[tuple[int, int, float]]:
-        order = np.lexsort((self.j, self.i, -self.s))  # closest first, then by index
-        return [(int(self.i[k]), int(self.j[k]), float(self.s[k])) for k in order]
+        return [(int(self.i[k]), int(self.j[k]), float(self.s[k])) for k in self._order()]
 
 
 # The share of the calibration copies that the auto threshold must find.
