@@ -26,7 +26,7 @@ from tlpipe import audit
 rng = np.random.default_rng(0)
 x = (1 + 0.05 * rng.normal(size=({n}, 256))).astype(np.float32)
 start = time.perf_counter()
-pairs, total = audit.near_duplicates(x, 0.99, block={block})
+pairs, total, _ = audit.near_duplicates(x, 0.99, block={block})
 seconds = time.perf_counter() - start
 peak = [int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM")][0] / 1024
 print(f"{{total}} {{seconds}} {{peak}}")

@@ -125,9 +125,9 @@ def test_pictures_are_written(audited):
 
 def test_near_duplicates_by_hand():
     x = np.array([[1, 0], [0.999, 0.04], [0, 1], [-1, 0]], dtype=np.float32)
-    pairs, total = audit.near_duplicates(x, 0.99)
+    pairs, total, _ = audit.near_duplicates(x, 0.99)
     assert [(i, j) for i, j, _ in pairs] == [(0, 1)] and total == 1
-    assert audit.near_duplicates(x, 0.99, block=1) == (pairs, total)
+    assert audit.near_duplicates(x, 0.99, block=1)[:2] == (pairs, total)
 
 
 def test_when_every_pair_is_near_the_closest_are_listed_and_all_are_counted():
@@ -135,15 +135,31 @@ def test_when_every_pair_is_near_the_closest_are_listed_and_all_are_counted():
     counted; the MAX_PAIRS closest listed, closest first, whatever the block."""
     rng = np.random.default_rng(0)
     x = 1 + 1e-3 * rng.normal(size=(3000, 8)).astype(np.float32)
-    pairs, total = audit.near_duplicates(x, 0.5)
+    pairs, total, _ = audit.near_duplicates(x, 0.5)
     assert total == 3000 * 2999 // 2 and len(pairs) == audit.MAX_PAIRS
     sims = [s for _, _, s in pairs]
     assert sims == sorted(sims, reverse=True) and all(i < j for i, j, _ in pairs)
     unit = x / np.linalg.norm(x, axis=1, keepdims=True)
     every = (unit @ unit.T)[np.triu_indices(3000, k=1)]
     assert sims[-1] >= np.sort(every)[-audit.MAX_PAIRS] - 1e-6  # none closer was left out
-    other, other_total = audit.near_duplicates(x, 0.5, block=700)  # another block: the same up to float rounding
+    other, other_total, _ = audit.near_duplicates(x, 0.5, block=700)  # another block: the same up to float rounding
     assert other_total == total and np.allclose([s for _, _, s in other], sims, atol=1e-6)
+
+
+def test_pairs_across_splits_and_labels_are_counted_over_all_near_pairs_not_the_listed():
+    """Many more near pairs than are listed: the counts across groups are of
+    all of them (the listed closest pairs alone would undercount a leak),
+    whatever the block."""
+    n = 1500
+    x = np.ones((n, 8), np.float16)  # every pair near: 1,124,250 of them, MAX_PAIRS listed
+    split = np.arange(n) % 3  # train, val, test in turn
+    label = (np.arange(n) < 100).astype(np.int64)  # 100 of one class, 1,400 of the other
+    found = audit.near_duplicates(x, 0.5, groups={"split": split, "label": label})
+    assert found.total == n * (n - 1) // 2 and len(found.pairs) == audit.MAX_PAIRS
+    assert found.across == {"split": found.total - 3 * (500 * 499 // 2), "label": 100 * 1400}
+    assert audit.near_duplicates(x, 0.5, block=700, groups={"split": split, "label": label}).across == found.across
+    listed_across = sum(split[i] != split[j] for i, j, _ in found.pairs)
+    assert listed_across < found.across["split"]
 
 
 def test_near_duplicate_search_memory_is_a_tiles_whatever_the_number_of_images():
@@ -173,12 +189,12 @@ def test_equally_near_pairs_are_listed_in_index_order_within_a_tiles_memory():
     n = 2 * TILE_ROWS
     x = np.ones((n, 8), np.float16)
     tracemalloc.start()
-    pairs, total = audit.near_duplicates(x, 0.5)
+    pairs, total, _ = audit.near_duplicates(x, 0.5)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     first = [(i, j) for i in range(3) for j in range(i + 1, n)][: audit.MAX_PAIRS]
     assert total == n * (n - 1) // 2 and [(i, j) for i, j, _ in pairs] == first
-    assert audit.near_duplicates(x, 0.5, block=700) == (pairs, total)
+    assert audit.near_duplicates(x, 0.5, block=700)[:2] == (pairs, total)
     assert peak < 4 * TILE_ROWS**2 * 4, peak  # four tiles of float32 similarities
 
 

@@ -21,6 +21,7 @@ Nothing here feeds a choice: the report is for people to look at.
 from __future__ import annotations
 
 import csv
+from typing import NamedTuple
 
 import numpy as np
 
@@ -34,9 +35,18 @@ from tlpipe.params import AuditParams
 MAX_PAIRS = 10_000
 
 
-def near_duplicates(x: np.ndarray, threshold: float, block: int | None = None) -> tuple[list[tuple[int, int, float]], int]:
-    """(the MAX_PAIRS closest pairs (i, j, cosine similarity), i < j, at or above
-    ``threshold``, closest first; how many pairs are at or above it in all).
+class NearPairs(NamedTuple):
+    pairs: list[tuple[int, int, float]]  # the MAX_PAIRS closest (i, j, cosine similarity), i < j, closest first
+    total: int  # how many pairs are near in all
+    across: dict[str, int]  # per grouping: how many of all the near pairs straddle two groups
+
+
+def near_duplicates(x: np.ndarray, threshold: float, block: int | None = None,
+                    groups: dict[str, np.ndarray] | None = None) -> NearPairs:
+    """The pairs of rows of ``x`` whose cosine similarity is at or above
+    ``threshold``: the MAX_PAIRS closest listed, all of them counted, and per
+    array of ``groups`` (one code per row: its split, its label) how many of
+    them straddle two codes, counted over every near pair, not only the listed.
 
     Square tiles of ``block`` rows against ``block`` rows (default:
     similarity.TILE_ROWS), each side normalised as it is read, the tiles below
@@ -45,7 +55,8 @@ def near_duplicates(x: np.ndarray, threshold: float, block: int | None = None) -
     stays a tile's however many images and pairs there are (a backbone that
     cannot tell images apart makes every pair near)."""
     block = block or TILE_ROWS
-    closest = _ClosestPairs()
+    groups = groups or {}
+    closest, across = _ClosestPairs(), dict.fromkeys(groups, 0)
     for start in range(0, len(x), block):
         rows = normalised(x[start : start + block])
         for col in range(start, len(x), block):
@@ -54,8 +65,12 @@ def near_duplicates(x: np.ndarray, threshold: float, block: int | None = None) -
             near = sims >= threshold
             if col == start:
                 near = np.triu(near, k=1)  # each pair once, i < j
-            closest.add(sims, near, start, col)
-    return closest.pairs(), closest.total
+            if not closest.add(sims, near, start, col):
+                continue  # no near pair here: the usual tile
+            for name, codes in groups.items():
+                straddles = codes[start : start + block, None] != codes[None, col : col + block]
+                across[name] += int(np.count_nonzero(near & straddles))
+    return NearPairs(closest.pairs(), closest.total, across)
 
 
 def _closest_of_tile(sims: np.ndarray, near: np.ndarray, count: int) -> np.ndarray:
@@ -86,7 +101,8 @@ class _ClosestPairs:
         self.i, self.j, self.s = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
         self.total = 0
 
-    def add(self, sims: np.ndarray, near: np.ndarray, row0: int, col0: int) -> None:
+    def add(self, sims: np.ndarray, near: np.ndarray, row0: int, col0: int) -> int:
+        """Count a tile's near pairs and keep those that may be among the closest; -> the count."""
         count = int(np.count_nonzero(near))
         self.total += count
         if count > MAX_PAIRS:
@@ -97,6 +113,7 @@ class _ClosestPairs:
         if len(self.s) > MAX_PAIRS:
             keep = self._order()[:MAX_PAIRS]
             self.i, self.j, self.s = self.i[keep], self.j[keep], self.s[keep]
+        return count
 
     def _order(self) -> np.ndarray:
         return np.lexsort((self.j, self.i, -self.s))  # closest first, then by index
@@ -284,9 +301,9 @@ def run(audit: AuditParams, *, seed: int) -> dict:
     label_of = {r.path: r.label for r in rows}
 
     threshold, calibration = _similarity_threshold(audit, x[: splits.count("train")])
-    pairs, near_in_all = near_duplicates(x, threshold)
+    near = near_duplicates(x, threshold, groups={"split": np.unique(splits, return_inverse=True)[1], "label": y})
     pair_rows = [(rows[i].path, rows[j].path, splits[i], splits[j], rows[i].label, rows[j].label, round(s, 5))
-                 for i, j, s in pairs]
+                 for i, j, s in near.pairs]
     exact = _exact_duplicates(split_of, label_of)
 
     probs = out_of_fold_probabilities(x, y, len(classes), audit.folds, seed)
@@ -298,9 +315,11 @@ def run(audit: AuditParams, *, seed: int) -> dict:
     metrics = {
         "duplicates": {
             "exact": len(exact),
-            "near": near_in_all,  # plots/audit/duplicates.csv lists the closest MAX_PAIRS of them
-            "cross_split": sum(a != b for _, _, a, b, *_ in pair_rows),
-            "cross_label": sum(a != b for *_, a, b, _ in pair_rows),
+            # all near pairs, and those across splits or labels; plots/audit/duplicates.csv
+            # lists the closest MAX_PAIRS of them
+            "near": near.total,
+            "cross_split": near.across["split"],
+            "cross_label": near.across["label"],
         },
         "near_duplicate_similarity": threshold,
         **({"near_duplicate_calibration": calibration} if calibration else {}),
