@@ -77,8 +77,9 @@ def one_data_set(name: str) -> None:
                                                         for stage, (seconds, _) in stages.items())
           + f"; DVC and the rest {1 - sum(s for s, _ in stages.values()) / repro:.0%}")
     print(f"  probe   (C={baseline['C']:.3g}): val {baseline['val_accuracy']:.4f}  test {baseline['test_accuracy']:.4f}")
-    print(f"  head    (l2={head['l2']:.0e}):   val {head['val_accuracy']:.4f}  test {ev['head']['accuracy']:.4f}  "
-          f"val loss {head['val_loss']:.4f}")
+    grid = {True: ", reads the grid", False: ", average alone"}.get(head.get("reads_grid"), "")
+    print(f"  head    ({head['solver']}, l2={head['l2']:.0e}{grid}, {head.get('fit_seconds', 0):.1f} s):   "
+          f"val {head['val_accuracy']:.4f}  test {ev['head']['accuracy']:.4f}  val loss {head['val_loss']:.4f}")
     tuned = (f"fine-tuned val {ft['finetuned_val_accuracy']:.4f} / loss {ft['finetuned_val_loss']:.4f}, gain "
              f"{ft['val_loss_gain_se']:.2f} SE" if "finetuned_val_loss" in ft else "not fine-tuned")
     print(f"  shipped ({ft['shipped']}, tta {ft['tta']}): val {ft['val_accuracy']:.4f}  "

@@ -1,5 +1,6 @@
 """The linear probe the head must match: scikit-learn's logistic regression on
-the pipeline's own cached features and split, C chosen on val.
+the pipeline's own cached features (their global average's columns, as the
+classic probe pools) and split, C chosen on val.
 
     python bench/probe.py [REPO]        (REPO: a repository after `dvc repro`; default .)
 
@@ -22,8 +23,12 @@ C_GRID = tuple(float(c) for c in np.logspace(-3, 2, 11))
 
 
 def load(repo: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """The split's globally average-pooled features (with ``pooling: grid``,
+    the first columns of the cached ones: the classic probe's) and labels."""
     folder = repo / "data" / "features"
-    return np.load(folder / f"{split}.npy").astype(np.float64), np.load(folder / f"{split}_labels.npy")
+    meta = json.loads((folder / "meta.json").read_text())
+    x = np.load(folder / f"{split}.npy")
+    return x[:, : meta.get("average_columns", x.shape[1])].astype(np.float64), np.load(folder / f"{split}_labels.npy")
 
 
 def probe(repo: Path) -> dict:

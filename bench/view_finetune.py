@@ -46,7 +46,7 @@ def main() -> None:
 
     p = params.load()
     tuning = p.finetune
-    choice = BackboneChoice(p.backbone, p.image_size, p.weights, p.freeze, p.seed)
+    choice = BackboneChoice(p.backbone, p.image_size, p.weights, p.freeze, p.seed, p.pooling)
     seed_everything(p.seed)
     spec = backbones.get(p.backbone)
     backbone, plan = freeze.frozen_backbone(spec, p.image_size, p.weights, p.freeze)

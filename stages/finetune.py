@@ -10,7 +10,8 @@ run_stage(
     lambda p: finetune.run(
         p.finetune,
         finetune.BackboneChoice(
-            backbone=p.backbone, image_size=p.image_size, weights=p.weights, freeze=p.freeze, seed=p.seed
+            backbone=p.backbone, image_size=p.image_size, weights=p.weights, freeze=p.freeze, seed=p.seed,
+            pooling=p.pooling,
         ),
     ),
 )

@@ -194,7 +194,7 @@ def run_stage_code(p, *names: str):
         "split": lambda: split.run(p.split, p.seed, labels=p.data.labels),
         "extract": lambda: extract.run(
             p.extract, backbone=p.backbone, image_size=p.image_size, weights=p.weights, seed=p.seed,
-            freeze_word=p.freeze,
+            freeze_word=p.freeze, pooling=p.pooling,
         ),
         "train_head": lambda: train_head.run(p.head, seed=p.seed),
         "finetune": lambda: finetune.run(p.finetune, finetune_setup(p)),
@@ -213,7 +213,8 @@ def run_stage_code(p, *names: str):
 def finetune_setup(p):
     from tlpipe.finetune import BackboneChoice
 
-    return BackboneChoice(backbone=p.backbone, image_size=p.image_size, weights=p.weights, freeze=p.freeze, seed=p.seed)
+    return BackboneChoice(backbone=p.backbone, image_size=p.image_size, weights=p.weights, freeze=p.freeze, seed=p.seed,
+                          pooling=p.pooling)
 
 
 def render_in_chromium(page: Path, profile: Path, screenshot: Path | None = None) -> str:

@@ -40,6 +40,21 @@ def test_features_load_as_float32_and_the_prefix_stays_on_disk(tmp_path):
     np.testing.assert_array_equal(np.asarray(prefix), stored)
 
 
+def test_splits_stack_in_order_and_columns_are_cut_block_by_block(tmp_path, monkeypatch):
+    monkeypatch.setattr(artifacts, "FEATURE_BLOCK_ROWS", 2)  # blocks that do not divide the rows
+    rng = np.random.default_rng(0)
+    train, val = rng.normal(size=(5, 6)).astype(np.float16), rng.normal(size=(3, 6)).astype(np.float16)
+    for split, x, y in (("train", train, [0, 1, 0, 1, 1]), ("val", val, [1, 0, 0])):
+        np.save(paths.features_file(split, tmp_path), x)
+        np.save(paths.labels_file(split, tmp_path), np.array(y))
+    x, y = artifacts.load_stacked_features(("train", "val"), tmp_path)
+    assert x.dtype == np.float32 and y.tolist() == [0, 1, 0, 1, 1, 1, 0, 0]
+    np.testing.assert_array_equal(x, np.concatenate([train, val]).astype(np.float32))
+    first, _ = artifacts.load_features("val", tmp_path, dtype=None, columns=2)
+    assert first.dtype == np.float16
+    np.testing.assert_array_equal(first, val[:, :2])
+
+
 @pytest.mark.parametrize("rows", [[3], [0, 1, 2], [4, 0, 2, 3], [1, 2, 4], []])
 def test_stored_rows_read_the_rows_asked_for_in_their_order(tmp_path, rows):
     stored = np.random.default_rng(0).normal(size=(5, 7, 3)).astype(np.float16)

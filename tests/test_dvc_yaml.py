@@ -18,9 +18,9 @@ READS = {
     "params": set(),  # the whole file, as a dependency: it checks every key
     "fetch": {"data.source", "data.sha256"},
     "split": {"seed", "split", "data.labels", "data.corrections"},
-    "extract": {"backbone", "image_size", "weights", "seed", "freeze", "extract"},
+    "extract": {"backbone", "image_size", "weights", "seed", "freeze", "pooling", "extract"},
     "train_head": {"seed", "head"},
-    "finetune": {"backbone", "image_size", "weights", "freeze", "seed", "finetune"},
+    "finetune": {"backbone", "image_size", "weights", "freeze", "seed", "pooling", "finetune"},
     "trust": {"trust", "evaluate.batch_size"},
     "evaluate": {"evaluate"},
     "export": {"seed", "export"},

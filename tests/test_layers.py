@@ -49,3 +49,30 @@ def test_with_features_refuses_a_model_without_a_head():
 def test_mirror_flips_left_to_right():
     x = np.arange(2 * 3 * 3).reshape(1, 2, 3, 3).astype("float32")
     assert np.array_equal(np.asarray(layers.Mirror()(x)), x[:, :, ::-1, :])
+
+
+@pytest.mark.parametrize("side", [1, 3, 6, 7])
+def test_grid_pooling_is_the_average_then_the_four_quadrants(side):
+    maps = np.random.default_rng(side).normal(size=(2, side, side, 4)).astype("float32")
+    out = np.asarray(layers.GridPooling()(maps))
+    half, upper = side // 2, (side + 1) // 2  # an odd side's middle row and column belong to both halves
+    quadrants = [maps[:, rows, cols].mean((1, 2)) for rows in (slice(0, upper), slice(half, side))
+                 for cols in (slice(0, upper), slice(half, side))]
+    np.testing.assert_allclose(out, np.concatenate([maps.mean((1, 2)), *quadrants], axis=1), rtol=1e-5, atol=1e-6)
+    # the mirror image's grid: the same average, left and right quadrants swapped
+    mirrored = np.asarray(layers.GridPooling()(maps[:, :, ::-1]))
+    swapped = np.concatenate([out[:, :4], out[:, 8:12], out[:, 4:8], out[:, 16:20], out[:, 12:16]], axis=1)
+    np.testing.assert_allclose(mirrored, swapped, rtol=1e-5, atol=1e-6)
+
+
+def test_a_grid_pooled_backbone_round_trips_through_a_keras_file_in_safe_mode(tmp_path):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    maps_in = keras.Input((7, 7, 3))
+    backbone = layers.grid_pooled(keras.Model(maps_in, keras.layers.Conv2D(8, 3, padding="same")(maps_in), name="net"))
+    assert backbone.name == "net" and backbone.output.shape == (None, 40)
+    backbone.save(tmp_path / "net.keras")
+    again = layers.load_model(tmp_path / "net.keras")  # safe_mode is Keras' default
+    x = np.random.default_rng(0).normal(size=(2, 7, 7, 3)).astype("float32")
+    np.testing.assert_allclose(again.predict_on_batch(x), backbone.predict_on_batch(x), atol=1e-6)

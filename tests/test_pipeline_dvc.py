@@ -162,16 +162,24 @@ def test_exp_run_finetune_param_reuses_the_stored_prefix(repo):
 
 
 @pytest.mark.heavy  # three experiments: over a minute (make test-heavy)
-def test_exp_run_exact_head_chooses_l2_on_val_or_takes_a_fixed_one(repo):
-    """The README's `dvc exp run -S head.solver=lbfgs` and `... -S head.l2=0.001`, typed as a user types them."""
+def test_exp_run_head_and_pooling_choices(repo):
+    """The README's `dvc exp run -S head.l2=0.001`, `-S pooling=avg` and
+    `-S head.solver=keras -S pooling=avg`, typed as a user types them."""
     original = repo.params()
-    result = repo.dvc("exp", "run", "-n", "lbfgs", "-S", "head.solver=lbfgs")
+    head = json.loads((repo.root / "metrics/head.json").read_text())  # the default: grid, L2 cross-validated
+    assert head["solver"] == "lbfgs" and head["l2_chosen_by"].endswith("cross-validation over train + val")
+    assert len(head["l2_cv_loss"]) >= 3 and isinstance(head["reads_grid"], bool)
+    result = repo.dvc("exp", "run", "-n", "l2", "-S", "head.l2=0.001")
     assert ran(result.stdout)[:2] == ["params", "train_head"]
     head = json.loads((repo.root / "metrics/head.json").read_text())
-    assert head["solver"] == "lbfgs" and head["l2_chosen_on_val"] is True and len(head["l2_val_loss"]) >= 3
-    repo.dvc("exp", "run", "-n", "lbfgs-l2", "-S", "head.solver=lbfgs", "-S", "head.l2=0.001")
-    head = json.loads((repo.root / "metrics/head.json").read_text())
-    assert head["l2"] == 0.001 and head["l2_chosen_on_val"] is False and list(head["l2_val_loss"]) == ["1e-03"]
+    assert head["l2"] == 0.001 and head["l2_chosen_by"] == "params" and head["l2_cv_loss"] == {}
+    result = repo.dvc("exp", "run", "-n", "avg", "-S", "pooling=avg")
+    assert ran(result.stdout)[:3] == ["params", "extract", "train_head"]
+    meta = json.loads((repo.root / "data/features/meta.json").read_text())
+    assert meta["pooling"] == "avg" and meta["feature_dim"] == meta["average_columns"] == 256
+    assert "reads_grid" not in json.loads((repo.root / "metrics/head.json").read_text())
+    repo.dvc("exp", "run", "-n", "keras", "-S", "head.solver=keras", "-S", "pooling=avg")
+    assert json.loads((repo.root / "metrics/head.json").read_text())["solver"] == "keras"
     repo.write_params(original)
     assert set(ran(repo.dvc("repro").stdout)) <= {"params"}
 

@@ -22,6 +22,12 @@ def blobs(n_per_class=60, classes=3, dim=16, spread=0.9, seed=0):
     return x, y
 
 
+def train_linear(hp, x, y, x_val, y_val, n_classes, log_dir, **kwargs):
+    """The stage's call: train's features then val's in one float32 array."""
+    x_all = np.concatenate([x, x_val]).astype("float32")
+    return train_head.train_linear(hp, x_all, np.concatenate([y, y_val]), len(y), n_classes, log_dir, **kwargs)
+
+
 def head_params(raw_params, **changes):
     p = params.parse(tiny_params(raw_params, "unused")).head
     return p.__class__(**{**p.__dict__, **changes})
@@ -44,27 +50,62 @@ def test_linear_head_is_scikit_learns_logistic_regression(tmp_path, raw_params):
     x_val, y_val = blobs(n_per_class=20, seed=1)
     l2 = 0.01
     hp = head_params(raw_params, solver="lbfgs", l2=l2, class_weight="none")
-    model, metrics = train_head.train_linear(hp, x, y, x_val, y_val, 3, tmp_path / "logs")
+    model, metrics = train_linear(hp, x, y, x_val, y_val, 3, tmp_path / "logs")
     scaler = StandardScaler().fit(x)
     probe = LogisticRegression(C=1 / (2 * len(y) * l2), max_iter=5000, tol=1e-10).fit(scaler.transform(x), y)
     expected = probe.predict_proba(scaler.transform(x_val))
     np.testing.assert_allclose(model.predict(x_val, verbose=0), expected, atol=2e-3)
-    assert metrics["solver"] == "lbfgs" and metrics["l2"] == l2 and metrics["l2_chosen_on_val"] is False
+    assert metrics["solver"] == "lbfgs" and metrics["l2"] == l2 and metrics["l2_chosen_by"] == "params"
 
 
-def test_auto_l2_is_chosen_on_val_and_reported(tmp_path, raw_params):
+def test_auto_l2_is_cross_validated_and_reported(tmp_path, raw_params):
     x, y = blobs(n_per_class=15, dim=64, spread=2.0)  # few images, many features: needs regularising
     x_val, y_val = blobs(n_per_class=40, dim=64, spread=2.0, seed=1)
-    model, metrics = train_head.train_linear(head_params(raw_params, solver="lbfgs", l2=None), x, y, x_val, y_val, 3,
+    model, metrics = train_linear(head_params(raw_params, solver="lbfgs", l2=None), x, y, x_val, y_val, 3,
                                              tmp_path / "logs")
-    assert metrics["l2_chosen_on_val"] is True
-    tried = {float(k): v for k, v in metrics["l2_val_loss"].items()}
+    assert metrics["l2_chosen_by"] == "5-fold cross-validation over train + val"
+    tried = {float(k): v for k, v in metrics["l2_cv_loss"].items()}
     assert metrics["l2"] in train_head.L2_GRID and len(tried) >= 3
     assert tried[min(tried)] > min(tried.values())  # the weakest strength overfits: not chosen
-    assert metrics["val_loss"] == pytest.approx(tried[min(tried, key=lambda k: abs(k - metrics["l2"]))], abs=1e-4)
-    # one DVCLive step per strength tried, train and val
+    assert metrics["l2"] > min(tried)
+    val_probs = model.predict(x_val, verbose=0)
+    assert metrics["val_loss"] == pytest.approx(np.mean(-np.log(val_probs[np.arange(len(y_val)), y_val])), abs=1e-4)
+    # one DVCLive step per strength tried: in-fold ("train") and out-of-fold ("val") figures
     steps = (tmp_path / "logs" / "plots" / "metrics" / "val" / "loss.tsv").read_text().splitlines()
     assert len(steps) == 1 + len(tried)
+
+
+def test_fitting_on_row_space_coordinates_is_exact_with_fewer_images_than_features():
+    x, y = blobs(n_per_class=10, dim=80)  # 30 images, 80 features
+    targets, weights = np.eye(3)[y], np.ones(len(y))
+    weights[:5] = 0  # a held-out fold's rows: the span of every row still holds the optimum
+    z, basis = train_head.row_space(x)
+    assert z.shape == (30, 30) and basis.shape == (80, 30)
+    direct = train_head.fit_linear(x, targets, weights, 0.01)
+    rotated = train_head.unrotated(train_head.fit_linear(z, targets, weights, 0.01), basis)
+    np.testing.assert_allclose(train_head.linear_probs(x, rotated), train_head.linear_probs(x, direct), atol=1e-3)
+    assert train_head.row_space(x[:, :20])[1] is None  # more images than features: fitted as they are
+
+
+@pytest.mark.parametrize("signal_in_grid", [False, True])
+def test_the_grid_columns_are_read_only_on_a_clear_cross_validated_gain(tmp_path, raw_params, signal_in_grid):
+    """Features laid out as grid pooling writes them: ``average`` columns, then more. The head reads the
+    extra columns only when they carry what the average lacks; otherwise their weights are 0."""
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 60)
+    centres = rng.normal(0, 1, (3, 8))
+    weak, strong = centres[y] + rng.normal(0, 3.0, (180, 8)), centres[y] + rng.normal(0, 0.4, (180, 8))
+    noise = rng.normal(0, 1, (180, 32))
+    average = weak if signal_in_grid else strong
+    extra = np.concatenate([strong, noise[:, 8:]], 1) if signal_in_grid else noise
+    x = np.concatenate([average, extra], 1).astype("float32")
+    train, val = np.arange(180) % 4 != 0, np.arange(180) % 4 == 0
+    model, metrics = train_linear(head_params(raw_params, solver="lbfgs", l2=None), x[train], y[train],
+                                             x[val], y[val], 3, tmp_path / "logs", average_columns=8)
+    assert metrics["reads_grid"] is signal_in_grid
+    assert (metrics["grid_cv_gain_se"] > 1) is signal_in_grid
+    kernel = model.get_layer("head_probs").get_weights()[0]
+    assert bool(np.any(kernel[8:] != 0)) is signal_in_grid
 
 
 def test_one_standard_error_rule_prefers_the_stronger_of_two_equal_strengths():
@@ -93,7 +134,7 @@ def test_balanced_weights_move_the_boundary_toward_the_large_class(tmp_path, raw
     y = np.array([0] * 180 + [1] * 20)
     recall = {}
     for mode in ("none", "auto"):
-        model, _ = train_head.train_linear(head_params(raw_params, solver="lbfgs", l2=1e-4, class_weight=mode), x, y, x, y, 2,
+        model, _ = train_linear(head_params(raw_params, solver="lbfgs", l2=1e-4, class_weight=mode), x, y, x, y, 2,
                                            tmp_path / mode)
         recall[mode] = np.mean(model.predict(x[y == 1], verbose=0).argmax(1) == 1)
     assert recall["auto"] > recall["none"] + 0.2

@@ -62,12 +62,32 @@ def label_indices(rows: list[Row], classes: list[str]) -> np.ndarray:
     return np.array([index[r.label] for r in rows], dtype=np.int32)
 
 
-def load_features(split: str, folder: Path = paths.FEATURES, dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
-    """Cached features (as ``dtype``; None: as stored, float16) and labels of one split."""
-    x = np.load(paths.features_file(split, folder))
-    x = x if dtype is None else x.astype(dtype)
-    y = np.load(paths.labels_file(split, folder))
-    return x, y
+def load_features(split: str, folder: Path = paths.FEATURES, dtype=np.float32,
+                  columns: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Cached features (as ``dtype``; None: as stored, float16) and labels of
+    one split; ``columns``: the first so many alone (the global average's of
+    grid-pooled features)."""
+    return load_stacked_features((split,), folder, dtype, columns)
+
+
+def load_stacked_features(splits, folder: Path = paths.FEATURES, dtype=np.float32,
+                          columns: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``splits``' features, one after another in one new array, read a block
+    of rows at a time (no second copy of any split beside it), and labels."""
+    stored = [StoredRows(paths.features_file(split, folder)) for split in splits]
+    columns = stored[0].shape[1] if columns is None else columns
+    x = np.empty((sum(len(s) for s in stored), columns), dtype or stored[0].dtype)
+    done = 0
+    for part in stored:
+        for start in range(0, len(part), FEATURE_BLOCK_ROWS):
+            rows = np.arange(start, min(start + FEATURE_BLOCK_ROWS, len(part)))
+            x[done + rows] = part[rows][:, :columns]
+        done += len(part)
+    return x, np.concatenate([np.load(paths.labels_file(split, folder)) for split in splits])
+
+
+# Rows read at once when only some of the features' columns are kept.
+FEATURE_BLOCK_ROWS = 4096
 
 
 def read_features_meta(folder: Path = paths.FEATURES) -> dict:

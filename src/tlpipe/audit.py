@@ -26,7 +26,7 @@ from typing import NamedTuple
 import numpy as np
 
 from tlpipe import atomic, paths
-from tlpipe.artifacts import SPLITS, Row, csv_text, load_features, read_classes, read_split
+from tlpipe.artifacts import SPLITS, Row, csv_text, load_features, read_classes, read_features_meta, read_split
 from tlpipe.similarity import TILE_ROWS, normalised
 from tlpipe.params import AuditParams
 
@@ -231,14 +231,14 @@ def _label_from_path(path: str, label_of: dict[str, str]) -> str:
     return parts[0] if len(parts) > 1 else ""
 
 
-def _every_split():
-    """Rows, split names, cached features (float16, as stored) and labels of
-    train, val and test, in that order."""
+def _every_split(columns: int | None):
+    """Rows, split names, cached features (float16, as stored; the first
+    ``columns`` alone) and labels of train, val and test, in that order."""
     rows: list[Row] = []
     splits: list[str] = []
     feats, labels = [], []
     for split in SPLITS:
-        x, y = load_features(split, dtype=None)
+        x, y = load_features(split, dtype=None, columns=columns)
         split_rows = read_split(split)
         rows += split_rows
         splits += [split] * len(split_rows)
@@ -247,12 +247,13 @@ def _every_split():
     return rows, splits, np.concatenate(feats), np.concatenate(labels)
 
 
-def _similarity_threshold(audit: AuditParams, x_train: np.ndarray):
+def _similarity_threshold(audit: AuditParams, x_train: np.ndarray, columns: int | None):
     """audit.near_duplicate_similarity, or one fitted on extract's near-copies
     of train images (features ``x_train``) -> (threshold, calibration figures or None)."""
     if audit.near_duplicate_similarity is not None:
         return audit.near_duplicate_similarity, None
-    copies = np.load(paths.copies_file()).astype(np.float32) if paths.copies_file().is_file() else np.zeros((0, 0))
+    copies = (np.load(paths.copies_file())[:, :columns].astype(np.float32) if paths.copies_file().is_file()
+              else np.zeros((0, 0)))
     if len(copies):
         return calibrated_similarity(x_train, copies, np.load(paths.copies_of_file()))
     print(f"audit: no near-copies to calibrate on (no train images); near-duplicates from similarity "
@@ -296,11 +297,14 @@ def _print_summary(metrics: dict, issue_rows) -> None:
 def run(audit: AuditParams, *, seed: int) -> dict:
     """data/features + data/split -> plots/audit, metrics/audit.json; reads ``audit.*`` and ``seed``."""
     classes = read_classes()
-    rows, splits, x, y = _every_split()
+    # the global average's columns: grid pooling's quadrants add no evidence of a
+    # duplicate or a wrong label worth five times the search
+    columns = read_features_meta().get("average_columns")
+    rows, splits, x, y = _every_split(columns)
     split_of = {r.path: s for r, s in zip(rows, splits)}
     label_of = {r.path: r.label for r in rows}
 
-    threshold, calibration = _similarity_threshold(audit, x[: splits.count("train")])
+    threshold, calibration = _similarity_threshold(audit, x[: splits.count("train")], columns)
     near = near_duplicates(x, threshold, groups={"split": np.unique(splits, return_inverse=True)[1], "label": y})
     pair_rows = [(rows[i].path, rows[j].path, splits[i], splits[j], rows[i].label, rows[j].label, round(s, 5))
                  for i, j, s in near.pairs]

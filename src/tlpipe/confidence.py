@@ -14,8 +14,9 @@ coverage across classes at the price of larger sets, so the per-class
 coverage is reported on test instead (plots/evaluate/conformal/). The top
 class is always in the set: a set is never empty.
 
-**Unfamiliar** is the cosine distance from an image's pooled features (what
-the shipped model's head reads) to its k-th nearest train image (deep
+**Unfamiliar** is the cosine distance from an image's globally average-pooled
+features (what the shipped model's head reads; with grid pooling the first
+fifth of it, where the object sits not counting) to its k-th nearest train image (deep
 nearest neighbours, Sun et al. 2022), flagged beyond the same conformal rank
 of the val images' distances: at most 1 - quantile of familiar images are
 flagged.

@@ -43,7 +43,8 @@ PREFIX_SPLITS = ("train", "val")  # what fine-tuning trains and validates on
 COPY_SAMPLE = 64
 
 
-def feature_model(spec: backbones.Backbone, image_size: int, weights: str, freeze_word: str = "all"):
+def feature_model(spec: backbones.Backbone, image_size: int, weights: str, freeze_word: str = "all",
+                  pooling: str = "avg"):
     """pixels (0..255) -> the backbone's own preprocessing -> pooled features
     (and the frozen prefix's output, as a second model sharing the layers).
 
@@ -53,7 +54,7 @@ def feature_model(spec: backbones.Backbone, image_size: int, weights: str, freez
 
     from tlpipe.layers import on_pixels
 
-    backbone, plan = freeze.frozen_backbone(spec, image_size, weights, freeze_word)
+    backbone, plan = freeze.frozen_backbone(spec, image_size, weights, freeze_word, pooling)
     half = _float16()
     pixels, features = on_pixels(spec, image_size, backbone)
     pooled = keras.Model(pixels, half(features), name=f"{spec.name}_features")
@@ -161,13 +162,16 @@ def _prefix_plan(plan: freeze.Plan, rows: dict[str, list[Row]], max_gb: float) -
     return shape, ""
 
 
-def run(extract: ExtractParams, *, backbone: str, image_size: int, weights: str, seed: int, freeze_word: str) -> dict:
+def run(extract: ExtractParams, *, backbone: str, image_size: int, weights: str, seed: int, freeze_word: str,
+        pooling: str) -> dict:
     """data/split -> data/features, data/prefix; reads ``backbone``, ``image_size``,
     ``weights``, ``seed`` (random init with ``weights: none``), ``freeze`` (as
-    ``freeze_word``) and ``extract.*``."""
+    ``freeze_word``), ``pooling`` and ``extract.*``."""
+    from tlpipe.layers import GridPooling
+
     training.seed_everything(seed)
     spec = backbones.get(backbone)
-    pooled, both, built, plan = feature_model(spec, image_size, weights, freeze_word)
+    pooled, both, built, plan = feature_model(spec, image_size, weights, freeze_word, pooling)
     dim = int(pooled.output.shape[-1])
     classes = read_classes()
     rows = {split: read_split(split) for split in SPLITS}
@@ -177,7 +181,9 @@ def run(extract: ExtractParams, *, backbone: str, image_size: int, weights: str,
         "image_size": image_size,
         "weights": weights,
         "weights_sha256": fingerprint,
+        "pooling": pooling,
         "feature_dim": dim,
+        "average_columns": dim // GridPooling.PARTS if pooling == "grid" else dim,  # the global average's, first
         "classes": classes,
         "images": {},  # no timings here: a rerun must give a byte-identical output
     }

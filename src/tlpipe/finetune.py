@@ -57,6 +57,7 @@ class BackboneChoice:
     weights: str
     freeze: str
     seed: int
+    pooling: str = "avg"
 
 
 def mixed_precision_on(setting: bool | None) -> bool:
@@ -227,7 +228,7 @@ def _build(choice: BackboneChoice, tuning: FinetuneParams, n_train: int, batch_s
     the strategy's scope."""
     spec = backbones.get(choice.backbone)
     # first: the same random init as extract's
-    backbone, plan = freeze.frozen_backbone(spec, choice.image_size, choice.weights, choice.freeze)
+    backbone, plan = freeze.frozen_backbone(spec, choice.image_size, choice.weights, choice.freeze, choice.pooling)
     model = assemble(choice, tuning, backbone, plan, load_model(paths.HEAD_MODEL))
     trains = not plan.trains_nothing and tuning.epochs > 0
     on_prefix = trains and _stored_prefix(choice, tuning, plan, backbones.weights_fingerprint(backbone))

@@ -161,13 +161,19 @@ def apply(model, p: Plan) -> None:
         layer.trainable = not (is_bn or layer.name in p.frozen)
 
 
-def frozen_backbone(spec: Backbone, image_size: int, weights: str, word: str):
-    """Build the backbone, resolve ``word`` on it and apply it: -> (backbone, plan).
+def frozen_backbone(spec: Backbone, image_size: int, weights: str, word: str, pooling: str = "avg"):
+    """Build the backbone ending in ``pooling``'s feature vector, resolve
+    ``word`` on it and apply it: -> (backbone, plan).
 
     Built first thing after seeding in every stage that needs it, so a random
     init (``weights: none``) is the same everywhere.
     """
-    backbone = spec.build(image_size, weights, pooling="avg")
+    from tlpipe.layers import grid_pooled
+
+    if pooling == "grid":
+        backbone = grid_pooled(spec.build(image_size, weights, pooling=None))
+    else:
+        backbone = spec.build(image_size, weights, pooling="avg")
     p = plan(backbone, spec, word)
     apply(backbone, p)
     return backbone, p

@@ -164,6 +164,33 @@ class Mirror(keras.layers.Layer):
         return input_shape
 
 
+@keras.saving.register_keras_serializable(package="tlpipe")
+class GridPooling(keras.layers.Layer):
+    """A feature map (NHWC) -> its average over the whole map, then over each
+    quadrant (top left, top right, bottom left, bottom right), concatenated:
+    where in the picture a feature fires, which the global average alone
+    loses (``pooling: grid``). An odd side's middle row or column belongs to
+    both halves, so a mirror image's quadrants are the mirrored quadrants."""
+
+    PARTS = 5  # the average first, then the quadrants'
+
+    def call(self, maps):
+        height, width = maps.shape[1], maps.shape[2]
+        rows = (slice(0, (height + 1) // 2), slice(height // 2, height))
+        columns = (slice(0, (width + 1) // 2), slice(width // 2, width))
+        quadrants = [ops.mean(maps[:, r, c, :], axis=(1, 2)) for r in rows for c in columns]
+        return ops.concatenate([ops.mean(maps, axis=(1, 2)), *quadrants], axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.PARTS * input_shape[-1])
+
+
+def grid_pooled(maps: keras.Model) -> keras.Model:
+    """A backbone that ends in its last feature map -> the same layers ending
+    in GridPooling's vector (``pooling: grid``)."""
+    return keras.Model(maps.input, GridPooling(name="grid_pool")(maps.output), name=maps.name)
+
+
 def mirror_averaged(model: keras.Model) -> keras.Model:
     """``model``'s probabilities averaged over the image and its mirror image:
     one shared set of weights, saved once; what ships when mirror-image
@@ -207,9 +234,9 @@ def _mirrored_classifier(model: keras.Model) -> keras.Model | None:
 
 def with_features(model: keras.Model) -> keras.Model:
     """A view of a tlpipe classifier that gives (probabilities, the pooled
-    features its head reads) in one forward pass, with the same weights: what
-    the unfamiliar-input score needs beside the prediction. With mirror-image
-    TTA the features are the plain image's."""
+    features its head reads, their ``compared_columns``) in one forward pass,
+    with the same weights: what the unfamiliar-input score needs beside the
+    prediction. With mirror-image TTA the features are the plain image's."""
     inner = _mirrored_classifier(model)
     if inner is None:
         return _chain_with_features(model)
@@ -238,14 +265,22 @@ def features_of(model: keras.Model) -> keras.Model:
     return keras.Model(both.input, both.outputs[1])
 
 
+def compared_columns(backbone: keras.Model) -> int:
+    """How many leading columns of ``backbone``'s pooled features the
+    unfamiliar score compares: all, or with grid pooling the global
+    average's (the first fifth), alike for an object wherever it sits."""
+    dim = int(backbone.output.shape[-1])
+    return dim // GridPooling.PARTS if isinstance(backbone.layers[-1], GridPooling) else dim
+
+
 def _chain_with_features(model: keras.Model) -> keras.Model:
     # tlpipe classifiers are chains: pixels, [augmentation], preprocess, backbone, head, [temperature].
     pixels = keras.Input(model.input_shape[1:], name="pixels")
-    x, features = pixels, None
+    x, features, backbone = pixels, None, None
     for layer in model.layers[1:]:
         if layer.name == "head":
-            features = x
-        x = layer(x)
+            features = x[:, : compared_columns(backbone)]
+        x, backbone = layer(x), layer
     if features is None:
         raise ValueError(f"{model.name} has no layer named 'head': not a tlpipe classifier")
     return keras.Model(pixels, [x, features])

@@ -31,6 +31,7 @@ from tlpipe.errors import TlpipeError, invalid
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SCHEDULES = ("constant", "cosine", "plateau")
+POOLINGS = ("avg", "grid")  # the backbone's last feature map -> the vector the head reads
 # What the export stage writes (models/export/model_<format>...), in the order written.
 EXPORT_FORMATS = ("saved_model", "tflite", "tflite_float16", "tflite_int8", "onnx")
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
@@ -72,7 +73,7 @@ class HeadParams:
     hidden: tuple[int, ...] = rule("widths")
     dropout: float = rule("real", 0.0, 1.0)
     batchnorm: bool = rule("boolean")
-    l2: float | None = rule("auto_or_real", 0.0, None)  # None (auto): chosen on val by lbfgs, 0 for keras
+    l2: float | None = rule("auto_or_real", 0.0, None)  # None (auto): cross-validated by lbfgs, 0 for keras
     optimizer: str = rule("choice", OPTIMIZERS)
     learning_rate: float = rule("real", 0.0, 10.0, low_closed=False)
     epochs: int = rule("integer", 1, 100_000)
@@ -160,6 +161,7 @@ class Params:
     weights: str
     freeze: str
     seed: int
+    pooling: str
     data: DataParams
     split: SplitParams
     extract: ExtractParams
@@ -316,12 +318,13 @@ def parse(raw: Any, source: str = str(paths.PARAMS)) -> Params:
     if not freeze.spelled_right(freeze_word, spec):  # a layer name is checked on the architecture, in gate
         top.bad("freeze", freeze.rule(spec), freeze_word, f"(backbone '{backbone}')")
     seed = top.integer("seed", 0, 2**31 - 1)
+    pooling = top.choice("pooling", POOLINGS)
 
     # Each section of params.yaml, in file order: read by its fields' rules, then its own checks.
     sections = {name: read_section(top.section(name), cls, check) for name, (cls, check) in SECTIONS.items()}
     top.finish()
     return Params(backbone=backbone, image_size=image_size, weights=weights, freeze=freeze_word, seed=seed,
-                  **sections)
+                  pooling=pooling, **sections)
 
 
 def read_section(section: _Section, cls, check=None):

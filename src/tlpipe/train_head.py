@@ -5,34 +5,41 @@ probabilities (softmax over all classes, binary included, so every consumer
 reads probabilities the same way). The finetune stage puts it on top of the
 backbone with its trained weights; evaluate runs it on cached test features.
 
-Two solvers (``head.solver``). ``keras`` (the default): Adam with dropout and
-early stopping on val loss. ``lbfgs``: a linear head is a multinomial
-logistic regression, a convex problem with one answer, solved exactly (L-BFGS
-on the whole train split, as the linear-probe protocols of CLIP and
-scikit-learn do), its one knob, the L2 strength, chosen on val (``head.l2:
-auto``): the strongest regularisation whose val loss is within one standard
-error of the best (the one-standard-error rule), so that the choice never
-hinges on one val image. It matches the tuned linear probe as a head, but
-fine-tuning earns less from it than from the keras head (bench/RESULTS.md,
-section 9), hence the default.
+Two solvers (``head.solver``). ``lbfgs`` (the default): a linear head is a
+multinomial logistic regression, a convex problem with one answer, solved
+exactly (L-BFGS, as the linear-probe protocols of CLIP and scikit-learn do).
+Its one knob, the L2 strength (``head.l2: auto``), is chosen by
+cross-validation over train + val, the strongest whose out-of-fold loss is
+within one standard error of the best; on grid-pooled features the same
+cross-validation decides whether the head reads the quadrants' columns. The
+head is then fitted on train alone. ``keras``: Adam with dropout and early
+stopping on val loss (and hidden layers, if asked for). bench/RESULTS.md,
+sections 26 and 27: the keras head is worse out of fold than the tuned
+linear probe on two data sets and overfits grid features.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 
 import keras
 import numpy as np
 
 from tlpipe import atomic, paths
-from tlpipe.artifacts import load_features, read_features_meta
+from tlpipe.artifacts import load_features, load_stacked_features, read_features_meta
 from tlpipe.params import HeadParams
-from tlpipe.scoring import image_losses, standard_error
+from tlpipe.scoring import clearly_lower, gain_in_standard_errors, image_losses, standard_error
 from tlpipe.training import Inputs, LiveLogger, callbacks, compile_model, fit, optimizer, seed_everything
 
 # head.l2: auto tries these strengths of the penalty l2 * sum(kernel**2) on
 # the mean loss over standardised features, strongest first, half a decade apart.
 L2_GRID = tuple(float(v) for v in np.logspace(0, -6, 13))
+# head.l2: auto is chosen on this many folds of train + val.
+FOLDS = 5
+# Fitting folds together keeps (rows x folds x classes) float64 arrays, several at
+# once; beyond this many elements (32 MB each) fewer folds are fitted together.
+JOINT_ELEMENTS = 4_000_000
 # Standardisation divides a feature by at least this share of the features' RMS spread.
 FLOOR = 0.1
 
@@ -87,100 +94,270 @@ def fit_linear(x: np.ndarray, targets: np.ndarray, weights: np.ndarray, l2: floa
     """The exact minimiser of the weighted mean cross-entropy of softmax(x W + b)
     plus ``l2 * sum(W**2)``: (d + 1, k) parameters, the bias in the last row.
     ``start``: a solution for a nearby ``l2`` (warm start along the grid)."""
+    return fit_linear_jointly(x, targets, weights[None], l2, None if start is None else start[None])[0]
+
+
+def fit_linear_jointly(x: np.ndarray, targets: np.ndarray, weights: np.ndarray, l2: float,
+                       start: np.ndarray | None = None) -> np.ndarray:
+    """``fit_linear`` for several row weightings at once (``weights``: one row
+    per problem, the folds of a cross-validation) -> (problems, d + 1, k). The
+    problems are independent, so minimising their sum solves each; every step
+    reads ``x`` once for all of them, in one product of ``x``'s dtype
+    (float32: four times faster than float64, exact enough for the
+    tolerance), the rest in float64."""
     from scipy.optimize import minimize
 
-    n, d = x.shape
-    k = targets.shape[1]
-    w = weights / weights.mean()
+    (n, d), k, problems = x.shape, targets.shape[1], len(weights)
+    # each problem's mean loss over its weighted rows: (n, problems, 1)
+    w = (weights / weights.mean(axis=1, keepdims=True)).T[:, :, None] / n
+    targets = targets[:, None, :]
 
-    def loss_and_grad(theta):
-        kernel, bias = theta[: d * k].reshape(d, k), theta[d * k:]
-        logits = x @ kernel + bias
-        logits -= logits.max(axis=1, keepdims=True)
-        log_probs = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
-        loss = -np.sum(w * np.sum(targets * log_probs, axis=1)) / n + l2 * np.sum(kernel**2)
-        residual = (np.exp(log_probs) - targets) * (w / n)[:, None]
-        grad = np.concatenate([(x.T @ residual + 2 * l2 * kernel).ravel(), residual.sum(axis=0)])
-        return loss, grad
+    def loss_and_grad(flat):
+        theta = flat.reshape(problems, d + 1, k)
+        kernel, bias = theta[:, :-1], theta[:, -1]
+        side_by_side = kernel.transpose(1, 0, 2).reshape(d, problems * k).astype(x.dtype)
+        logits = (x @ side_by_side).astype(np.float64).reshape(n, problems, k) + bias
+        logits -= logits.max(axis=2, keepdims=True)
+        log_probs = logits - np.log(np.exp(logits).sum(axis=2, keepdims=True))
+        loss = -np.sum(w * targets * log_probs) + l2 * np.sum(kernel**2)
+        residual = (np.exp(log_probs) - targets) * w
+        kernel_grad = (x.T @ residual.reshape(n, problems * k).astype(x.dtype)).reshape(d, problems, k)
+        grad = np.concatenate([kernel_grad.transpose(1, 0, 2) + 2 * l2 * kernel, residual.sum(axis=0)[:, None]], axis=1)
+        return loss, grad.ravel()
 
-    theta0 = np.zeros(d * k + k) if start is None else start.ravel()
+    theta0 = np.zeros(problems * (d + 1) * k) if start is None else start.ravel()
     result = minimize(loss_and_grad, theta0, jac=True, method="L-BFGS-B",
                       options={"maxiter": 1000, "gtol": 1e-5, "ftol": 1e-8})
-    return result.x.reshape(d + 1, k)
+    return result.x.reshape(problems, d + 1, k)
 
 
 def linear_probs(x: np.ndarray, theta: np.ndarray) -> np.ndarray:
-    return softmax(x @ theta[:-1] + theta[-1])
+    # the product in x's dtype: float32 features are not copied to float64
+    return softmax((x @ theta[:-1].astype(x.dtype)).astype(np.float64) + theta[-1])
 
 
 def choose_l2(losses: dict[float, np.ndarray]) -> float:
-    """The one-standard-error rule over per-image val losses: the strongest
+    """The one-standard-error rule over per-image losses: the strongest
     ``l2`` whose mean loss is within one paired standard error of the best."""
     best = min(losses, key=lambda l2: losses[l2].mean())
     return max(l2 for l2, loss in losses.items()
                if (loss - losses[best]).mean() <= standard_error(loss - losses[best]))
 
 
-def path_has_turned(val_losses: list[float]) -> bool:
-    """Whether the val loss has risen at the last two strengths tried: past
-    its minimum, weaker regularisation only overfits (and converges slowest)."""
-    best = min(val_losses)
-    return len(val_losses) >= 3 and val_losses[-1] > best and val_losses[-2] > best
+def path_has_turned(losses: list[float]) -> bool:
+    """Whether the loss has risen at the last two strengths tried: past its
+    minimum, weaker regularisation only overfits (and converges slowest)."""
+    best = min(losses)
+    return len(losses) >= 3 and losses[-1] > best and losses[-2] > best
 
 
-def train_linear(head_params: HeadParams, x_train, y_train, x_val, y_val, n_classes: int, log_dir) -> tuple:
-    """(model, metrics): the linear head, its L2 strength chosen on val when
-    ``head.l2`` is auto. Solved on standardised features (well conditioned:
-    L-BFGS converges in a hundred steps), then folded back into one Dense
-    layer on the raw features. DVCLive logs one step per strength tried."""
-    mean, spread = x_train.mean(axis=0, dtype=np.float64), x_train.std(axis=0, dtype=np.float64)
-    # Per-feature standardisation (the linear-probe protocol), floored at a
-    # tenth of the typical spread: a feature that hardly varies is not blown up
-    # into a huge weight, which fine-tuning (it moves such features) would turn
-    # into huge logits.
-    scale = np.maximum(spread, FLOOR * np.sqrt(np.mean(spread**2))) + 1e-12
-    standard = lambda x: (x.astype(np.float64) - mean) / scale  # noqa: E731
-    x_fit, x_check = standard(x_train), standard(x_val)
-    targets = soft_targets(y_train, n_classes, head_params.label_smoothing)
-    weights_of = class_weights(y_train, n_classes, head_params.class_weight)
-    weights = np.ones(len(y_train)) if weights_of is None else np.array([weights_of[c] for c in y_train])
-    grid = L2_GRID if head_params.l2 is None else (head_params.l2,)
-    theta, solutions, val_losses = None, {}, {}
-    began = time.perf_counter()
-    live = LiveLogger(log_dir)
-    live.on_train_begin()
-    for l2 in grid:  # strongest first: each solution warm-starts the next
-        theta = solutions[l2] = fit_linear(x_fit, targets, weights, l2, theta)
-        train_probs, val_probs = linear_probs(x_fit, theta), linear_probs(x_check, theta)
-        val_losses[l2] = image_losses(y_val, val_probs)
-        live.on_epoch_end(len(solutions) - 1, {
-            "loss": float(np.mean(image_losses(y_train, train_probs))),
-            "accuracy": float(np.mean(train_probs.argmax(1) == y_train)),
-            "val_loss": float(val_losses[l2].mean()),
-            "val_accuracy": float(np.mean(val_probs.argmax(1) == y_val)),
-        })
-        if path_has_turned([v.mean() for v in val_losses.values()]):
+def column_mean_and_spread(x: np.ndarray, block: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Each column's mean and standard deviation in float64, a block of rows
+    at a time (NumPy's own std makes a float64 copy of the whole array)."""
+    mean = x.mean(axis=0, dtype=np.float64)
+    squares = sum(((x[i : i + block] - mean) ** 2).sum(axis=0) for i in range(0, len(x), block))
+    return mean, np.sqrt(squares / max(len(x), 1))
+
+
+def fold_masks(labels: np.ndarray, seed: int) -> list[np.ndarray]:
+    """FOLDS held-out masks over ``labels``' rows, stratified by class where
+    every class has an image in each fold."""
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    folds = min(FOLDS, len(labels))  # a handful of images: as many folds as images
+    stratified = np.bincount(labels).min() >= folds
+    splitter = (StratifiedKFold if stratified else KFold)(folds, shuffle=True, random_state=seed)
+    masks = []
+    for _, held in splitter.split(labels, labels):
+        mask = np.zeros(len(labels), bool)
+        mask[held] = True
+        masks.append(mask)
+    return masks
+
+
+@dataclass
+class L2Path:
+    """One set of feature columns (on its row-space coordinates ``z``) along
+    the L2 grid: each strength's out-of-fold losses over train + val, and its
+    solutions on the folds (their average warm-starts the fit on train)."""
+
+    columns: int
+    z: np.ndarray
+    basis: np.ndarray | None
+    cv_losses: dict = field(default_factory=dict)
+    fold_fits: dict = field(default_factory=dict)
+    steps: list = field(default_factory=list)  # DVCLive's figures per strength
+
+    def chosen(self) -> float:
+        return choose_l2(self.cv_losses)
+
+
+def row_space(x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """(``x``'s coordinates in the span of its rows, that span's basis, d x r),
+    or (``x``, None) when it has no fewer rows than columns. An L2-penalised
+    linear model's optimum on any of the rows lies in their span, so fitting
+    on the coordinates is exact, with n x n products instead of n x d: ten
+    times fewer on 400 images of 3,840 features."""
+    x = np.ascontiguousarray(x)
+    if len(x) >= x.shape[1]:
+        return x, None
+    basis, r = np.linalg.qr(x.T)  # x = r.T @ basis.T, basis orthonormal
+    return np.ascontiguousarray(r.T), basis
+
+
+def l2_path(x, labels, targets, weights, grid, folds) -> L2Path:
+    """``x`` fitted on each fold's other rows along ``grid`` (strongest first,
+    each solution warm-starting the next), until the out-of-fold loss has
+    turned. A held-out row weighs 0 rather than being copied out: no second
+    copy of the features."""
+    path = L2Path(x.shape[1], *row_space(x))
+    held_out, theta = np.array(folds), None
+    at_once = max(1, JOINT_ELEMENTS // (len(labels) * targets.shape[1]))  # folds fitted together
+    for l2 in grid:
+        theta = np.concatenate([
+            fit_linear_jointly(path.z, targets, weights * ~held_out[i : i + at_once], l2,
+                               None if theta is None else theta[i : i + at_once])
+            for i in range(0, len(folds), at_once)])
+        out_of_fold, right, fitted = np.empty(len(labels)), np.empty(len(labels), bool), []
+        for i, held in enumerate(folds):
+            probs = linear_probs(path.z, theta[i])
+            out_of_fold[held] = image_losses(labels[held], probs[held])
+            right[held] = probs[held].argmax(1) == labels[held]
+            fitted.append((image_losses(labels[~held], probs[~held]).mean(),
+                           np.mean(probs[~held].argmax(1) == labels[~held])))
+        path.cv_losses[l2], path.fold_fits[l2] = out_of_fold, theta
+        path.steps.append({"loss": float(np.mean([f[0] for f in fitted])),
+                           "accuracy": float(np.mean([f[1] for f in fitted])),
+                           "val_loss": float(out_of_fold.mean()), "val_accuracy": float(right.mean())})
+        if path_has_turned([v.mean() for v in path.cv_losses.values()]):
             break
-    live.on_train_end()
-    chosen = choose_l2(val_losses)
-    theta = solutions[chosen]
-    kernel = theta[:-1] / scale[:, None]  # softmax((x - mean) / scale @ W + b) on raw x
-    bias = theta[-1] - mean @ kernel
-    # Saved without a penalty: fine-tuning from it is regularised by early stopping on
-    # val and the head-or-fine-tuned choice (a penalty kept here made it worse on val).
-    model = build(x_train.shape[1], n_classes, head_params)
-    model.get_layer("head_probs").set_weights([kernel.astype(np.float32), bias.astype(np.float32)])
-    val_probs = linear_probs(x_check, theta)
+    return path
+
+
+def unrotated(theta: np.ndarray, basis: np.ndarray | None) -> np.ndarray:
+    """Parameters on row-space coordinates -> on the features themselves."""
+    return theta if basis is None else np.vstack([basis @ theta[:-1], theta[-1:]])
+
+
+def choose_columns(paths: list[L2Path]) -> L2Path:
+    """The average-pooled columns alone, unless every column (the grid's too)
+    gives clearly lower out-of-fold losses, each at its chosen strength."""
+    if len(paths) == 1:
+        return paths[0]
+    average, every = paths
+    if clearly_lower(every.cv_losses[every.chosen()], average.cv_losses[average.chosen()]):
+        return every
+    return average
+
+
+def train_linear(head_params: HeadParams, x: np.ndarray, labels: np.ndarray, n_train: int, n_classes: int,
+                 log_dir, average_columns: int | None = None, seed: int = 0) -> tuple:
+    """(model, metrics): the linear head. With ``head.l2: auto`` its L2
+    strength is chosen by cross-validation over train + val (the
+    one-standard-error rule on FOLDS folds' out-of-fold losses: every image
+    judges, not val's alone), and on grid-pooled features whether it reads the
+    grid's columns besides the first ``average_columns`` (only on a clear
+    cross-validated gain). The chosen fit is on train alone, so val still
+    judges it against fine-tuning. Solved on standardised features (well
+    conditioned: L-BFGS converges in a hundred steps), then folded back into
+    one Dense layer on the raw features. DVCLive logs one step per strength
+    tried. ``x``: train's features, then val's (float32), standardised in
+    place: the one array of the features' size."""
+    mean, scale = standardise(x, n_train)
+    targets = soft_targets(labels, n_classes, head_params.label_smoothing)
+    weights = row_weights(labels, n_train, n_classes, head_params.class_weight)
+    in_train = np.arange(len(labels)) < n_train
+    began = time.perf_counter()
+    paths = []
+    if head_params.l2 is None:  # auto: cross-validated
+        folds = fold_masks(labels, seed)
+        paths = [l2_path(x[:, :c], labels, targets, weights, L2_GRID, folds) for c in column_sets(x, average_columns)]
+        path = choose_columns(paths)
+        l2 = path.chosen()
+        start = np.mean(path.fold_fits[l2], axis=0)  # the folds' solutions, averaged: close to train's
+    else:
+        path, l2, start = L2Path(x.shape[1], *row_space(x)), head_params.l2, None
+    fitted = fit_linear(path.z, targets, weights * in_train, l2, start)
+    probs = linear_probs(path.z, fitted)  # on the coordinates: no copy of the features' rows
+    log_steps(log_dir, path.steps or [fit_figures(labels, probs, in_train)])
+    model = dense_head(unrotated(fitted, path.basis), mean, scale, n_classes, head_params)
+    val_probs, y_val = probs[~in_train], labels[~in_train]
     metrics = {
         "val_accuracy": round(float(np.mean(val_probs.argmax(1) == y_val)), 4),
-        "val_loss": round(float(val_losses[chosen].mean()), 4),
+        "val_loss": round(float(np.mean(image_losses(y_val, val_probs))), 4),
         "solver": "lbfgs",
-        "l2": chosen,
-        "l2_chosen_on_val": len(grid) > 1,
-        "l2_val_loss": {f"{l2:.0e}": round(float(loss.mean()), 4) for l2, loss in val_losses.items()},
+        "l2": l2,
+        "l2_chosen_by": f"{FOLDS}-fold cross-validation over train + val" if paths else "params",
+        "l2_cv_loss": {f"{v:.0e}": round(float(loss.mean()), 4) for v, loss in path.cv_losses.items()},
         "fit_seconds": round(time.perf_counter() - began, 2),
     }
+    if len(paths) == 2:
+        average, every = paths
+        metrics["reads_grid"] = path is every
+        metrics["grid_cv_gain_se"] = round(gain_in_standard_errors(every.cv_losses[every.chosen()],
+                                                                   average.cv_losses[average.chosen()]), 2)
     return model, metrics
+
+
+def standardise(x: np.ndarray, n_train: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature standardisation on train's statistics (the linear-probe
+    protocol), in place -> (mean, scale). The scale is floored at a tenth of
+    the typical spread: a feature that hardly varies is not blown up into a
+    huge weight, which fine-tuning (it moves such features) would turn into
+    huge logits."""
+    mean, spread = column_mean_and_spread(x[:n_train])
+    scale = np.maximum(spread, FLOOR * np.sqrt(np.mean(spread**2))) + 1e-12
+    x -= mean.astype(np.float32)
+    x /= scale.astype(np.float32)
+    return mean, scale
+
+
+def row_weights(labels: np.ndarray, n_train: int, n_classes: int, mode: str) -> np.ndarray:
+    """Each row's class weight (``class_weights`` by train's counts; val's rows too, for the folds)."""
+    weights_of = class_weights(labels[:n_train], n_classes, mode)
+    return np.ones(len(labels)) if weights_of is None else np.array([weights_of[c] for c in labels])
+
+
+def column_sets(x: np.ndarray, average_columns: int | None) -> list[int]:
+    """The columns each cross-validated path reads: the average's alone, then
+    all of them (grid pooling); or all of them."""
+    if average_columns and average_columns < x.shape[1]:
+        return [average_columns, x.shape[1]]
+    return [x.shape[1]]
+
+
+def fit_figures(labels: np.ndarray, probs: np.ndarray, fitted_rows: np.ndarray) -> dict:
+    """Loss and accuracy on the rows fitted ("train") and the others ("val")."""
+    figures = {}
+    for prefix, rows in (("", fitted_rows), ("val_", ~fitted_rows)):
+        figures[f"{prefix}loss"] = float(np.mean(image_losses(labels[rows], probs[rows])))
+        figures[f"{prefix}accuracy"] = float(np.mean(probs[rows].argmax(1) == labels[rows]))
+    return figures
+
+
+def log_steps(log_dir, steps: list[dict]) -> None:
+    """One DVCLive step per strength tried."""
+    live = LiveLogger(log_dir)
+    live.on_train_begin()
+    for step, figures in enumerate(steps):
+        live.on_epoch_end(step, figures)
+    live.on_train_end()
+
+
+def dense_head(theta: np.ndarray, mean: np.ndarray, scale: np.ndarray, n_classes: int,
+               head_params: HeadParams) -> keras.Model:
+    """The fit on the first rows of ``theta``'s columns (on standardised
+    features) folded into the head's one Dense layer on the raw features; the
+    columns it does not read weigh 0."""
+    full = np.zeros((len(mean) + 1, n_classes))
+    full[: len(theta) - 1], full[-1] = theta[:-1], theta[-1]
+    kernel = full[:-1] / scale[:, None]  # softmax((x - mean) / scale @ W + b) on raw x
+    bias = full[-1] - mean @ kernel
+    # Saved without a penalty: fine-tuning from it is regularised by early stopping on
+    # val and the head-or-fine-tuned choice (a penalty kept here made it worse on val).
+    model = build(len(mean), n_classes, head_params)
+    model.get_layer("head_probs").set_weights([kernel.astype(np.float32), bias.astype(np.float32)])
+    return model
 
 
 def train_keras(head_params: HeadParams, x_train, y_train, x_val, y_val, n_classes: int, log_dir) -> tuple:
@@ -197,21 +374,25 @@ def train_keras(head_params: HeadParams, x_train, y_train, x_val, y_val, n_class
         callbacks(head_params.patience, LiveLogger(log_dir)),
         class_weight=class_weights(y_train, n_classes, head_params.class_weight),
     )
-    return model, {**result.metrics(), "solver": "keras", "l2": l2, "l2_chosen_on_val": False}
+    return model, {**result.metrics(), "solver": "keras", "l2": l2, "l2_chosen_by": "params"}
 
 
 def run(head: HeadParams, *, seed: int) -> dict:
     """data/features -> models/head.keras; reads ``head.*`` and ``seed``."""
     seed_everything(seed)
-    n_classes = len(read_features_meta()["classes"])
-    x_train, y_train = load_features("train")
-    x_val, y_val = load_features("val")
-    train = train_linear if head.solver == "lbfgs" else train_keras
+    meta = read_features_meta()
+    n_classes = len(meta["classes"])
     with atomic.atomic_dir(paths.HEAD_LOGS) as log_dir:
-        model, metrics = train(head, x_train, y_train, x_val, y_val, n_classes, log_dir)
+        if head.solver == "lbfgs":
+            x, labels = load_stacked_features(("train", "val"))
+            model, metrics = train_linear(head, x, labels, meta["images"]["train"], n_classes, log_dir,
+                                          meta.get("average_columns"), seed)
+        else:
+            (x_train, y_train), (x_val, y_val) = load_features("train"), load_features("val")
+            model, metrics = train_keras(head, x_train, y_train, x_val, y_val, n_classes, log_dir)
     atomic.save_keras(paths.HEAD_MODEL, model)
     atomic.write_json(paths.HEAD_METRICS, metrics)
-    print(f"train_head: {metrics['solver']}, l2 {metrics['l2']:g}"
-          f"{' (chosen on val)' if metrics['l2_chosen_on_val'] else ''}: val accuracy {metrics['val_accuracy']:.4f}, "
-          f"val loss {metrics['val_loss']:.4f}")
+    grid = {True: ", grid columns read", False: ", average columns alone"}.get(metrics.get("reads_grid"), "")
+    print(f"train_head: {metrics['solver']}, l2 {metrics['l2']:g} (by {metrics['l2_chosen_by']}){grid}: "
+          f"val accuracy {metrics['val_accuracy']:.4f}, val loss {metrics['val_loss']:.4f}")
     return metrics

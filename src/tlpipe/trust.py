@@ -26,7 +26,7 @@ def train_features(model, train_rows, batch_size: int) -> np.ndarray:
     """The shipped model's pooled features on the train images: the stored
     frozen prefix through the trained layers above it when extract stored one
     (a fraction of a forward pass), else the images through the whole model."""
-    from tlpipe.layers import backbone_of
+    from tlpipe.layers import backbone_of, compared_columns
 
     meta = read_prefix_meta()
     if not meta["cached"]:
@@ -40,8 +40,8 @@ def train_features(model, train_rows, batch_size: int) -> np.ndarray:
     prefix = load_prefix("train")
     print(f"trust: train features of {len(prefix)} images from {paths.PREFIX} (the layers above "
           f"'{meta['freeze']}' alone)", flush=True)
-    return top.predict(training.disk_batches(prefix, None, batch_size),
-                       verbose=0).astype(np.float32)
+    pooled = top.predict(training.disk_batches(prefix, None, batch_size), verbose=0)
+    return pooled[:, : compared_columns(backbone)].astype(np.float32)
 
 
 def run(tp: TrustParams, batch_size: int) -> Trust:
