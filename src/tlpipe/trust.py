@@ -26,6 +26,8 @@ def train_features(model, train_rows, batch_size: int) -> np.ndarray:
     """The shipped model's pooled features on the train images: the stored
     frozen prefix through the trained layers above it when extract stored one
     (a fraction of a forward pass), else the images through the whole model."""
+    import keras
+
     from tlpipe.layers import backbone_of, compared_columns
 
     meta = read_prefix_meta()
@@ -37,11 +39,13 @@ def train_features(model, train_rows, batch_size: int) -> np.ndarray:
         raise TlpipeError(f"{paths.PREFIX} holds outputs of shape {meta['shape']}, not the shipped model's "
                           f"{list(plan.boundary.shape[1:])} at its '{meta['freeze']}' boundary; run `dvc repro`.")
     top = freeze.layers_above(backbone, plan)
+    # the compared columns cut inside the model: predict never holds the rest for every train image
+    top = keras.Model(top.input, top.output[:, : compared_columns(backbone)])
     prefix = load_prefix("train")
     print(f"trust: train features of {len(prefix)} images from {paths.PREFIX} (the layers above "
           f"'{meta['freeze']}' alone)", flush=True)
-    pooled = top.predict(training.disk_batches(prefix, None, batch_size), verbose=0)
-    return pooled[:, : compared_columns(backbone)].astype(np.float32)
+    return top.predict(training.disk_batches(prefix, None, batch_size),
+                       verbose=0).astype(np.float32)
 
 
 def run(tp: TrustParams, batch_size: int) -> Trust:
