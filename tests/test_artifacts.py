@@ -70,6 +70,36 @@ def test_stored_rows_refuse_rows_past_the_end(tmp_path):
         artifacts.StoredRows(tmp_path / "a.npy")[[0, 5]]
 
 
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_feature_rows_come_in_blocks_across_files_in_order(tmp_path, monkeypatch, dtype):
+    """Blocks that divide neither file's rows; the first columns alone; float32 whatever is stored."""
+    rng = np.random.default_rng(0)
+    parts = [rng.normal(size=(7, 6)).astype(dtype), rng.normal(size=(4, 6)).astype(dtype)]
+    for name, part in zip("ab", parts):
+        np.save(tmp_path / f"{name}.npy", part)
+    monkeypatch.setattr(artifacts, "FEATURE_BLOCK_BYTES", 3 * 6 * 4)  # three rows a block
+    rows = artifacts.FeatureRows(files=[tmp_path / "a.npy", tmp_path / "b.npy"])
+    assert rows.shape == (11, 6) and rows.array is None
+    firsts, blocks = zip(*[(first, block.copy()) for first, block in rows.first(2).blocks()])
+    assert firsts == (0, 3, 6, 7, 10)  # a's 7 rows, then b's 4
+    assert all(b.dtype == np.float32 and b.shape[1] == 2 and len(b) <= 3 for b in blocks)
+    np.testing.assert_array_equal(np.concatenate(blocks), np.concatenate(parts)[:, :2].astype(np.float32))
+    in_memory = artifacts.FeatureRows(np.concatenate(parts).astype(np.float32))
+    assert [first for first, _ in in_memory.blocks()] == [0]  # an array is one block: itself
+
+
+def test_read_into_fills_the_buffer_given_and_refuses_a_wrong_one(tmp_path):
+    stored = np.arange(20, dtype=np.float16).reshape(10, 2)
+    np.save(tmp_path / "a.npy", stored)
+    rows, buffer = artifacts.StoredRows(tmp_path / "a.npy"), np.empty((3, 2), np.float16)
+    assert rows.read_into(6, buffer) is buffer
+    np.testing.assert_array_equal(buffer, stored[6:9])
+    with pytest.raises(IndexError, match=r"a.npy: rows 8..10 asked of 10"):
+        rows.read_into(8, buffer)
+    with pytest.raises(ValueError, match=r"a.npy: a C-ordered float16 buffer of rows \(2,\) expected"):
+        rows.read_into(0, np.empty((3, 2), np.float32))
+
+
 def resident_bytes() -> int:
     line = next(line for line in open("/proc/self/status") if line.startswith("VmRSS:"))
     return int(line.split()[1]) * 1024

@@ -2,13 +2,16 @@
 strength chosen on val by the one-standard-error rule; Keras for hidden layers;
 class weights balance skewed classes."""
 
+import json
+
 import keras
 import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from tlpipe import params, train_head
+from tlpipe import artifacts, params, paths, train_head
+from tlpipe.layers import load_model
 from tlpipe.training import compile_model
 
 from conftest import tiny_params
@@ -87,6 +90,30 @@ def test_fitting_on_row_space_coordinates_is_exact_with_fewer_images_than_featur
     assert train_head.row_space(x[:, :20])[1] is None  # more images than features: fitted as they are
 
 
+def test_the_head_fitted_from_disk_block_by_block_is_the_head_fitted_in_memory(tmp_path, raw_params, monkeypatch):
+    """Train + val on disk (float16, as extract stores them) are standardised into a scratch
+    file and read a few rows at a time at every step: the same choices and, to float32
+    rounding, the same head as from one array in memory."""
+    x, y = blobs(n_per_class=40, dim=12, spread=1.5)
+    x_val, y_val = blobs(n_per_class=15, dim=12, spread=1.5, seed=1)
+    x, x_val = x.astype(np.float16), x_val.astype(np.float16)
+    np.save(tmp_path / "train.npy", x)
+    np.save(tmp_path / "val.npy", x_val)
+    hp = head_params(raw_params, solver="lbfgs", l2=None)
+    labels = np.concatenate([y, y_val])
+    in_memory, memory_metrics = train_linear(hp, x, y, x_val, y_val, 3, tmp_path / "a", average_columns=4)
+    monkeypatch.setattr(artifacts, "FEATURE_BLOCK_BYTES", 7 * 12 * 4)  # 7 rows a block
+    rows = artifacts.FeatureRows(files=[tmp_path / "train.npy", tmp_path / "val.npy"])
+    (tmp_path / "scratch").mkdir()
+    on_disk, disk_metrics = train_head.train_linear(hp, rows, labels, len(y), 3, tmp_path / "b",
+                                                    average_columns=4, scratch=tmp_path / "scratch")
+    assert (disk_metrics["l2"], disk_metrics["reads_grid"]) == (memory_metrics["l2"], memory_metrics["reads_grid"])
+    assert disk_metrics["l2_cv_loss"] == pytest.approx(memory_metrics["l2_cv_loss"], abs=2e-4)
+    both = np.concatenate([x, x_val]).astype(np.float32)
+    np.testing.assert_allclose(on_disk.predict(both, verbose=0), in_memory.predict(both, verbose=0), atol=2e-3)
+    np.testing.assert_array_equal(np.load(tmp_path / "train.npy"), x)  # the stored features are untouched
+
+
 @pytest.mark.parametrize("signal_in_grid", [False, True])
 def test_the_grid_columns_are_read_only_on_a_clear_cross_validated_gain(tmp_path, raw_params, signal_in_grid):
     """Features laid out as grid pooling writes them: ``average`` columns, then more. The head reads the
@@ -144,3 +171,23 @@ def test_the_exact_head_carries_no_dropout_into_fine_tuning(raw_params):
     names = lambda hp: {layer.name for layer in train_head.build(16, 3, hp).layers}  # noqa: E731
     assert "head_dropout" in names(head_params(raw_params, solver="keras"))
     assert "head_dropout" not in names(head_params(raw_params, solver="lbfgs"))
+
+
+@pytest.mark.parametrize("per_class", [3, 40])  # fewer images than columns: in memory; more: on disk
+def test_the_stage_reads_features_as_extract_stores_them_and_leaves_no_scratch(in_tmp_cwd, raw_params, per_class):
+    paths.FEATURES.mkdir(parents=True)
+    for split, seed in (("train", 0), ("val", 1)):
+        x, y = blobs(n_per_class=per_class, dim=20, seed=seed)
+        np.save(paths.features_file(split), x.astype(np.float16))
+        np.save(paths.labels_file(split), y.astype(np.int32))
+    meta = {"classes": ["a", "b", "c"], "images": {"train": 3 * per_class, "val": 3 * per_class},
+            "average_columns": 4}
+    paths.features_meta().write_text(json.dumps(meta))
+    rows, labels = train_head.train_and_val_rows()
+    assert (rows.array is None) is (per_class == 40) and len(labels) == 6 * per_class
+    metrics = train_head.run(head_params(raw_params, solver="lbfgs", l2=None), seed=0)
+    assert metrics["l2_chosen_by"].startswith("5-fold") and paths.HEAD_MODEL.is_file()
+    assert sorted(p.name for p in paths.MODELS.iterdir()) == ["head.keras"]  # the scratch file is gone
+    x_val, y_val = artifacts.load_features("val")
+    probs = load_model(paths.HEAD_MODEL).predict(x_val, verbose=0)
+    assert metrics["val_accuracy"] == pytest.approx(np.mean(probs.argmax(1) == y_val), abs=1e-4)

@@ -70,6 +70,10 @@ def load_features(split: str, folder: Path = paths.FEATURES, dtype=np.float32,
     return load_stacked_features((split,), folder, dtype, columns)
 
 
+# Rows read at once when only some of the features' columns are kept.
+FEATURE_BLOCK_ROWS = 4096
+
+
 def load_stacked_features(splits, folder: Path = paths.FEATURES, dtype=np.float32,
                           columns: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``splits``' features, one after another in one new array, read a block
@@ -86,8 +90,57 @@ def load_stacked_features(splits, folder: Path = paths.FEATURES, dtype=np.float3
     return x, np.concatenate([np.load(paths.labels_file(split, folder)) for split in splits])
 
 
-# Rows read at once when only some of the features' columns are kept.
-FEATURE_BLOCK_ROWS = 4096
+
+
+class FeatureRows:
+    """Float32 rows of features, a block at a time: an array held in memory
+    (one block, the array itself), or .npy files on disk read one after
+    another into one buffer, so that going over them costs the same memory
+    whatever their number of rows. ``columns``: the first so many alone."""
+
+    def __init__(self, array: np.ndarray | None = None, files=(), columns: int | None = None):
+        self.array = array
+        self.stored = [StoredRows(Path(f)) for f in files]
+        if (array is None) == (not self.stored):
+            raise ValueError("FeatureRows: an array or files, not both")
+        n = len(array) if array is not None else sum(len(s) for s in self.stored)
+        width = (array if array is not None else self.stored[0]).shape[1]
+        self.shape = (n, width if columns is None else columns)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def first(self, columns: int) -> FeatureRows:
+        """The same rows, their first ``columns`` alone (no copy)."""
+        if self.array is not None:
+            return FeatureRows(self.array[:, :columns])
+        return FeatureRows(files=[s.path for s in self.stored], columns=columns)
+
+    def blocks(self):
+        """(first row, float32 block of rows): a view into one buffer, valid
+        until the next block is read."""
+        if self.array is not None:
+            yield 0, self.array
+            return
+        width = self.stored[0].shape[1]
+        rows = max(1, FEATURE_BLOCK_BYTES // (4 * width))
+        buffer, raw = np.empty((rows, width), np.float32), None
+        done = 0
+        for part in self.stored:
+            if part.dtype != np.float32 and raw is None:
+                raw = np.empty((rows, width), part.dtype)
+            for start in range(0, len(part), rows):
+                m = min(rows, len(part) - start)
+                if part.dtype == np.float32:
+                    part.read_into(start, buffer[:m])
+                else:
+                    buffer[:m] = part.read_into(start, raw[:m])
+                yield done + start, buffer[:m, : self.shape[1]]
+            done += len(part)
+
+
+# A block of FeatureRows read from disk: large enough for fast products, small beside the features.
+FEATURE_BLOCK_BYTES = 16 * 2**20
 
 
 def read_features_meta(folder: Path = paths.FEATURES) -> dict:
@@ -140,6 +193,20 @@ class StoredRows:
         try:
             for first, end in zip(starts[:-1], starts[1:]):
                 _read_exactly(fd, memoryview(flat[first:end]).cast("B"), self.offset + int(rows[first]) * self.row_bytes)
+        finally:
+            os.close(fd)
+        return out
+
+    def read_into(self, start: int, out: np.ndarray) -> np.ndarray:
+        """Rows ``start`` .. ``start + len(out)`` into ``out`` (C-ordered, of
+        this dtype), with no new array: a buffer read again and again."""
+        if out.dtype != self.dtype or not out.flags.c_contiguous or out.shape[1:] != self.shape[1:]:
+            raise ValueError(f"{self.path}: a C-ordered {self.dtype} buffer of rows {self.shape[1:]} expected")
+        if start < 0 or start + len(out) > len(self):
+            raise IndexError(f"{self.path}: rows {start}..{start + len(out) - 1} asked of {len(self)}")
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            _read_exactly(fd, memoryview(out.reshape(-1).view(np.uint8)), self.offset + start * self.row_bytes)
         finally:
             os.close(fd)
         return out

@@ -20,14 +20,16 @@ linear probe on two data sets and overfits grid features.
 
 from __future__ import annotations
 
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import keras
 import numpy as np
 
 from tlpipe import atomic, paths
-from tlpipe.artifacts import load_features, load_stacked_features, read_features_meta
+from tlpipe.artifacts import FeatureRows, RowWriter, load_features, load_stacked_features, read_features_meta
 from tlpipe.params import HeadParams
 from tlpipe.scoring import clearly_lower, gain_in_standard_errors, image_losses, standard_error
 from tlpipe.training import Inputs, LiveLogger, callbacks, compile_model, fit, optimizer, seed_everything
@@ -89,7 +91,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def fit_linear(x: np.ndarray, targets: np.ndarray, weights: np.ndarray, l2: float,
+def fit_linear(x: FeatureRows | np.ndarray, targets: np.ndarray, weights: np.ndarray, l2: float,
                start: np.ndarray | None = None) -> np.ndarray:
     """The exact minimiser of the weighted mean cross-entropy of softmax(x W + b)
     plus ``l2 * sum(W**2)``: (d + 1, k) parameters, the bias in the last row.
@@ -97,16 +99,17 @@ def fit_linear(x: np.ndarray, targets: np.ndarray, weights: np.ndarray, l2: floa
     return fit_linear_jointly(x, targets, weights[None], l2, None if start is None else start[None])[0]
 
 
-def fit_linear_jointly(x: np.ndarray, targets: np.ndarray, weights: np.ndarray, l2: float,
+def fit_linear_jointly(x: FeatureRows | np.ndarray, targets: np.ndarray, weights: np.ndarray, l2: float,
                        start: np.ndarray | None = None) -> np.ndarray:
     """``fit_linear`` for several row weightings at once (``weights``: one row
     per problem, the folds of a cross-validation) -> (problems, d + 1, k). The
     problems are independent, so minimising their sum solves each; every step
-    reads ``x`` once for all of them, in one product of ``x``'s dtype
-    (float32: four times faster than float64, exact enough for the
+    reads ``x`` once for all of them, a block of rows at a time, in float32
+    products (four times faster than float64, exact enough for the
     tolerance), the rest in float64."""
     from scipy.optimize import minimize
 
+    x = as_rows(x)
     (n, d), k, problems = x.shape, targets.shape[1], len(weights)
     # each problem's mean loss over its weighted rows: (n, problems, 1)
     w = (weights / weights.mean(axis=1, keepdims=True)).T[:, :, None] / n
@@ -115,14 +118,19 @@ def fit_linear_jointly(x: np.ndarray, targets: np.ndarray, weights: np.ndarray, 
     def loss_and_grad(flat):
         theta = flat.reshape(problems, d + 1, k)
         kernel, bias = theta[:, :-1], theta[:, -1]
-        side_by_side = kernel.transpose(1, 0, 2).reshape(d, problems * k).astype(x.dtype)
-        logits = (x @ side_by_side).astype(np.float64).reshape(n, problems, k) + bias
-        logits -= logits.max(axis=2, keepdims=True)
-        log_probs = logits - np.log(np.exp(logits).sum(axis=2, keepdims=True))
-        loss = -np.sum(w * targets * log_probs) + l2 * np.sum(kernel**2)
-        residual = (np.exp(log_probs) - targets) * w
-        kernel_grad = (x.T @ residual.reshape(n, problems * k).astype(x.dtype)).reshape(d, problems, k)
-        grad = np.concatenate([kernel_grad.transpose(1, 0, 2) + 2 * l2 * kernel, residual.sum(axis=0)[:, None]], axis=1)
+        side_by_side = kernel.transpose(1, 0, 2).reshape(d, problems * k).astype(np.float32)
+        loss, kernel_grad, bias_grad = l2 * np.sum(kernel**2), np.zeros((d, problems * k)), 0.0
+        for first, block in x.blocks():
+            rows = slice(first, first + len(block))
+            logits = (block @ side_by_side).astype(np.float64).reshape(len(block), problems, k) + bias
+            logits -= logits.max(axis=2, keepdims=True)
+            log_probs = logits - np.log(np.exp(logits).sum(axis=2, keepdims=True))
+            loss -= np.sum(w[rows] * targets[rows] * log_probs)
+            residual = (np.exp(log_probs) - targets[rows]) * w[rows]
+            kernel_grad += block.T @ residual.reshape(len(block), problems * k).astype(np.float32)
+            bias_grad = bias_grad + residual.sum(axis=0)
+        kernel_grad = kernel_grad.reshape(d, problems, k).transpose(1, 0, 2)
+        grad = np.concatenate([kernel_grad + 2 * l2 * kernel, bias_grad[:, None]], axis=1)
         return loss, grad.ravel()
 
     theta0 = np.zeros(problems * (d + 1) * k) if start is None else start.ravel()
@@ -131,9 +139,15 @@ def fit_linear_jointly(x: np.ndarray, targets: np.ndarray, weights: np.ndarray, 
     return result.x.reshape(problems, d + 1, k)
 
 
-def linear_probs(x: np.ndarray, theta: np.ndarray) -> np.ndarray:
-    # the product in x's dtype: float32 features are not copied to float64
-    return softmax((x @ theta[:-1].astype(x.dtype)).astype(np.float64) + theta[-1])
+def linear_probs(x: FeatureRows | np.ndarray, theta: np.ndarray) -> np.ndarray:
+    # float32 products: the features are not copied to float64
+    kernel = theta[:-1].astype(np.float32)
+    return softmax(np.concatenate([(block @ kernel).astype(np.float64) for _, block in as_rows(x).blocks()])
+                   + theta[-1])
+
+
+def as_rows(x: FeatureRows | np.ndarray) -> FeatureRows:
+    return x if isinstance(x, FeatureRows) else FeatureRows(np.asarray(x, np.float32))
 
 
 def choose_l2(losses: dict[float, np.ndarray]) -> float:
@@ -151,12 +165,21 @@ def path_has_turned(losses: list[float]) -> bool:
     return len(losses) >= 3 and losses[-1] > best and losses[-2] > best
 
 
-def column_mean_and_spread(x: np.ndarray, block: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    """Each column's mean and standard deviation in float64, a block of rows
-    at a time (NumPy's own std makes a float64 copy of the whole array)."""
-    mean = x.mean(axis=0, dtype=np.float64)
-    squares = sum(((x[i : i + block] - mean) ** 2).sum(axis=0) for i in range(0, len(x), block))
-    return mean, np.sqrt(squares / max(len(x), 1))
+def column_mean_and_spread(x: FeatureRows, n_rows: int, block: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Each column's mean and standard deviation over the first ``n_rows``
+    rows, in float64, a block of rows at a time (NumPy's own std makes a
+    float64 copy of the whole array)."""
+    sums, squares = np.zeros(x.shape[1]), np.zeros(x.shape[1])
+    for pass_ in ("mean", "spread"):
+        for first, rows in x.blocks():
+            for i in range(0, max(0, min(len(rows), n_rows - first)), block):
+                part = rows[i : min(i + block, n_rows - first)]
+                if pass_ == "mean":
+                    sums += part.sum(axis=0, dtype=np.float64)
+                else:
+                    squares += ((part - mean) ** 2).sum(axis=0)
+        mean = sums / max(n_rows, 1)
+    return mean, np.sqrt(squares / max(n_rows, 1))
 
 
 def fold_masks(labels: np.ndarray, seed: int) -> list[np.ndarray]:
@@ -182,7 +205,7 @@ class L2Path:
     solutions on the folds (their average warm-starts the fit on train)."""
 
     columns: int
-    z: np.ndarray
+    z: FeatureRows
     basis: np.ndarray | None
     cv_losses: dict = field(default_factory=dict)
     fold_fits: dict = field(default_factory=dict)
@@ -192,17 +215,17 @@ class L2Path:
         return choose_l2(self.cv_losses)
 
 
-def row_space(x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+def row_space(x: FeatureRows | np.ndarray) -> tuple[FeatureRows, np.ndarray | None]:
     """(``x``'s coordinates in the span of its rows, that span's basis, d x r),
-    or (``x``, None) when it has no fewer rows than columns. An L2-penalised
-    linear model's optimum on any of the rows lies in their span, so fitting
-    on the coordinates is exact, with n x n products instead of n x d: ten
-    times fewer on 400 images of 3,840 features."""
-    x = np.ascontiguousarray(x)
-    if len(x) >= x.shape[1]:
+    or (``x``, None) when it has no fewer rows than columns (or is on disk).
+    An L2-penalised linear model's optimum on any of the rows lies in their
+    span, so fitting on the coordinates is exact, with n x n products instead
+    of n x d: ten times fewer on 400 images of 3,840 features."""
+    x = as_rows(x)
+    if len(x) >= x.shape[1] or x.array is None:
         return x, None
-    basis, r = np.linalg.qr(x.T)  # x = r.T @ basis.T, basis orthonormal
-    return np.ascontiguousarray(r.T), basis
+    basis, r = np.linalg.qr(x.array.T)  # x = r.T @ basis.T, basis orthonormal
+    return FeatureRows(np.ascontiguousarray(r.T)), basis
 
 
 def l2_path(x, labels, targets, weights, grid, folds) -> L2Path:
@@ -250,8 +273,9 @@ def choose_columns(paths: list[L2Path]) -> L2Path:
     return average
 
 
-def train_linear(head_params: HeadParams, x: np.ndarray, labels: np.ndarray, n_train: int, n_classes: int,
-                 log_dir, average_columns: int | None = None, seed: int = 0) -> tuple:
+def train_linear(head_params: HeadParams, x: FeatureRows | np.ndarray, labels: np.ndarray, n_train: int,
+                 n_classes: int, log_dir, average_columns: int | None = None, seed: int = 0,
+                 scratch: Path | None = None) -> tuple:
     """(model, metrics): the linear head. With ``head.l2: auto`` its L2
     strength is chosen by cross-validation over train + val (the
     one-standard-error rule on FOLDS folds' out-of-fold losses: every image
@@ -261,9 +285,11 @@ def train_linear(head_params: HeadParams, x: np.ndarray, labels: np.ndarray, n_t
     judges it against fine-tuning. Solved on standardised features (well
     conditioned: L-BFGS converges in a hundred steps), then folded back into
     one Dense layer on the raw features. DVCLive logs one step per strength
-    tried. ``x``: train's features, then val's (float32), standardised in
-    place: the one array of the features' size."""
-    mean, scale = standardise(x, n_train)
+    tried. ``x``: train's features, then val's: an array (float32,
+    standardised in place: the one array of the features' size), or rows on
+    disk, standardised into a file in ``scratch`` and read a block at a time
+    at every step (memory flat however many images)."""
+    x, mean, scale = standardise(as_rows(x), n_train, scratch)
     targets = soft_targets(labels, n_classes, head_params.label_smoothing)
     weights = row_weights(labels, n_train, n_classes, head_params.class_weight)
     in_train = np.arange(len(labels)) < n_train
@@ -271,7 +297,7 @@ def train_linear(head_params: HeadParams, x: np.ndarray, labels: np.ndarray, n_t
     paths = []
     if head_params.l2 is None:  # auto: cross-validated
         folds = fold_masks(labels, seed)
-        paths = [l2_path(x[:, :c], labels, targets, weights, L2_GRID, folds) for c in column_sets(x, average_columns)]
+        paths = [l2_path(x.first(c), labels, targets, weights, L2_GRID, folds) for c in column_sets(x, average_columns)]
         path = choose_columns(paths)
         l2 = path.chosen()
         start = np.mean(path.fold_fits[l2], axis=0)  # the folds' solutions, averaged: close to train's
@@ -299,17 +325,27 @@ def train_linear(head_params: HeadParams, x: np.ndarray, labels: np.ndarray, n_t
     return model, metrics
 
 
-def standardise(x: np.ndarray, n_train: int) -> tuple[np.ndarray, np.ndarray]:
+def standardise(x: FeatureRows, n_train: int, scratch: Path | None) -> tuple[FeatureRows, np.ndarray, np.ndarray]:
     """Per-feature standardisation on train's statistics (the linear-probe
-    protocol), in place -> (mean, scale). The scale is floored at a tenth of
-    the typical spread: a feature that hardly varies is not blown up into a
-    huge weight, which fine-tuning (it moves such features) would turn into
-    huge logits."""
-    mean, spread = column_mean_and_spread(x[:n_train])
+    protocol) -> (the rows standardised, mean, scale): in place in memory, or
+    written once as float32 to a file in ``scratch`` (read back at every step
+    of the fit, it costs a read, not a conversion). The scale is floored at a
+    tenth of the typical spread: a feature that hardly varies is not blown up
+    into a huge weight, which fine-tuning (it moves such features) would turn
+    into huge logits."""
+    mean, spread = column_mean_and_spread(x, n_train)
     scale = np.maximum(spread, FLOOR * np.sqrt(np.mean(spread**2))) + 1e-12
-    x -= mean.astype(np.float32)
-    x /= scale.astype(np.float32)
-    return mean, scale
+    mean32, scale32 = mean.astype(np.float32), scale.astype(np.float32)
+    if x.array is not None:
+        x.array -= mean32
+        x.array /= scale32
+        return x, mean, scale
+    writer = RowWriter(Path(scratch) / "standardised.npy", len(x), (x.shape[1],), np.float32)
+    for first, rows in x.blocks():
+        rows -= mean32
+        rows /= scale32
+        writer[first : first + len(rows)] = rows
+    return FeatureRows(files=[writer.path]), mean, scale
 
 
 def row_weights(labels: np.ndarray, n_train: int, n_classes: int, mode: str) -> np.ndarray:
@@ -377,6 +413,19 @@ def train_keras(head_params: HeadParams, x_train, y_train, x_val, y_val, n_class
     return model, {**result.metrics(), "solver": "keras", "l2": l2, "l2_chosen_by": "params"}
 
 
+def train_and_val_rows() -> tuple[FeatureRows, np.ndarray]:
+    """Train's features, then val's, and their labels: in memory when they
+    are fewer than their columns (the fit then runs on their row space, at
+    most columns x columns numbers), else left on disk to be read a block at
+    a time."""
+    splits = ("train", "val")
+    rows = FeatureRows(files=[paths.features_file(split) for split in splits])
+    if len(rows) < rows.shape[1]:
+        x, labels = load_stacked_features(splits)
+        return FeatureRows(x), labels
+    return rows, np.concatenate([np.load(paths.labels_file(split)) for split in splits])
+
+
 def run(head: HeadParams, *, seed: int) -> dict:
     """data/features -> models/head.keras; reads ``head.*`` and ``seed``."""
     seed_everything(seed)
@@ -384,9 +433,11 @@ def run(head: HeadParams, *, seed: int) -> dict:
     n_classes = len(meta["classes"])
     with atomic.atomic_dir(paths.HEAD_LOGS) as log_dir:
         if head.solver == "lbfgs":
-            x, labels = load_stacked_features(("train", "val"))
-            model, metrics = train_linear(head, x, labels, meta["images"]["train"], n_classes, log_dir,
-                                          meta.get("average_columns"), seed)
+            x, labels = train_and_val_rows()
+            paths.MODELS.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(prefix=".head.", dir=paths.MODELS) as scratch:
+                model, metrics = train_linear(head, x, labels, meta["images"]["train"], n_classes, log_dir,
+                                              meta.get("average_columns"), seed, Path(scratch))
         else:
             (x_train, y_train), (x_val, y_val) = load_features("train"), load_features("val")
             model, metrics = train_keras(head, x_train, y_train, x_val, y_val, n_classes, log_dir)
