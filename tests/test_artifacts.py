@@ -41,7 +41,7 @@ def test_features_load_as_float32_and_the_prefix_stays_on_disk(tmp_path):
 
 
 def test_splits_stack_in_order_and_columns_are_cut_block_by_block(tmp_path, monkeypatch):
-    monkeypatch.setattr(artifacts, "FEATURE_BLOCK_ROWS", 2)  # blocks that do not divide the rows
+    monkeypatch.setattr(artifacts, "FEATURE_BLOCK_BYTES", 2 * 6 * 4)  # two rows a block: they divide no split
     rng = np.random.default_rng(0)
     train, val = rng.normal(size=(5, 6)).astype(np.float16), rng.normal(size=(3, 6)).astype(np.float16)
     for split, x, y in (("train", train, [0, 1, 0, 1, 1]), ("val", val, [1, 0, 0])):

@@ -66,3 +66,16 @@ def test_failed_write_leaves_the_old_file(tmp_path):
         pass
     assert target.read_text() == '{\n  "good": 1\n}\n'
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_scratch_beside_is_removed_after_use_and_after_a_killed_run(tmp_path):
+    target = tmp_path / "head.keras"
+    with atomic.scratch_beside(target) as scratch:
+        assert scratch.parent == tmp_path and scratch.is_dir()
+        (scratch / "rows.npy").write_bytes(b"x")
+    assert list(tmp_path.iterdir()) == []
+    killed = tmp_path / ".head.keras.abc123.tmp"  # what a run killed inside the block leaves
+    killed.mkdir()
+    (killed / "rows.npy").write_bytes(b"x")
+    atomic.write_text(target, "model")
+    assert [p.name for p in tmp_path.iterdir()] == ["head.keras"]

@@ -191,3 +191,16 @@ def test_the_stage_reads_features_as_extract_stores_them_and_leaves_no_scratch(i
     x_val, y_val = artifacts.load_features("val")
     probs = load_model(paths.HEAD_MODEL).predict(x_val, verbose=0)
     assert metrics["val_accuracy"] == pytest.approx(np.mean(probs.argmax(1) == y_val), abs=1e-4)
+
+
+@pytest.mark.parametrize("l2", [None, 0.001])
+def test_the_keras_head_on_grid_features_without_l2_says_it_overfits(in_tmp_cwd, raw_params, capsys, l2):
+    paths.FEATURES.mkdir(parents=True)
+    for split, seed in (("train", 0), ("val", 1)):
+        x, y = blobs(n_per_class=10, dim=20, seed=seed)
+        np.save(paths.features_file(split), x.astype(np.float16))
+        np.save(paths.labels_file(split), y.astype(np.int32))
+    meta = {"classes": ["a", "b", "c"], "images": {"train": 30, "val": 30}, "pooling": "grid", "average_columns": 4}
+    paths.features_meta().write_text(json.dumps(meta))
+    train_head.run(head_params(raw_params, solver="keras", l2=l2, epochs=2), seed=0)
+    assert ("note: the keras head with no L2 overfits grid features" in capsys.readouterr().out) is (l2 is None)

@@ -70,42 +70,33 @@ def load_features(split: str, folder: Path = paths.FEATURES, dtype=np.float32,
     return load_stacked_features((split,), folder, dtype, columns)
 
 
-# Rows read at once when only some of the features' columns are kept.
-FEATURE_BLOCK_ROWS = 4096
-
-
 def load_stacked_features(splits, folder: Path = paths.FEATURES, dtype=np.float32,
                           columns: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``splits``' features, one after another in one new array, read a block
     of rows at a time (no second copy of any split beside it), and labels."""
-    stored = [StoredRows(paths.features_file(split, folder)) for split in splits]
-    columns = stored[0].shape[1] if columns is None else columns
-    x = np.empty((sum(len(s) for s in stored), columns), dtype or stored[0].dtype)
-    done = 0
-    for part in stored:
-        for start in range(0, len(part), FEATURE_BLOCK_ROWS):
-            rows = np.arange(start, min(start + FEATURE_BLOCK_ROWS, len(part)))
-            x[done + rows] = part[rows][:, :columns]
-        done += len(part)
+    rows = FeatureRows(files=[paths.features_file(split, folder) for split in splits], columns=columns, dtype=dtype)
+    x = np.empty(rows.shape, rows.dtype)
+    for first, block in rows.blocks():
+        x[first : first + len(block)] = block
     return x, np.concatenate([np.load(paths.labels_file(split, folder)) for split in splits])
 
 
-
-
 class FeatureRows:
-    """Float32 rows of features, a block at a time: an array held in memory
-    (one block, the array itself), or .npy files on disk read one after
-    another into one buffer, so that going over them costs the same memory
-    whatever their number of rows. ``columns``: the first so many alone."""
+    """Rows of features, a block at a time: an array held in memory (one
+    block, the array itself), or .npy files on disk read one after another
+    into one buffer, so that going over them costs the same memory whatever
+    their number of rows. ``columns``: the first so many alone; ``dtype``:
+    what the blocks hold (None: as stored)."""
 
-    def __init__(self, array: np.ndarray | None = None, files=(), columns: int | None = None):
-        self.array = array
+    def __init__(self, array: np.ndarray | None = None, files=(), columns: int | None = None, dtype=np.float32):
+        self.array = array if array is None or dtype is None else np.asarray(array, dtype)
         self.stored = [StoredRows(Path(f)) for f in files]
         if (array is None) == (not self.stored):
             raise ValueError("FeatureRows: an array or files, not both")
-        n = len(array) if array is not None else sum(len(s) for s in self.stored)
-        width = (array if array is not None else self.stored[0]).shape[1]
-        self.shape = (n, width if columns is None else columns)
+        source = self.array if array is not None else self.stored[0]
+        n = len(self.array) if array is not None else sum(len(s) for s in self.stored)
+        self.shape = (n, source.shape[1] if columns is None else columns)
+        self.dtype = np.dtype(source.dtype if dtype is None else dtype)
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -113,25 +104,25 @@ class FeatureRows:
     def first(self, columns: int) -> FeatureRows:
         """The same rows, their first ``columns`` alone (no copy)."""
         if self.array is not None:
-            return FeatureRows(self.array[:, :columns])
-        return FeatureRows(files=[s.path for s in self.stored], columns=columns)
+            return FeatureRows(self.array[:, :columns], dtype=self.dtype)
+        return FeatureRows(files=[s.path for s in self.stored], columns=columns, dtype=self.dtype)
 
     def blocks(self):
-        """(first row, float32 block of rows): a view into one buffer, valid
-        until the next block is read."""
+        """(first row, block of rows): a view into one buffer, valid until the
+        next block is read."""
         if self.array is not None:
-            yield 0, self.array
+            yield 0, self.array[:, : self.shape[1]]
             return
         width = self.stored[0].shape[1]
-        rows = max(1, FEATURE_BLOCK_BYTES // (4 * width))
-        buffer, raw = np.empty((rows, width), np.float32), None
+        rows = max(1, FEATURE_BLOCK_BYTES // (self.dtype.itemsize * width))
+        buffer, raw = np.empty((rows, width), self.dtype), None
         done = 0
         for part in self.stored:
-            if part.dtype != np.float32 and raw is None:
+            if part.dtype != self.dtype and (raw is None or raw.dtype != part.dtype):
                 raw = np.empty((rows, width), part.dtype)
             for start in range(0, len(part), rows):
                 m = min(rows, len(part) - start)
-                if part.dtype == np.float32:
+                if part.dtype == self.dtype:
                     part.read_into(start, buffer[:m])
                 else:
                     buffer[:m] = part.read_into(start, raw[:m])

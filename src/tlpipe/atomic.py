@@ -115,6 +115,17 @@ def save_keras(target: Path | str, model) -> None:
 
 
 @contextlib.contextmanager
+def scratch_beside(target: Path | str) -> Iterator[Path]:
+    """A temporary folder beside ``target`` (on its file system, not in a
+    RAM-backed /tmp) for working files too large for memory; removed on
+    exit, and, if a killed run left it, by the next write of ``target``."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent) as tmp:
+        yield Path(tmp)
+
+
+@contextlib.contextmanager
 def atomic_dir(target: Path | str) -> Iterator[Path]:
     """Yield an empty temporary folder; it replaces the folder ``target`` on success."""
     target = Path(target)

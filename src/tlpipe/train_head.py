@@ -20,7 +20,6 @@ linear probe on two data sets and overfits grid features.
 
 from __future__ import annotations
 
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -167,19 +166,18 @@ def path_has_turned(losses: list[float]) -> bool:
 
 def column_mean_and_spread(x: FeatureRows, n_rows: int, block: int = 4096) -> tuple[np.ndarray, np.ndarray]:
     """Each column's mean and standard deviation over the first ``n_rows``
-    rows, in float64, a block of rows at a time (NumPy's own std makes a
+    rows, in float64, ``block`` rows at a time (NumPy's own std makes a
     float64 copy of the whole array)."""
-    sums, squares = np.zeros(x.shape[1]), np.zeros(x.shape[1])
-    for pass_ in ("mean", "spread"):
+
+    def leading_blocks():
         for first, rows in x.blocks():
-            for i in range(0, max(0, min(len(rows), n_rows - first)), block):
-                part = rows[i : min(i + block, n_rows - first)]
-                if pass_ == "mean":
-                    sums += part.sum(axis=0, dtype=np.float64)
-                else:
-                    squares += ((part - mean) ** 2).sum(axis=0)
-        mean = sums / max(n_rows, 1)
-    return mean, np.sqrt(squares / max(n_rows, 1))
+            rows = rows[: max(0, n_rows - first)]
+            yield from (rows[i : i + block] for i in range(0, len(rows), block))
+
+    count = max(n_rows, 1)
+    mean = sum((part.sum(axis=0, dtype=np.float64) for part in leading_blocks()), np.zeros(x.shape[1])) / count
+    squares = sum((((part - mean) ** 2).sum(axis=0) for part in leading_blocks()), np.zeros(x.shape[1]))
+    return mean, np.sqrt(squares / count)
 
 
 def fold_masks(labels: np.ndarray, seed: int) -> list[np.ndarray]:
@@ -434,11 +432,13 @@ def run(head: HeadParams, *, seed: int) -> dict:
     with atomic.atomic_dir(paths.HEAD_LOGS) as log_dir:
         if head.solver == "lbfgs":
             x, labels = train_and_val_rows()
-            paths.MODELS.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(prefix=".head.", dir=paths.MODELS) as scratch:
+            with atomic.scratch_beside(paths.HEAD_MODEL) as scratch:
                 model, metrics = train_linear(head, x, labels, meta["images"]["train"], n_classes, log_dir,
-                                              meta.get("average_columns"), seed, Path(scratch))
+                                              meta.get("average_columns"), seed, scratch)
         else:
+            if meta.get("pooling") == "grid" and not head.l2:
+                print("train_head: note: the keras head with no L2 overfits grid features on small data sets "
+                      "(bench/RESULTS.md, section 26); set head.l2 (dvc exp run -S head.l2=0.001) or pooling: avg")
             (x_train, y_train), (x_val, y_val) = load_features("train"), load_features("val")
             model, metrics = train_keras(head, x_train, y_train, x_val, y_val, n_classes, log_dir)
     atomic.save_keras(paths.HEAD_MODEL, model)
