@@ -3,6 +3,7 @@ strength chosen on val by the one-standard-error rule; Keras for hidden layers;
 class weights balance skewed classes."""
 
 import json
+import shutil
 
 import keras
 import numpy as np
@@ -11,6 +12,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from tlpipe import artifacts, params, paths, train_head
+from tlpipe.errors import TlpipeError
 from tlpipe.layers import load_model
 from tlpipe.training import compile_model
 
@@ -204,3 +206,17 @@ def test_the_keras_head_on_grid_features_without_l2_says_it_overfits(in_tmp_cwd,
     paths.features_meta().write_text(json.dumps(meta))
     train_head.run(head_params(raw_params, solver="keras", l2=l2, epochs=2), seed=0)
     assert ("note: the keras head with no L2 overfits grid features" in capsys.readouterr().out) is (l2 is None)
+
+
+def test_a_disk_too_full_for_the_scratch_file_is_a_clear_error_and_writes_nothing(tmp_path, raw_params, monkeypatch):
+    x, y = blobs(n_per_class=40, dim=12)
+    np.save(tmp_path / "train.npy", x.astype(np.float16))
+    (tmp_path / "scratch").mkdir()
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(train_head.shutil, "disk_usage", lambda path: usage._replace(free=1000))
+    rows = artifacts.FeatureRows(files=[tmp_path / "train.npy"])
+    with pytest.raises(TlpipeError, match=r"120 images need 0\.00 GB of scratch space beside models/head\.keras, "
+                                          r"and 0\.00 GB are free there; free that much disk, or use pooling: avg"):
+        train_head.train_linear(head_params(raw_params, solver="lbfgs", l2=0.01), rows, y, 100, 3, tmp_path / "logs",
+                                scratch=tmp_path / "scratch")
+    assert list((tmp_path / "scratch").iterdir()) == []
