@@ -58,6 +58,7 @@ def test_each_format_is_scored_on_test_in_its_own_runtime(exported):
     assert on_disk == metrics
     n_test = len(artifacts.read_split("test", root / paths.SPLIT))
     assert metrics["shipped"]["test_images"] == n_test
+    assert metrics["shipped"]["latency_images"] == min(export.LATENCY_CALLS, n_test)
     assert metrics["shipped"]["mirror_average"] is True and metrics["shipped"]["temperature"] > 0
     for fmt in params.EXPORT_FORMATS:
         r = metrics[fmt]
@@ -88,6 +89,24 @@ def test_the_runtimes_reproduce_the_keras_models_probabilities(exported):
             assert got.shape == expected.shape, fmt
             tolerance = 1e-3 if fmt in FLOAT_FORMATS else 0.1
             assert np.abs(got - expected).max() < tolerance, fmt
+
+
+def test_scoring_in_batches_gives_the_decisions_of_one_image_at_a_time(exported, monkeypatch):
+    """Batches that do not divide the test images: every image is scored once, as at batch 1."""
+    root, _, _ = exported
+    with working_dir(root):
+        rows, classes = artifacts.read_split("test"), artifacts.read_classes()
+        opened = {"keras": runtimes.open_model(paths.MODEL, threads=1),
+                  "tflite_int8": runtimes.open_model(export.artifact_path("tflite_int8"), threads=1)}
+        scored = {}
+        for batch in (1, 3):
+            monkeypatch.setattr(export, "SCORING_BATCH", batch)
+            scored[batch] = export.score_runtimes(opened, rows, classes)
+    assert len(rows) % 3 != 0
+    for fmt in opened:
+        for figure in ("accuracy", "f1_macro", "agreement"):
+            assert scored[3][fmt].get(figure) == scored[1][fmt].get(figure), (fmt, figure)
+        assert scored[3][fmt]["ms_per_image"] > 0
 
 
 def test_tflite_converted_from_the_one_saved_model_is_what_a_fresh_export_gives(exported, tmp_path):
