@@ -216,7 +216,7 @@ def test_a_disk_too_full_for_the_scratch_file_is_a_clear_error_and_writes_nothin
     monkeypatch.setattr(train_head.shutil, "disk_usage", lambda path: usage._replace(free=1000))
     rows = artifacts.FeatureRows(files=[tmp_path / "train.npy"])
     with pytest.raises(TlpipeError, match=r"120 images need 0\.00 GB of scratch space beside models/head\.keras, "
-                                          r"and 0\.00 GB are free there; free that much disk, or use pooling: avg"):
+                                          r"and 0\.00 GB are free there; free that much disk \(with pooling: grid"):
         train_head.train_linear(head_params(raw_params, solver="lbfgs", l2=0.01), rows, y, 100, 3, tmp_path / "logs",
                                 scratch=tmp_path / "scratch")
     assert list((tmp_path / "scratch").iterdir()) == []

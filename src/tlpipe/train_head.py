@@ -344,7 +344,7 @@ def standardise(x: FeatureRows, n_train: int, scratch: Path | None) -> tuple[Fea
     if needed > free:
         raise TlpipeError(f"train_head: the standardised features of {len(x)} images need {needed / 1e9:.2f} GB "
                           f"of scratch space beside {paths.HEAD_MODEL}, and {free / 1e9:.2f} GB are free there; "
-                          "free that much disk, or use pooling: avg (five times narrower features)")
+                          "free that much disk (with pooling: grid, pooling: avg needs a fifth of it)")
     writer = RowWriter(Path(scratch) / "standardised.npy", len(x), (x.shape[1],), np.float32)
     for first, rows in x.blocks():
         rows -= mean32
