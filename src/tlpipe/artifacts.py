@@ -78,7 +78,12 @@ def load_stacked_features(splits, folder: Path = paths.FEATURES, dtype=np.float3
     x = np.empty(rows.shape, rows.dtype)
     for first, block in rows.blocks():
         x[first : first + len(block)] = block
-    return x, np.concatenate([np.load(paths.labels_file(split, folder)) for split in splits])
+    return x, load_labels(splits, folder)
+
+
+def load_labels(splits, folder: Path = paths.FEATURES) -> np.ndarray:
+    """``splits``' labels, one after another, as extract stored them beside the features."""
+    return np.concatenate([np.load(paths.labels_file(split, folder)) for split in splits])
 
 
 class FeatureRows:
@@ -92,7 +97,7 @@ class FeatureRows:
         self.array = array if array is None or dtype is None else np.asarray(array, dtype)
         self.stored = [StoredRows(Path(f)) for f in files]
         if (array is None) == (not self.stored):
-            raise ValueError("FeatureRows: an array or files, not both")
+            raise ValueError("FeatureRows: one source, an array or files")
         source = self.array if array is not None else self.stored[0]
         n = len(self.array) if array is not None else sum(len(s) for s in self.stored)
         self.shape = (n, source.shape[1] if columns is None else columns)

@@ -29,7 +29,8 @@ import keras
 import numpy as np
 
 from tlpipe import atomic, paths
-from tlpipe.artifacts import FeatureRows, RowWriter, load_features, load_stacked_features, read_features_meta
+from tlpipe.artifacts import (FeatureRows, RowWriter, load_features, load_labels, load_stacked_features,
+                              read_features_meta)
 from tlpipe.errors import TlpipeError
 from tlpipe.params import HeadParams
 from tlpipe.scoring import clearly_lower, gain_in_standard_errors, image_losses, standard_error
@@ -148,7 +149,7 @@ def linear_probs(x: FeatureRows | np.ndarray, theta: np.ndarray) -> np.ndarray:
 
 
 def as_rows(x: FeatureRows | np.ndarray) -> FeatureRows:
-    return x if isinstance(x, FeatureRows) else FeatureRows(np.asarray(x, np.float32))
+    return x if isinstance(x, FeatureRows) else FeatureRows(x)  # an array: as float32, in memory
 
 
 def choose_l2(losses: dict[float, np.ndarray]) -> float:
@@ -428,7 +429,7 @@ def train_and_val_rows() -> tuple[FeatureRows, np.ndarray]:
     if len(rows) < rows.shape[1]:
         x, labels = load_stacked_features(splits)
         return FeatureRows(x), labels
-    return rows, np.concatenate([np.load(paths.labels_file(split)) for split in splits])
+    return rows, load_labels(splits)
 
 
 def run(head: HeadParams, *, seed: int) -> dict:
