@@ -27,6 +27,7 @@ import numpy as np
 
 from tlpipe import atomic, paths
 from tlpipe.artifacts import SPLITS, Row, csv_text, load_features, read_classes, read_features_meta, read_split
+from tlpipe.blas import BlasThreads
 from tlpipe.similarity import TILE_ROWS, normalised
 from tlpipe.params import AuditParams
 
@@ -162,7 +163,8 @@ def out_of_fold_probabilities(x: np.ndarray, y: np.ndarray, n_classes: int, fold
     for fit_idx, held_idx in splitter.split(np.zeros((len(y), 1)), y):
         scaler = _standard_scaler(x, fit_idx)
         model = LogisticRegression(max_iter=2000, C=0.1)
-        model.fit(scaler.transform(_float32_rows(x, fit_idx), copy=False), y[fit_idx])
+        with BlasThreads():  # lbfgs on one BLAS thread: 0.4x the time on two cores
+            model.fit(scaler.transform(_float32_rows(x, fit_idx), copy=False), y[fit_idx])
         probs[np.ix_(held_idx, model.classes_)] = model.predict_proba(
             scaler.transform(_float32_rows(x, held_idx), copy=False))
     return probs

@@ -257,6 +257,11 @@ def backbone_of(model: keras.Model) -> keras.Model:
     return chain.layers[names.index("head") - 1]
 
 
+def head_of(model: keras.Model) -> keras.layers.Layer:
+    """The head inside a tlpipe classifier (mirror-averaged or not): pooled features -> probabilities."""
+    return (_mirrored_classifier(model) or model).get_layer("head")
+
+
 def features_of(model: keras.Model) -> keras.Model:
     """pixels -> the pooled features ``model``'s head reads, on the plain image
     alone (the features ``with_features`` gives, without the mirror image's

@@ -31,6 +31,7 @@ import numpy as np
 from tlpipe import atomic, paths
 from tlpipe.artifacts import (FeatureRows, RowWriter, load_features, load_labels, load_stacked_features,
                               read_features_meta)
+from tlpipe.blas import BlasThreads
 from tlpipe.errors import TlpipeError
 from tlpipe.params import HeadParams
 from tlpipe.scoring import clearly_lower, gain_in_standard_errors, image_losses, standard_error
@@ -136,8 +137,9 @@ def fit_linear_jointly(x: FeatureRows | np.ndarray, targets: np.ndarray, weights
         return loss, grad.ravel()
 
     theta0 = np.zeros(problems * (d + 1) * k) if start is None else start.ravel()
-    result = minimize(loss_and_grad, theta0, jac=True, method="L-BFGS-B",
-                      options={"maxiter": 1000, "gtol": 1e-5, "ftol": 1e-8})
+    with BlasThreads() as threads:  # L-BFGS-B's bookkeeping on one thread, the loss's products on every core
+        result = minimize(threads.every_core(loss_and_grad), theta0, jac=True, method="L-BFGS-B",
+                          options={"maxiter": 1000, "gtol": 1e-5, "ftol": 1e-8})
     return result.x.reshape(problems, d + 1, k)
 
 
