@@ -217,6 +217,24 @@ def test_exp_run_tta_off_ships_the_plain_model(repo):
     assert set(ran(repo.dvc("repro").stdout)) <= {"params"}
 
 
+def test_exp_run_tta_on_ships_the_mirror_average_and_trust_calibrates_it_on_stored_outputs(repo):
+    """The README's `dvc exp run -S finetune.tta=true` (bench/scaling.py's
+    experiment that changes the shipped model), typed as a user types it: the
+    stages that score the new model rerun, and trust reads val's stored prefix
+    and its mirror images' rather than the images."""
+    from tlpipe.layers import load_model
+
+    original = repo.params()
+    result = repo.dvc("exp", "run", "-n", "mirror", "-S", "finetune.tta=true")
+    assert ran(result.stdout) == ["params", "finetune", "trust", "evaluate", "export"]
+    assert "trust: val from data/prefix" in result.stdout
+    assert json.loads((repo.root / "metrics/finetune.json").read_text())["tta"] is True
+    assert "mirror" in [layer.name for layer in load_model(repo.root / "models/model.keras").layers]
+    assert json.loads((repo.root / "models/trust/trust.json").read_text())["val_images"] > 0
+    repo.write_params(original)
+    assert set(ran(repo.dvc("repro").stdout)) <= {"params"}
+
+
 def test_exp_run_export_formats_scores_each_in_its_runtime_and_metrics_diff_shows_it(repo):
     """The README's `dvc exp run -S 'export.formats=[...]'`, typed as a user types it."""
     original = repo.params()
