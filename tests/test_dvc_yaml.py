@@ -2,7 +2,9 @@
 exactly the params keys each stage reads (so DVC reruns only what it must)."""
 
 import ast
+import platform
 
+import pytest
 import yaml
 
 from tlpipe import paths
@@ -188,3 +190,14 @@ def test_plots_point_at_files_the_pipeline_writes():
             assert path.startswith(
                 (str(paths.PLOTS) + "/", str(paths.HEAD_LOGS), str(paths.FINETUNE_LOGS), str(paths.SCRATCH_LOGS))
             )
+
+
+@pytest.mark.skipif(platform.python_implementation() != "CPython", reason="the C parser is CPython's")
+def test_dvc_parses_its_yaml_files_with_ruamels_c_parser():
+    """pyproject's ruamel.yaml.clib: every dvc command reads dvc.yaml, dvc.lock
+    and params.yaml with the safe loader, which is pure Python without it."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml.main import CParser
+
+    assert CParser is not None
+    assert YAML(typ="safe").Parser is CParser

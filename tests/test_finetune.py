@@ -173,18 +173,22 @@ def test_stored_prefix_is_the_frozen_layers_output(trained_head_repo):
     backbone, plan = freeze.frozen_backbone(spec, 32, "none", "block5")
     assert backbones.weights_fingerprint(backbone) == meta["weights_sha256"]
     pixels, out = on_pixels(spec, 32, keras.Model(backbone.input, plan.boundary))
-    rows = artifacts.read_split("val")
-    x = np.concatenate([b.numpy() for b in images.dataset(*artifacts.sources(rows), 32, 4)])  # as extract reads them
-    direct = keras.Model(pixels, out).predict(x, verbose=0)
-    stored = artifacts.load_prefix("val")
-    assert stored.dtype == np.float16 and stored.shape == direct.shape
-    np.testing.assert_allclose(np.asarray(stored, np.float32), direct, rtol=2e-3, atol=2e-3)  # float16 storage
-    # and on the mirror images, for the choice of mirror-image test-time augmentation
-    mirrored = artifacts.load_prefix(paths.MIRRORED_VAL)
-    assert meta["shape"] == list(mirrored.shape[1:]) and len(mirrored) == len(rows)
-    flipped = keras.Model(pixels, out).predict(x[:, :, ::-1], verbose=0)
-    np.testing.assert_allclose(np.asarray(mirrored, np.float32), flipped, rtol=2e-3, atol=2e-3)
-    assert np.abs(flipped - direct).max() > 0.1  # the mirror image's outputs, not the image's again
+    for split in ("train", "val", "test"):
+        rows = artifacts.read_split(split)
+        x = np.concatenate([b.numpy() for b in images.dataset(*artifacts.sources(rows), 32, 4)])  # as extract reads
+        direct = keras.Model(pixels, out).predict(x, verbose=0)
+        stored = artifacts.load_prefix(split)
+        assert stored.dtype == np.float16 and stored.shape == direct.shape
+        np.testing.assert_allclose(np.asarray(stored, np.float32), direct, rtol=2e-3, atol=2e-3)  # float16 storage
+        if split == "train":
+            assert not paths.prefix_file(paths.mirrored(split)).exists()
+            continue
+        # and on the mirror images: the mirror average is chosen on val, scored on test
+        mirrored = artifacts.load_prefix(paths.mirrored(split))
+        assert meta["shape"] == list(mirrored.shape[1:]) and len(mirrored) == len(rows)
+        flipped = keras.Model(pixels, out).predict(x[:, :, ::-1], verbose=0)
+        np.testing.assert_allclose(np.asarray(mirrored, np.float32), flipped, rtol=2e-3, atol=2e-3)
+        assert np.abs(flipped - direct).max() > 0.1  # the mirror image's outputs, not the image's again
     metrics = run_stage_code(p, "finetune")
     assert metrics["frozen_prefix_cached"] is True and metrics["epochs_run"] == 2
 

@@ -44,6 +44,7 @@ def test_full_repro_writes_every_output(repo):
     assert ran(repo.first_run) == STAGES
     root = repo.root
     for path in ("data/raw/red", "data/split/train.csv", "data/features/train.npy", "data/prefix/train.npy",
+                 "data/prefix/test.npy", "data/prefix/test_mirror.npy",
                  "models/head.keras",
                  "models/model.keras", "models/export/model_tflite_int8.tflite", "models/export/model_onnx.onnx",
                  "models/export/classes.json", "models/export/trust.json", "models/trust/trust.json",
@@ -217,17 +218,18 @@ def test_exp_run_tta_off_ships_the_plain_model(repo):
     assert set(ran(repo.dvc("repro").stdout)) <= {"params"}
 
 
-def test_exp_run_tta_on_ships_the_mirror_average_and_trust_calibrates_it_on_stored_outputs(repo):
+def test_exp_run_tta_on_ships_the_mirror_average_scored_on_stored_outputs(repo):
     """The README's `dvc exp run -S finetune.tta=true` (bench/scaling.py's
     experiment that changes the shipped model), typed as a user types it: the
-    stages that score the new model rerun, and trust reads val's stored prefix
-    and its mirror images' rather than the images."""
+    stages that score the new model rerun; trust reads val's stored prefix and
+    its mirror images', evaluate test's, rather than the images."""
     from tlpipe.layers import load_model
 
     original = repo.params()
     result = repo.dvc("exp", "run", "-n", "mirror", "-S", "finetune.tta=true")
     assert ran(result.stdout) == ["params", "finetune", "trust", "evaluate", "export"]
     assert "trust: val from data/prefix" in result.stdout
+    assert "evaluate: test from data/prefix" in result.stdout
     assert json.loads((repo.root / "metrics/finetune.json").read_text())["tta"] is True
     assert "mirror" in [layer.name for layer in load_model(repo.root / "models/model.keras").layers]
     assert json.loads((repo.root / "models/trust/trust.json").read_text())["val_images"] > 0

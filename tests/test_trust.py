@@ -116,30 +116,31 @@ def test_the_train_bank_from_the_stored_prefix_is_the_shipped_models_features(ca
         assert np.abs(from_images).sum(axis=1).min() > 0  # real features, not a random backbone's zeros
         cosine = np.sum(confidence.normalised(from_prefix) * confidence.normalised(from_images), axis=1)
         assert cosine.min() > 0.999
-        monkeypatch.setattr(trust, "read_prefix_meta", lambda: {"cached": False})  # no stored prefix: the images
+        monkeypatch.setattr(artifacts, "read_prefix_meta", lambda: {"cached": False})  # no stored prefix: the images
         np.testing.assert_array_equal(trust.train_features(model, rows, 16), from_images)
 
 
 @needs_shared
+@pytest.mark.parametrize("split", ["val", "test"])
 @pytest.mark.parametrize("mirror_average", [False, True])
-def test_val_from_the_stored_prefix_is_what_the_shipped_model_gives_on_the_images(calibrated_imagenet, monkeypatch,
-                                                                                  capsys, mirror_average):
-    """With or without mirror-image TTA (the mirror images' stored prefix), and
-    the images again when no prefix is stored."""
+def test_a_split_from_the_stored_prefix_is_what_the_shipped_model_gives_on_the_images(calibrated_imagenet, monkeypatch,
+                                                                                      capsys, split, mirror_average):
+    """What trust (val) and evaluate (test) score: with or without mirror-image
+    TTA (the mirror images' stored prefix), and the images again when no
+    prefix is stored."""
     import keras
 
-    from tlpipe import trust
     from tlpipe.layers import Temperature, load_model, mirror_averaged
 
     root = calibrated_imagenet[0]
     with working_dir(root):
-        model, rows = load_model(paths.MODEL), artifacts.read_split("val")
+        model, rows = load_model(paths.MODEL), artifacts.read_split(split)
         if mirror_average:  # the shipped model as finetune saves it with TTA on
             classifier = mirror_averaged(keras.Model(model.input, model.get_layer("temperature").input))
             model = keras.Model(classifier.input, Temperature(0.7, name="temperature")(classifier.output))
-        assert paths.prefix_file(paths.MIRRORED_VAL).is_file()
-        probs, features = trust.val_probabilities_and_features(model, rows, 8)
-        assert "trust: val from data/prefix" in capsys.readouterr().out
+        assert paths.prefix_file(paths.mirrored(split)).is_file()
+        probs, features = confidence.split_probabilities_and_features(model, split, rows, 8, "stage")
+        assert f"stage: {split} from data/prefix" in capsys.readouterr().out
         from_images = confidence.probabilities_and_features(model, rows, 8, "")
         assert probs.shape == from_images[0].shape and features.shape == from_images[1].shape
         # the same up to the prefix's float16 storage
@@ -147,6 +148,19 @@ def test_val_from_the_stored_prefix_is_what_the_shipped_model_gives_on_the_image
         assert np.array_equal(probs.argmax(1), from_images[0].argmax(1))
         cosine = np.sum(confidence.normalised(features) * confidence.normalised(from_images[1]), axis=1)
         assert cosine.min() > 0.999
-        monkeypatch.setattr(trust, "read_prefix_meta", lambda: {"cached": False})  # no stored prefix: the images
-        for got, want in zip(trust.val_probabilities_and_features(model, rows, 8), from_images):
+        monkeypatch.setattr(artifacts, "read_prefix_meta", lambda: {"cached": False})  # no stored prefix: the images
+        for got, want in zip(confidence.split_probabilities_and_features(model, split, rows, 8, "stage"),
+                             from_images):
             np.testing.assert_array_equal(got, want)
+
+
+@needs_shared
+def test_a_prefix_of_another_split_is_refused_by_name(calibrated_imagenet, monkeypatch):
+    from tlpipe.errors import TlpipeError
+    from tlpipe.layers import load_model
+
+    root = calibrated_imagenet[0]
+    with working_dir(root):
+        model, rows = load_model(paths.MODEL), artifacts.read_split("test")
+        with pytest.raises(TlpipeError, match=r"data/prefix holds \d+ test rows, data/split/test.csv 3; run `dvc repro`"):
+            confidence.split_probabilities_and_features(model, "test", rows[:3], 8, "evaluate")

@@ -111,6 +111,60 @@ def probabilities_and_features(shipped, rows, batch_size: int, desc: str) -> tup
     return np.concatenate(probs).astype(np.float64), np.concatenate(features).astype(np.float32)
 
 
+def layers_above_prefix(shipped):
+    """The shipped model's layers above the frozen prefix extract stored (its
+    outputs -> the pooled features the head reads), or None when extract
+    stored no prefix. Its frozen layers are extract's, unchanged."""
+    from tlpipe import backbones, freeze
+    from tlpipe.artifacts import read_prefix_meta
+    from tlpipe.layers import backbone_of
+
+    meta = read_prefix_meta()
+    if not meta["cached"]:
+        return None
+    backbone = backbone_of(shipped)
+    plan = freeze.plan(backbone, backbones.get(meta["backbone"]), meta["freeze"])
+    if list(plan.boundary.shape[1:]) != meta["shape"]:
+        raise TlpipeError(f"{paths.PREFIX} holds outputs of shape {meta['shape']}, not the shipped model's "
+                          f"{list(plan.boundary.shape[1:])} at its '{meta['freeze']}' boundary; run `dvc repro`.")
+    return freeze.layers_above(backbone, plan)
+
+
+def split_probabilities_and_features(shipped, split: str, rows, batch_size: int,
+                                     stage: str) -> tuple[np.ndarray, np.ndarray]:
+    """The shipped model's probabilities and pooled features on a split: the
+    frozen prefix extract stored for it (and for its mirror images, with the
+    mirror average) through the trained layers above it, as finetune scored
+    val when it chose the model; else the images through the whole model."""
+    import keras
+
+    from tlpipe import training
+    from tlpipe.artifacts import load_prefix, read_prefix_meta
+    from tlpipe.layers import Mirror, Temperature, backbone_of, compared_columns, head_of, temperature_of
+
+    top = layers_above_prefix(shipped)
+    mirrored = any(isinstance(layer, Mirror) for layer in shipped.layers)
+    stored = [split, paths.mirrored(split)] if mirrored else [split]
+    if top is None or not all(paths.prefix_file(s).is_file() for s in stored):
+        return probabilities_and_features(shipped, rows, batch_size, f"{stage}: {split} images")
+    prefixes = [load_prefix(s) for s in stored]
+    if any(len(prefix) != len(rows) for prefix in prefixes):
+        raise TlpipeError(f"{paths.PREFIX} holds {len(prefixes[0])} {split} rows, {paths.split_csv(split)} "
+                          f"{len(rows)}; run `dvc repro` so that extract reruns on the current split.")
+    pooled = top.output
+    probs_and_features = keras.Model(top.input, [head_of(shipped)(pooled),
+                                                 pooled[:, : compared_columns(backbone_of(shipped))]])
+    print(f"{stage}: {split} from {paths.PREFIX} (the layers above '{read_prefix_meta()['freeze']}' alone)",
+          flush=True)
+    probs, split_features = probs_and_features.predict(training.disk_batches(prefixes[0], None, batch_size),
+                                                       verbose=0)
+    if mirrored:  # the mirror average the shipped model makes, over the mirror images' stored prefix
+        on_mirror = probs_and_features.predict(training.disk_batches(prefixes[1], None, batch_size), verbose=0)[0]
+        probs = (probs + on_mirror) / 2
+    probs = Temperature(temperature_of(shipped))(probs)
+    return np.asarray(probs, dtype=np.float64), split_features.astype(np.float32)
+
+
 def features(shipped, rows, batch_size: int, desc: str) -> np.ndarray:
     """The shipped model's pooled features on image rows (the plain images: one forward pass each)."""
     from tlpipe import images

@@ -1,9 +1,13 @@
 """evaluate: the test split only, never used for any choice -> metrics/eval.json, plots/.
 
-The head alone (on cached test features) and the fine-tuned model (on test
-images) are scored side by side with the same arithmetic (scikit-learn), so
-``dvc metrics diff`` reads ``finetuned.accuracy``, ``head.accuracy``,
-``finetuned.per_class.cats.f1``...
+The head alone (on cached test features) and the shipped model are scored
+side by side with the same arithmetic (scikit-learn), so ``dvc metrics diff``
+reads ``finetuned.accuracy``, ``head.accuracy``, ``finetuned.per_class.cats.f1``...
+The shipped model reads the test images' frozen prefix that extract stored
+(and their mirror images', with the mirror average), through its trained
+layers above it, as finetune and trust scored val; the test images
+themselves when no prefix is stored. Export scores every deployed format,
+Keras included, on the test images end to end.
 """
 
 from __future__ import annotations
@@ -77,8 +81,8 @@ def _figures(ep: EvaluateParams, classes, rows, y_true, x_test):
     from tlpipe.layers import load_model, temperature_of
 
     shipped = load_model(paths.MODEL)
-    shipped_probs, test_features = confidence.probabilities_and_features(shipped, rows, ep.batch_size,
-                                                                         "evaluate: test images")
+    shipped_probs, test_features = confidence.split_probabilities_and_features(shipped, "test", rows, ep.batch_size,
+                                                                               "evaluate")
     probs = {
         "finetuned": shipped_probs,
         "head": load_model(paths.HEAD_MODEL).predict(x_test, verbose=0).astype(np.float64),

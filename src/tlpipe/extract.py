@@ -4,12 +4,14 @@
 image, in the split CSV's order), ``<split>_labels.npy`` and ``meta.json``;
 what the head trains on.
 
-``data/prefix``: for train and val, the output of the part of the backbone
+``data/prefix``: for every split, the output of the part of the backbone
 that ``freeze`` keeps frozen (the tensor entering the first trained stage),
 taken from the same forward pass, so fine-tuning never pushes an image through
-the frozen layers again; for val also its output on the mirror image
-(``val_mirror.npy``, from the same decoded batch), so finetune's choice of
-mirror-image test-time augmentation reads stored outputs too. It is its own
+the frozen layers again, and trust and evaluate score the shipped model on
+stored outputs too; for val and test also its output on the mirror images
+(``val_mirror.npy``, ``test_mirror.npy``, from the same decoded batch), for
+finetune's choice of mirror-image test-time augmentation and the model that
+averages over it. It is its own
 DVC output: a new ``freeze`` value rewrites it and leaves the pooled features
 (and so the head) untouched, and DVC's run-cache restores it for a value seen
 before. It is left empty (with
@@ -37,7 +39,9 @@ from tlpipe import atomic, backbones, freeze, images, paths, training
 from tlpipe.artifacts import SPLITS, Row, RowWriter, label_indices, read_classes, read_split, sources
 from tlpipe.params import ExtractParams
 
-PREFIX_SPLITS = ("train", "val")  # what fine-tuning trains and validates on
+# Also through the frozen layers on their mirror images: what the mirror
+# average is chosen on (val) and scored on (test).
+MIRRORED_SPLITS = ("val", "test")
 # Train images whose near-copies calibrate the audit's near-duplicate threshold
 # (three copies each: a few percent of extract's images on a typical set).
 COPY_SAMPLE = 64
@@ -150,7 +154,7 @@ def _prefix_plan(plan: freeze.Plan, rows: dict[str, list[Row]], max_gb: float) -
     if not plan.has_prefix:
         return None, f"freeze '{plan.word}' leaves no frozen layers below trained ones"
     shape = tuple(int(d) for d in plan.boundary.shape[1:])
-    stored_rows = sum(len(rows[s]) for s in PREFIX_SPLITS) + len(rows["val"])  # val's mirror images too
+    stored_rows = sum(len(rows[s]) for s in SPLITS) + sum(len(rows[s]) for s in MIRRORED_SPLITS)
     size = stored_rows * int(np.prod(shape)) * 2  # float16
     free = shutil.disk_usage(paths.PREFIX.parent if paths.PREFIX.parent.exists() else ".").free
     if size > max_gb * 1e9 or size > free:
@@ -193,17 +197,18 @@ def run(extract: ExtractParams, *, backbone: str, image_size: int, weights: str,
         "cached": prefix_shape is not None, "shape": list(prefix_shape or ()), "reason": why_not,
         "bytes_per_image": int(np.prod(prefix_shape)) * 2 if prefix_shape else 0,
     }
+    mirrored_model = with_mirrored_prefix(both, spec, image_size, built, plan) if prefix_shape is not None else None
     with atomic.atomic_dir(paths.FEATURES) as feats_dir, atomic.atomic_dir(paths.PREFIX) as prefix_dir:
         for split in SPLITS:
             n = len(rows[split])
             outs = [RowWriter(paths.features_file(split, feats_dir), n, (dim,))]
             model = pooled
-            if prefix_shape is not None and split in PREFIX_SPLITS:
+            if prefix_shape is not None:
                 outs.append(RowWriter(paths.prefix_file(split, prefix_dir), n, prefix_shape))
                 model = both
-            if prefix_shape is not None and split == "val":
-                outs.append(RowWriter(paths.prefix_file(paths.MIRRORED_VAL, prefix_dir), n, prefix_shape))
-                model = with_mirrored_prefix(both, spec, image_size, built, plan)
+            if prefix_shape is not None and split in MIRRORED_SPLITS:
+                outs.append(RowWriter(paths.prefix_file(paths.mirrored(split), prefix_dir), n, prefix_shape))
+                model = mirrored_model
             rate = stream_features(model, rows[split], image_size, extract.batch_size, outs, f"extract {split}")
             np.save(paths.labels_file(split, feats_dir), label_indices(rows[split], classes))
             meta["images"][split] = n

@@ -145,8 +145,8 @@ def _mirror_probs(trainer, built: Built, val_rows, y_val: np.ndarray, image_size
     """The classifier's val probabilities on the mirror images: their stored
     prefix through the trained top when extract stored one (as the plain val
     probabilities were scored), else the images through the whole model."""
-    if built.on_prefix and paths.prefix_file(paths.MIRRORED_VAL).is_file():
-        stored = Inputs(training.disk_batches(load_prefix(paths.MIRRORED_VAL), y_val, batch_size))
+    if built.on_prefix and paths.prefix_file(paths.mirrored("val")).is_file():
+        stored = Inputs(training.disk_batches(load_prefix(paths.mirrored("val")), y_val, batch_size))
         return trainer.predict(stored).astype(np.float64)
     pixels = keras.Input(built.model.input_shape[1:], name="pixels")
     mirrored = keras.Model(pixels, built.model(Mirror()(pixels)))

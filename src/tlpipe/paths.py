@@ -39,12 +39,9 @@ def split_csv(split: str, folder: Path = SPLIT) -> Path:
 
 
 FEATURES = Path("data/features")
-# The frozen part of the backbone's outputs for train and val (freeze-dependent,
+# The frozen part of the backbone's outputs for every split (freeze-dependent,
 # so apart from the pooled features: a new freeze value leaves those unchanged).
 PREFIX = Path("data/prefix")
-# Also stored: the prefix's outputs on val's mirror images, so finetune scores
-# the mirror-averaged model on stored outputs too.
-MIRRORED_VAL = "val_mirror"
 
 MODELS = Path("models")
 HEAD_MODEL = MODELS / "head.keras"
@@ -97,6 +94,12 @@ def features_meta(folder: Path = FEATURES) -> Path:
 
 def prefix_file(split: str, folder: Path = PREFIX) -> Path:
     return folder / f"{split}.npy"
+
+
+def mirrored(split: str) -> str:
+    """The name under which data/prefix stores ``split``'s mirror images' outputs
+    (val and test), so the mirror-averaged model is scored on stored outputs too."""
+    return f"{split}_mirror"
 
 
 def prefix_meta(folder: Path = PREFIX) -> Path:
