@@ -180,10 +180,10 @@ def test_stored_prefix_is_the_frozen_layers_output(trained_head_repo):
         stored = artifacts.load_prefix(split)
         assert stored.dtype == np.float16 and stored.shape == direct.shape
         np.testing.assert_allclose(np.asarray(stored, np.float32), direct, rtol=2e-3, atol=2e-3)  # float16 storage
-        if split == "train":
+        if split != "val":
             assert not paths.prefix_file(paths.mirrored(split)).exists()
             continue
-        # and on the mirror images: the mirror average is chosen on val, scored on test
+        # and on the mirror images, for the choice of mirror-image test-time augmentation
         mirrored = artifacts.load_prefix(paths.mirrored(split))
         assert meta["shape"] == list(mirrored.shape[1:]) and len(mirrored) == len(rows)
         flipped = keras.Model(pixels, out).predict(x[:, :, ::-1], verbose=0)

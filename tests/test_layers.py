@@ -38,6 +38,23 @@ def test_with_features_gives_the_models_probabilities_and_its_heads_input(mirror
     assert not any(isinstance(layer, layers.Mirror) for layer in only.layers)
 
 
+def test_the_mirror_half_is_the_classifier_on_the_mirror_image():
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model, _ = small_classifier()
+    averaged_model = layers.mirror_averaged(model)
+    x = np.random.default_rng(0).uniform(0, 255, (4, 16, 16, 3)).astype("float32")
+    half = layers.on_mirror_images(averaged_model).predict_on_batch(x)
+    np.testing.assert_allclose(half, model.predict_on_batch(x[:, :, ::-1]), atol=1e-6)
+    assert not np.allclose(half, model.predict_on_batch(x), atol=1e-3)  # the mirror image's, not the image's
+    # (plain half + mirror half) / 2 is what the mirror-averaged model gives
+    averaged = (model.predict_on_batch(x) + half) / 2
+    np.testing.assert_allclose(averaged_model.predict_on_batch(x), averaged, atol=1e-6)
+    with pytest.raises(ValueError, match="does not average over the mirror image"):
+        layers.on_mirror_images(model)
+
+
 def test_with_features_refuses_a_model_without_a_head():
     import keras
 

@@ -44,7 +44,7 @@ def test_full_repro_writes_every_output(repo):
     assert ran(repo.first_run) == STAGES
     root = repo.root
     for path in ("data/raw/red", "data/split/train.csv", "data/features/train.npy", "data/prefix/train.npy",
-                 "data/prefix/test.npy", "data/prefix/test_mirror.npy",
+                 "data/prefix/test.npy", "data/prefix/val_mirror.npy",
                  "models/head.keras",
                  "models/model.keras", "models/export/model_tflite_int8.tflite", "models/export/model_onnx.onnx",
                  "models/export/classes.json", "models/export/trust.json", "models/trust/trust.json",

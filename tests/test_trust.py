@@ -126,8 +126,9 @@ def test_the_train_bank_from_the_stored_prefix_is_the_shipped_models_features(ca
 def test_a_split_from_the_stored_prefix_is_what_the_shipped_model_gives_on_the_images(calibrated_imagenet, monkeypatch,
                                                                                       capsys, split, mirror_average):
     """What trust (val) and evaluate (test) score: with or without mirror-image
-    TTA (the mirror images' stored prefix), and the images again when no
-    prefix is stored."""
+    TTA (its mirror half from the mirror images' stored prefix, val's, or
+    from the mirror images, test's), and the images again when no prefix is
+    stored."""
     import keras
 
     from tlpipe.layers import Temperature, load_model, mirror_averaged
@@ -138,9 +139,13 @@ def test_a_split_from_the_stored_prefix_is_what_the_shipped_model_gives_on_the_i
         if mirror_average:  # the shipped model as finetune saves it with TTA on
             classifier = mirror_averaged(keras.Model(model.input, model.get_layer("temperature").input))
             model = keras.Model(classifier.input, Temperature(0.7, name="temperature")(classifier.output))
-        assert paths.prefix_file(paths.mirrored(split)).is_file()
+        # val's mirror images' prefix is stored (finetune chooses the mirror average on it), test's is not
+        assert paths.prefix_file(paths.mirrored(split)).is_file() == (split == "val")
         probs, features = confidence.split_probabilities_and_features(model, split, rows, 8, "stage")
-        assert f"stage: {split} from data/prefix" in capsys.readouterr().out
+        printed = capsys.readouterr()
+        assert f"stage: {split} from data/prefix" in printed.out
+        # the progress bar of the mirror images read (on stderr)
+        assert (f"stage: {split}'s mirror images" in printed.err) == (mirror_average and split == "test")
         from_images = confidence.probabilities_and_features(model, rows, 8, "")
         assert probs.shape == from_images[0].shape and features.shape == from_images[1].shape
         # the same up to the prefix's float16 storage

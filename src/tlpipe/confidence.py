@@ -133,33 +133,39 @@ def layers_above_prefix(shipped):
 def split_probabilities_and_features(shipped, split: str, rows, batch_size: int,
                                      stage: str) -> tuple[np.ndarray, np.ndarray]:
     """The shipped model's probabilities and pooled features on a split: the
-    frozen prefix extract stored for it (and for its mirror images, with the
-    mirror average) through the trained layers above it, as finetune scored
-    val when it chose the model; else the images through the whole model."""
+    frozen prefix extract stored for it through the trained layers above it,
+    as finetune scored val when it chose the model; else the images through
+    the whole model. A mirror-averaged model's mirror half reads the mirror
+    images' stored prefix (val's), or the images themselves (test's: storing
+    it would cost extract a pass for a model that rarely ships)."""
     import keras
 
-    from tlpipe import training
-    from tlpipe.artifacts import load_prefix, read_prefix_meta
-    from tlpipe.layers import Mirror, Temperature, backbone_of, compared_columns, head_of, temperature_of
+    from tlpipe import images, training
+    from tlpipe.artifacts import load_prefix, read_prefix_meta, sources
+    from tlpipe.layers import (Mirror, Temperature, backbone_of, compared_columns, head_of, on_mirror_images,
+                               temperature_of)
 
     top = layers_above_prefix(shipped)
-    mirrored = any(isinstance(layer, Mirror) for layer in shipped.layers)
-    stored = [split, paths.mirrored(split)] if mirrored else [split]
-    if top is None or not all(paths.prefix_file(s).is_file() for s in stored):
+    if top is None or not paths.prefix_file(split).is_file():
         return probabilities_and_features(shipped, rows, batch_size, f"{stage}: {split} images")
-    prefixes = [load_prefix(s) for s in stored]
-    if any(len(prefix) != len(rows) for prefix in prefixes):
-        raise TlpipeError(f"{paths.PREFIX} holds {len(prefixes[0])} {split} rows, {paths.split_csv(split)} "
-                          f"{len(rows)}; run `dvc repro` so that extract reruns on the current split.")
+    prefix = load_prefix(split)
+    if len(prefix) != len(rows):
+        raise TlpipeError(f"{paths.PREFIX} holds {len(prefix)} {split} rows, {paths.split_csv(split)} {len(rows)}; "
+                          "run `dvc repro` so that extract reruns on the current split.")
     pooled = top.output
     probs_and_features = keras.Model(top.input, [head_of(shipped)(pooled),
                                                  pooled[:, : compared_columns(backbone_of(shipped))]])
     print(f"{stage}: {split} from {paths.PREFIX} (the layers above '{read_prefix_meta()['freeze']}' alone)",
           flush=True)
-    probs, split_features = probs_and_features.predict(training.disk_batches(prefixes[0], None, batch_size),
-                                                       verbose=0)
-    if mirrored:  # the mirror average the shipped model makes, over the mirror images' stored prefix
-        on_mirror = probs_and_features.predict(training.disk_batches(prefixes[1], None, batch_size), verbose=0)[0]
+    probs, split_features = probs_and_features.predict(training.disk_batches(prefix, None, batch_size), verbose=0)
+    if any(isinstance(layer, Mirror) for layer in shipped.layers):  # the mirror average the shipped model makes
+        if paths.prefix_file(paths.mirrored(split)).is_file():
+            mirror_prefix = training.disk_batches(load_prefix(paths.mirrored(split)), None, batch_size)
+            on_mirror = probs_and_features.predict(mirror_prefix, verbose=0)[0]
+        else:
+            size = int(shipped.input_shape[1])
+            on_mirror = np.concatenate(list(images.predict(on_mirror_images(shipped), *sources(rows), size,
+                                                           batch_size, f"{stage}: {split}'s mirror images")))
         probs = (probs + on_mirror) / 2
     probs = Temperature(temperature_of(shipped))(probs)
     return np.asarray(probs, dtype=np.float64), split_features.astype(np.float32)

@@ -3,11 +3,11 @@
 The head alone (on cached test features) and the shipped model are scored
 side by side with the same arithmetic (scikit-learn), so ``dvc metrics diff``
 reads ``finetuned.accuracy``, ``head.accuracy``, ``finetuned.per_class.cats.f1``...
-The shipped model reads the test images' frozen prefix that extract stored
-(and their mirror images', with the mirror average), through its trained
-layers above it, as finetune and trust scored val; the test images
-themselves when no prefix is stored. Export scores every deployed format,
-Keras included, on the test images end to end.
+The shipped model reads the test images' frozen prefix that extract stored,
+through its trained layers above it, as finetune and trust scored val (with
+the mirror average, its mirror half reads the mirror images); the test
+images themselves when no prefix is stored. Export scores every deployed
+format, Keras included, on the test images end to end.
 """
 
 from __future__ import annotations

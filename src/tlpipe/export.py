@@ -6,8 +6,10 @@ ONNX Runtime and a reloaded SavedModel each classify every test image, and
 ``metrics/export.json`` holds, per format, the accuracy, macro F1, agreement
 with the Keras model (same top-1 class), bytes and milliseconds per image
 (one thread, batch 1, the median over the first test images), so ``dvc
-metrics diff`` shows what a deployment choice costs. A format that loses more than ``export.max_accuracy_drop`` of test
-accuracy fails the stage, after the metrics are written.
+metrics diff`` shows what a deployment choice costs. A format that loses more
+than ``export.max_accuracy_drop`` of test accuracy fails the stage, after the
+metrics are written. This is the pipeline's end-to-end check on the test
+images themselves: evaluate scores the shipped model on their stored prefix.
 """
 
 from __future__ import annotations

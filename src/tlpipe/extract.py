@@ -8,10 +8,9 @@ what the head trains on.
 that ``freeze`` keeps frozen (the tensor entering the first trained stage),
 taken from the same forward pass, so fine-tuning never pushes an image through
 the frozen layers again, and trust and evaluate score the shipped model on
-stored outputs too; for val and test also its output on the mirror images
-(``val_mirror.npy``, ``test_mirror.npy``, from the same decoded batch), for
-finetune's choice of mirror-image test-time augmentation and the model that
-averages over it. It is its own
+stored outputs too; for val also its output on the mirror images
+(``val_mirror.npy``, from the same decoded batch), so finetune's choice of
+mirror-image test-time augmentation reads stored outputs too. It is its own
 DVC output: a new ``freeze`` value rewrites it and leaves the pooled features
 (and so the head) untouched, and DVC's run-cache restores it for a value seen
 before. It is left empty (with
@@ -40,8 +39,9 @@ from tlpipe.artifacts import SPLITS, Row, RowWriter, label_indices, read_classes
 from tlpipe.params import ExtractParams
 
 # Also through the frozen layers on their mirror images: what the mirror
-# average is chosen on (val) and scored on (test).
-MIRRORED_SPLITS = ("val", "test")
+# average is chosen on. Not test: the prefix of a split's images is free (the
+# same forward pass), its mirror images' cost a pass through the frozen layers.
+MIRRORED_SPLITS = ("val",)
 # Train images whose near-copies calibrate the audit's near-duplicate threshold
 # (three copies each: a few percent of extract's images on a typical set).
 COPY_SAMPLE = 64

@@ -248,6 +248,17 @@ def with_features(model: keras.Model) -> keras.Model:
     return keras.Model(pixels, [Temperature(temperature_of(model), name="temperature")(averaged), features])
 
 
+def on_mirror_images(model: keras.Model) -> keras.Model:
+    """pixels -> the probabilities a mirror-averaged ``model`` averages in from
+    the mirror image (before its temperature): the half of its work that
+    data/prefix does not store for test."""
+    inner = _mirrored_classifier(model)
+    if inner is None:
+        raise ValueError(f"{model.name} does not average over the mirror image")
+    pixels = keras.Input(model.input_shape[1:], name="pixels")
+    return keras.Model(pixels, inner(Mirror(name="mirror")(pixels)))
+
+
 def backbone_of(model: keras.Model) -> keras.Model:
     """The backbone inside a tlpipe classifier (mirror-averaged or not): the layer the head reads."""
     chain = _mirrored_classifier(model) or model

@@ -98,7 +98,7 @@ def prefix_file(split: str, folder: Path = PREFIX) -> Path:
 
 def mirrored(split: str) -> str:
     """The name under which data/prefix stores ``split``'s mirror images' outputs
-    (val and test), so the mirror-averaged model is scored on stored outputs too."""
+    (val's), so finetune chooses the mirror average on stored outputs too."""
     return f"{split}_mirror"
 
 
