@@ -4,6 +4,7 @@ scored on the test split by its own runtime."""
 
 import dataclasses
 import json
+import os
 
 import numpy as np
 import pytest
@@ -160,6 +161,38 @@ def test_the_stage_fails_after_writing_metrics_when_a_format_loses_accuracy(expo
         assert (failed is not None) == dropped
         if failed:
             assert failed.startswith("tflite_int8 scores") and str(paths.EXPORT_METRICS) in failed
+
+
+def test_onnx_alone_is_exported_from_a_model_never_called(exported):
+    """ONNX with no SavedModel exported before it: the model, loaded from disk,
+    has never been called, which Keras' ONNX exporter refused."""
+    root, p, _ = exported
+    with working_dir(root):
+        metrics = run_stage_code(p.with_overrides(export=dataclasses.replace(p.export, formats=("onnx",))), "export")
+        assert {f.name for f in paths.EXPORT.iterdir()} == {"model_onnx.onnx", "classes.json", "trust.json"}
+    assert metrics["onnx"]["agreement"] == 1.0
+    assert metrics["onnx"]["bytes"] == (root / export.artifact_path("onnx")).stat().st_size
+
+
+def test_one_model_exported_twice_gives_the_same_onnx_bytes(exported, tmp_path):
+    """Two processes, as two `dvc repro` runs: tf2onnx's counters and set
+    orders differ between them, the file does not (canonical_onnx_names)."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    root, _, _ = exported
+    script = ("import sys; from pathlib import Path; from tlpipe import export, paths; "
+              "from tlpipe.layers import load_model; "
+              "export.write_artifacts(load_model(paths.MODEL), ['onnx'], Path(sys.argv[1]), None)")
+    files = []
+    for run in ("first", "second"):
+        (tmp_path / run).mkdir()
+        subprocess.run([sys.executable, "-c", script, str(tmp_path / run)], cwd=root, check=True, capture_output=True,
+                       env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+        files.append((tmp_path / run / "model_onnx.onnx").read_bytes())
+    assert files[0] == files[1]
 
 
 def test_no_formats_writes_only_the_class_list(exported):

@@ -15,6 +15,7 @@ images themselves: evaluate scores the shipped model on their stored prefix.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import tempfile
 import time
@@ -51,16 +52,133 @@ def write_artifact(model, fmt: str, out: Path, representative=None, saved_model:
     elif fmt == "saved_model":
         model.export(str(out), format="tf_saved_model", verbose=False)
     elif fmt == "onnx":
-        # Keras' own exporter (tf2onnx underneath); batch size left dynamic.
+        # Keras' own exporter (tf2onnx underneath); batch size left dynamic. The
+        # input signature given outright: without it the exporter refuses a model
+        # loaded from disk and never called ("The model provided has never called").
+        import keras
+
+        pixels = model.inputs[0]
+        signature = [keras.InputSpec(shape=(None, *pixels.shape[1:]), dtype=pixels.dtype, name=pixels.name)]
         with warnings.catch_warnings():  # tf2onnx on NumPy 2: "np.object ... FutureWarning", harmless
             warnings.simplefilter("ignore", FutureWarning)
-            model.export(str(out), format="onnx", verbose=False)
+            model.export(str(out), format="onnx", verbose=False, input_signature=signature)
+        canonical_onnx_names(out)
     elif saved_model is not None:
         out.write_bytes(_tflite_bytes(saved_model, fmt, representative))
     else:
         with tempfile.TemporaryDirectory() as tmp:
             model.export(tmp, format="tf_saved_model", verbose=False)
             out.write_bytes(_tflite_bytes(Path(tmp), fmt, representative))
+
+
+def canonical_onnx_names(path: Path) -> None:
+    """Rewrite ``path`` so that its bytes depend on what it computes alone.
+
+    tf2onnx numbers the names it makes from a process-wide counter, merges
+    equal constants under whichever name a set yields first and lists
+    independent nodes in no fixed order, so one model exported twice gave two
+    files that compute the same but differ in bytes (and in
+    metrics/export.json's ``bytes``). Here the nodes are listed in a
+    topological order whose ties are broken by what each node computes
+    (_structural_order); a node is named by its Keras layer path and its
+    operation, ``LAYER/OP`` (numbered by position where two are alike), its
+    outputs are ``NODE/output_i``, a constant is named after its first reader,
+    ``NODE/input_j``, and an unknown size is ``batch`` (the first axis) or
+    ``dim_i``; graph inputs and outputs keep their names, which callers use."""
+    import onnx
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
+        return  # control flow: its subgraphs read outer names; left as tf2onnx wrote it
+    fixed = {v.name for v in (*graph.input, *graph.output)}
+    constants = {t.name for t in graph.initializer}
+    ordered_nodes = _structural_order(graph)
+    del graph.node[:]
+    graph.node.extend(ordered_nodes)
+    renamed, seen = {}, {}
+    for node in graph.node:
+        base = _scope(node.name) + node.op_type
+        seen[base] = seen.get(base, 0) + 1
+        node.name = base if seen[base] == 1 else f"{base}__{seen[base] - 1}"
+        for j, name in enumerate(node.input):
+            if name in constants and name not in renamed and name not in fixed:
+                renamed[name] = f"{node.name}/input_{j}"
+        for j, name in enumerate(node.output):
+            if name and name not in fixed:
+                renamed[name] = f"{node.name}/output_{j}"
+    for node in graph.node:
+        node.input[:] = [renamed.get(name, name) for name in node.input]
+        node.output[:] = [renamed.get(name, name) for name in node.output]
+    for tensor in graph.initializer:
+        tensor.name = renamed.get(tensor.name, tensor.name)
+    for info in graph.value_info:
+        info.name = renamed.get(info.name, info.name)
+    for info in (*graph.input, *graph.output, *graph.value_info):
+        for i, dim in enumerate(info.type.tensor_type.shape.dim):
+            if dim.HasField("dim_param"):
+                dim.dim_param = "batch" if i == 0 else f"dim_{i}"
+    graph.doc_string = "the shipped Keras model (tlpipe), converted by tf2onnx"  # was the traced function's name
+    ordered_constants = sorted(graph.initializer, key=lambda t: t.name)
+    del graph.initializer[:]
+    graph.initializer.extend(ordered_constants)
+    onnx.checker.check_model(model)
+    path.write_bytes(model.SerializeToString())
+
+
+def _scope(name: str) -> str:
+    """A node name's Keras layer path (less tf2onnx's ``__N`` counters), with
+    its trailing slash: the op's own name is dropped, since of equal nodes that
+    tf2onnx merged any one's name may survive."""
+    return re.sub(r"__\d+", "", name).rpartition("/")[0] + "/" if "/" in name else ""
+
+
+def _structural_order(graph) -> list:
+    """``graph``'s nodes in a topological order that ties on each node's
+    digest: its operation, attributes, layer path, and its inputs' digests
+    (a constant's: its values; a graph input's: its name)."""
+    import hashlib
+    import heapq
+
+    digest = {v.name: hashlib.sha256(b"input " + v.name.encode()).hexdigest() for v in graph.input}
+    for tensor in graph.initializer:
+        values = _copy(tensor)
+        values.name = ""
+        digest[tensor.name] = hashlib.sha256(values.SerializeToString()).hexdigest()
+    node_digest, producer = [], {}
+    for i, node in enumerate(graph.node):  # tf2onnx's order is topological: inputs before readers
+        h = hashlib.sha256(f"{node.domain} {node.op_type} {_scope(node.name)}".encode())
+        for attribute in sorted(node.attribute, key=lambda a: a.name):
+            h.update(attribute.SerializeToString())
+        for name in node.input:
+            h.update(digest.get(name, "").encode())
+        node_digest.append(h.hexdigest())
+        for j, name in enumerate(node.output):
+            digest[name] = hashlib.sha256(f"{node_digest[i]} {j}".encode()).hexdigest()
+            producer[name] = i
+    waiting = [sum(1 for name in set(node.input) if name in producer) for node in graph.node]
+    readers = [[] for _ in graph.node]
+    for i, node in enumerate(graph.node):
+        for name in set(node.input):
+            if name in producer:
+                readers[producer[name]].append(i)
+    ready = [(node_digest[i], i) for i, count in enumerate(waiting) if count == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        _, i = heapq.heappop(ready)
+        order.append(graph.node[i])
+        for reader in readers[i]:
+            waiting[reader] -= 1
+            if waiting[reader] == 0:
+                heapq.heappush(ready, (node_digest[reader], reader))
+    return [_copy(node) for node in order]  # copies: the caller empties graph.node
+
+
+def _copy(message):
+    copied = type(message)()
+    copied.CopyFrom(message)
+    return copied
 
 
 def _tflite_bytes(saved_model: Path, fmt: str, representative) -> bytes:
