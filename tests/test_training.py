@@ -151,7 +151,8 @@ def test_many_steps_per_call_train_the_same_weights_as_one(tmp_path):
         compile_model(model, keras.optimizers.Adam(0.01), 0.0, steps_per_execution=steps_per_call)
         result = fit(model, Inputs(disk_batches(x, y, 2, shuffle_seed=1)), Inputs(disk_batches(x, y, 2)), 3,
                      callbacks(0, LiveLogger(tmp_path / f"logs{steps_per_call}")))
-        trained.append((model.get_weights(), result.history["val_loss"], model.predict(np.load(tmp_path / "prefix.npy"), batch_size=2)))
+        predicted = model.predict(np.load(tmp_path / "prefix.npy"), batch_size=2)
+        trained.append((model.get_weights(), result.history["val_loss"], predicted))
     assert STEPS_PER_EXECUTION > 1 and len(x) // 2 > STEPS_PER_EXECUTION  # more than one call per epoch
     for one, many in zip(trained[0][0], trained[1][0]):
         np.testing.assert_array_equal(one, many)

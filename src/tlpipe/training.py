@@ -30,9 +30,9 @@ def seed_everything(seed: int) -> None:
 
 # Batches Keras runs in one call of its compiled step (fit, evaluate, predict).
 # One call per batch costs ~8 ms of Python: on a small trainable top fed the
-# stored prefix that was most of the fit (bench/scaling.py's 30,000 images: the
-# fit in 0.69x the time, the same weights to the byte). Callbacks here act per
-# epoch, so they see nothing of it.
+# stored prefix that was much of the fit (bench/scaling.py's 30,000 images: the
+# fit in 0.79-0.91x the time, the same weights to the byte; RESULTS section 31).
+# Callbacks here act per epoch, so they see nothing of it.
 STEPS_PER_EXECUTION = 16
 
 
