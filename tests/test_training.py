@@ -136,30 +136,6 @@ def test_fit_keeps_the_last_epoch_without_patience_and_the_best_with_it(tmp_path
                                             for c in callbacks(0, LiveLogger(tmp_path / "x")))
 
 
-def test_many_steps_per_call_train_the_same_weights_as_one(tmp_path):
-    """STEPS_PER_EXECUTION batches in one call of the compiled step: the same
-    fit, batch for batch, on stored rows read from disk (37 rows: a short last
-    batch and a last call with fewer steps)."""
-    from tlpipe.training import STEPS_PER_EXECUTION
-
-    x, y = on_disk(tmp_path)
-    trained = []
-    for steps_per_call in (1, STEPS_PER_EXECUTION):
-        keras.utils.set_random_seed(0)
-        model = keras.Sequential([keras.Input((3, 2)), keras.layers.Flatten(), keras.layers.Dense(8, activation="relu"),
-                                  keras.layers.Dense(4, activation="softmax")])
-        compile_model(model, keras.optimizers.Adam(0.01), 0.0, steps_per_execution=steps_per_call)
-        result = fit(model, Inputs(disk_batches(x, y, 2, shuffle_seed=1)), Inputs(disk_batches(x, y, 2)), 3,
-                     callbacks(0, LiveLogger(tmp_path / f"logs{steps_per_call}")))
-        predicted = model.predict(np.load(tmp_path / "prefix.npy"), batch_size=2)
-        trained.append((model.get_weights(), result.history["val_loss"], predicted))
-    assert STEPS_PER_EXECUTION > 1 and len(x) // 2 > STEPS_PER_EXECUTION  # more than one call per epoch
-    for one, many in zip(trained[0][0], trained[1][0]):
-        np.testing.assert_array_equal(one, many)
-    assert trained[0][1] == trained[1][1]
-    np.testing.assert_array_equal(trained[0][2], trained[1][2])
-
-
 def test_a_starting_point_puts_back_weights_optimizer_state_and_the_plateau_scale():
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, activation="softmax")])

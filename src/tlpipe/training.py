@@ -28,23 +28,13 @@ def seed_everything(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
-# Batches Keras runs in one call of its compiled step (fit, evaluate, predict).
-# One call per batch costs ~8 ms of Python: on a small trainable top fed the
-# stored prefix that was much of the fit (bench/scaling.py's 30,000 images: the
-# fit in 0.79-0.91x the time, the same weights to the byte; RESULTS section 31).
-# Callbacks here act per epoch, so they see nothing of it.
-STEPS_PER_EXECUTION = 16
-
-
-def compile_model(model: keras.Model, opt, label_smoothing: float,
-                  steps_per_execution: int = STEPS_PER_EXECUTION) -> None:
+def compile_model(model: keras.Model, opt, label_smoothing: float) -> None:
     """Every tlpipe classifier ends in a softmax over all classes: categorical
     cross-entropy on one-hot labels, accuracy as the readable metric."""
     model.compile(
         optimizer=opt,
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
-        steps_per_execution=steps_per_execution,
     )
 
 
