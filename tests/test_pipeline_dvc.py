@@ -218,6 +218,7 @@ def test_exp_run_tta_off_ships_the_plain_model(repo):
     assert set(ran(repo.dvc("repro").stdout)) <= {"params"}
 
 
+@pytest.mark.heavy  # finetune, trust, evaluate and export rerun: the default suite's slowest (make test-heavy)
 def test_exp_run_tta_on_ships_the_mirror_average_scored_on_stored_outputs(repo):
     """The README's `dvc exp run -S finetune.tta=true` (bench/scaling.py's
     experiment that changes the shipped model), typed as a user types it: the
@@ -257,6 +258,7 @@ def test_exp_run_export_formats_scores_each_in_its_runtime_and_metrics_diff_show
     assert set(ran(repo.dvc("repro").stdout)) <= {"params"}
 
 
+@pytest.mark.heavy  # trust, evaluate and export rerun (make test-heavy)
 def test_exp_run_trust_coverage_recalibrates_the_sets_only(repo):
     """The README's `dvc exp run -S trust.coverage=0.8`, typed as a user types it."""
     original = repo.params()

@@ -1,13 +1,17 @@
 """training: the learning-rate policy, which epoch a fit keeps, and batches
 read from rows left on disk, seeded and reshuffled."""
 
+import os
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
 
 from tlpipe.artifacts import StoredRows
-from tlpipe.training import (Inputs, LiveLogger, PlateauReduction, StartingPoint, soup, callbacks, compile_model, disk_batches, fit, learning_rate,
-                             optimizer)
+from tlpipe.training import (Inputs, LiveLogger, PlateauReduction, StartingPoint, callbacks, compile_model, disk_batches,
+                             fit, learning_rate, optimizer, soup)
 
 
 def on_disk(tmp_path, rows=37):
@@ -134,6 +138,56 @@ def test_fit_keeps_the_last_epoch_without_patience_and_the_best_with_it(tmp_path
         assert np.argmin(losses) != len(losses) - 1  # the last epoch is not the best: the test tells them apart
         assert len(losses) == 6 and not any(isinstance(c, keras.callbacks.EarlyStopping)
                                             for c in callbacks(0, LiveLogger(tmp_path / "x")))
+
+
+def test_many_steps_per_call_train_the_same_weights_as_one(tmp_path):
+    """STEPS_PER_EXECUTION batches in one call of the compiled step: the same
+    fit, batch for batch, on stored rows read from disk (37 rows: a short last
+    batch and a last call with fewer steps)."""
+    from tlpipe.training import STEPS_PER_EXECUTION
+
+    x, y = on_disk(tmp_path)
+    trained = []
+    for steps_per_call in (1, STEPS_PER_EXECUTION):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((3, 2)), keras.layers.Flatten(), keras.layers.Dense(8, activation="relu"),
+                                  keras.layers.Dense(4, activation="softmax")])
+        compile_model(model, keras.optimizers.Adam(0.01), 0.0, steps_per_execution=steps_per_call)
+        assert model.steps_per_execution == steps_per_call
+        result = fit(model, Inputs(disk_batches(x, y, 2, shuffle_seed=1)), Inputs(disk_batches(x, y, 2)), 3,
+                     callbacks(0, LiveLogger(tmp_path / f"logs{steps_per_call}")))
+        trained.append((model.get_weights(), result.history["val_loss"],
+                        model.predict(np.load(tmp_path / "prefix.npy"), batch_size=2)))
+    assert STEPS_PER_EXECUTION > 1 and len(x) // 2 > STEPS_PER_EXECUTION  # more than one call per epoch
+    for one, many in zip(trained[0][0], trained[1][0]):
+        np.testing.assert_array_equal(one, many)
+    assert trained[0][1] == trained[1][1]
+    np.testing.assert_array_equal(trained[0][2], trained[1][2])
+
+
+TWO_REPLICAS_FIT = """
+import keras, numpy as np
+from tlpipe import distributed
+from tlpipe.training import compile_model
+strategy = distributed.choose_strategy()
+with strategy.scope():
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, activation="softmax")])
+    compile_model(model, keras.optimizers.Adam(0.01), 0.0)
+x = np.arange(120, dtype="float32").reshape(40, 3) / 120
+history = model.fit(x, np.eye(2)[np.arange(40) % 2], batch_size=4, epochs=1, verbose=0)
+print(strategy.num_replicas_in_sync, model.steps_per_execution, np.isfinite(history.history["loss"][0]))
+"""
+
+
+def test_two_replicas_run_one_step_per_call(tmp_path):
+    """Keras' multi-step loop fails under MirroredStrategy: with two replicas
+    (carved out of the CPU, the code path of two GPUs) compile_model asks for
+    one step per call, and the fit runs."""
+    env = {**os.environ, "TLPIPE_REPLICAS": "2", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run([sys.executable, "-c", TWO_REPLICAS_FIT], env=env, capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["2", "1", "True"]
 
 
 def test_a_starting_point_puts_back_weights_optimizer_state_and_the_plateau_scale():

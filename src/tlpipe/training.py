@@ -28,13 +28,29 @@ def seed_everything(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
-def compile_model(model: keras.Model, opt, label_smoothing: float) -> None:
+# Batches Keras runs in one call of its compiled step (fit, evaluate, predict).
+# One call per batch costs ~8 ms of Python: on a small trainable top fed the
+# stored prefix that was most of the fit (bench/RESULTS.md section 31: the 30k
+# fit in 0.79-0.91x the time, the same weights to the byte). Callbacks here act
+# per epoch, so they see nothing of it.
+STEPS_PER_EXECUTION = 16
+
+
+def compile_model(model: keras.Model, opt, label_smoothing: float,
+                  steps_per_execution: int = STEPS_PER_EXECUTION) -> None:
     """Every tlpipe classifier ends in a softmax over all classes: categorical
-    cross-entropy on one-hot labels, accuracy as the readable metric."""
+    cross-entropy on one-hot labels, accuracy as the readable metric. Call
+    inside the strategy's scope: with several replicas one step runs per call
+    (Keras' multi-step loop fails under MirroredStrategy)."""
+    import tensorflow as tf
+
+    if tf.distribute.get_strategy().num_replicas_in_sync > 1:
+        steps_per_execution = 1
     model.compile(
         optimizer=opt,
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+        steps_per_execution=steps_per_execution,
     )
 
 
