@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from tlpipe.artifacts import StoredRows
-from tlpipe.training import (Inputs, LiveLogger, PlateauReduction, StartingPoint, callbacks, compile_model, disk_batches,
-                             fit, learning_rate, optimizer, soup)
+from tlpipe.training import (STEPS_PER_EXECUTION, Inputs, LiveLogger, PlateauReduction, StartingPoint, callbacks,
+                             compile_model, disk_batches, fit, learning_rate, optimizer, soup)
 
 
 def on_disk(tmp_path, rows=37):
@@ -144,8 +144,6 @@ def test_many_steps_per_call_train_the_same_weights_as_one(tmp_path):
     """STEPS_PER_EXECUTION batches in one call of the compiled step: the same
     fit, batch for batch, on stored rows read from disk (37 rows: a short last
     batch and a last call with fewer steps)."""
-    from tlpipe.training import STEPS_PER_EXECUTION
-
     x, y = on_disk(tmp_path)
     trained = []
     for steps_per_call in (1, STEPS_PER_EXECUTION):
@@ -165,7 +163,7 @@ def test_many_steps_per_call_train_the_same_weights_as_one(tmp_path):
     np.testing.assert_array_equal(trained[0][2], trained[1][2])
 
 
-TWO_REPLICAS_FIT = """
+REPLICAS_FIT = """
 import keras, numpy as np
 from tlpipe import distributed
 from tlpipe.training import compile_model
@@ -179,15 +177,17 @@ print(strategy.num_replicas_in_sync, model.steps_per_execution, np.isfinite(hist
 """
 
 
-def test_two_replicas_run_one_step_per_call(tmp_path):
+@pytest.mark.parametrize("replicas, steps_per_call", [("1", str(STEPS_PER_EXECUTION)), ("2", "1")])
+def test_several_replicas_run_one_step_per_call(tmp_path, replicas, steps_per_call):
     """Keras' multi-step loop fails under MirroredStrategy: with two replicas
     (carved out of the CPU, the code path of two GPUs) compile_model asks for
-    one step per call, and the fit runs."""
-    env = {**os.environ, "TLPIPE_REPLICAS": "2", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    proc = subprocess.run([sys.executable, "-c", TWO_REPLICAS_FIT], env=env, capture_output=True, text=True,
+    one step per call; one replica named outright (OneDeviceStrategy) keeps
+    STEPS_PER_EXECUTION. Either way the fit runs."""
+    env = {**os.environ, "TLPIPE_REPLICAS": replicas, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run([sys.executable, "-c", REPLICAS_FIT], env=env, capture_output=True, text=True,
                           timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.split() == ["2", "1", "True"]
+    assert proc.stdout.split() == [replicas, steps_per_call, "True"]
 
 
 def test_a_starting_point_puts_back_weights_optimizer_state_and_the_plateau_scale():
