@@ -110,6 +110,29 @@ def test_scoring_in_batches_gives_the_decisions_of_one_image_at_a_time(exported,
         assert scored[3][fmt]["ms_per_image"] > 0
 
 
+def test_tensorflows_runtimes_share_a_lane_and_the_others_score_beside_them():
+    opened = {name: runtimes.Runtime(kind, 8, 2, forward=np.asarray) for name, kind in
+              (("keras", "keras"), ("saved_model", "saved_model"), ("tflite_int8", "tflite"), ("onnx", "onnx"))}
+    assert export.scoring_lanes(opened, cores=2) == [["keras", "saved_model"], ["tflite_int8", "onnx"]]
+    assert export.scoring_lanes(opened, cores=16) == [["keras", "saved_model"], ["tflite_int8", "onnx"]]
+    assert export.scoring_lanes(opened, cores=1) == [list(opened)]
+    only_tensorflow = {k: opened[k] for k in ("keras", "saved_model")}
+    assert export.scoring_lanes(only_tensorflow, cores=2) == [["keras", "saved_model"]]
+
+
+def test_runtimes_scored_side_by_side_give_the_figures_of_one_after_another(exported):
+    root, _, _ = exported
+    with working_dir(root):
+        rows, classes = artifacts.read_split("test"), artifacts.read_classes()
+        opened = {"keras": runtimes.open_model(paths.MODEL, threads=1)}
+        opened.update({fmt: runtimes.open_model(export.artifact_path(fmt), threads=1) for fmt in params.EXPORT_FORMATS})
+        scored = {cores: export.score_runtimes(opened, rows, classes, cores=cores) for cores in (1, 2)}
+    assert len(export.scoring_lanes(opened, cores=2)) == 2
+    for fmt in opened:
+        assert {k: v for k, v in scored[2][fmt].items() if k != "ms_per_image"} == \
+            {k: v for k, v in scored[1][fmt].items() if k != "ms_per_image"}, fmt
+
+
 def test_tflite_converted_from_the_one_saved_model_is_what_a_fresh_export_gives(exported, tmp_path):
     """The stage exports the SavedModel once and converts every TFLite format
     from it; converting straight from the Keras model gives the same model."""

@@ -15,11 +15,13 @@ images themselves: evaluate scores the shipped model on their stored prefix.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import tempfile
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -244,18 +246,38 @@ SCORING_BATCH = 8
 LATENCY_CALLS = 50
 
 
-def score_runtimes(opened: dict[str, runtimes.Runtime], rows, classes: list[str]) -> dict:
+# Runtimes that share TensorFlow's thread pools (process-wide, one thread in
+# this stage); TFLite's interpreter and ONNX Runtime have threads of their own.
+_TENSORFLOW_KINDS = ("keras", "saved_model")
+
+
+def scoring_lanes(opened: dict[str, runtimes.Runtime], cores: int | None = None) -> list[list[str]]:
+    """The runtimes in lanes that classify side by side, one per core: TensorFlow's
+    in one (a second TensorFlow caller would wait for the same thread), the
+    others in the next; all in one lane on one core."""
+    tensorflow = [name for name, r in opened.items() if r.kind in _TENSORFLOW_KINDS]
+    others = [name for name in opened if name not in tensorflow]
+    if (cores or os.cpu_count() or 1) < 2 or not tensorflow or not others:
+        return [list(opened)]
+    return [tensorflow, others]
+
+
+def score_runtimes(opened: dict[str, runtimes.Runtime], rows, classes: list[str], cores: int | None = None) -> dict:
     """Every runtime classifies every test image (one pass over them, in
-    batches of SCORING_BATCH) -> its decisions' figures; and its latency,
-    ms per image at batch 1 on one thread (``latency_ms``)."""
+    batches of SCORING_BATCH, the lanes of ``scoring_lanes`` side by side)
+    -> its decisions' figures; and its latency, ms per image at batch 1 on
+    one thread, each runtime alone (``latency_ms``)."""
     from tqdm import tqdm
 
     size = opened["keras"].image_size
     probs = {name: [] for name in opened}
-    with tqdm(total=len(rows), desc=f"export: {len(opened)} runtimes on test", unit="img", mininterval=1) as bar:
+    lanes = scoring_lanes(opened, cores)
+    with (tqdm(total=len(rows), desc=f"export: {len(opened)} runtimes on test", unit="img", mininterval=1) as bar,
+          ThreadPoolExecutor(len(lanes)) as pool):
         for x in pixel_batches(rows, size, SCORING_BATCH):
-            for name, runtime in opened.items():
-                probs[name].append(runtime(x))
+            for lane in pool.map(lambda names: [(name, opened[name](x)) for name in names], lanes):
+                for name, p in lane:
+                    probs[name].append(p)
             bar.update(len(x))
     latency = latency_ms(opened, rows[:LATENCY_CALLS], size)
     y_true = label_indices(rows, classes)
