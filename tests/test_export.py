@@ -197,9 +197,11 @@ def test_onnx_alone_is_exported_from_a_model_never_called(exported):
     assert metrics["onnx"]["bytes"] == (root / export.artifact_path("onnx")).stat().st_size
 
 
-def test_one_model_exported_twice_gives_the_same_onnx_bytes(exported, tmp_path):
-    """Two processes, as two `dvc repro` runs: tf2onnx's counters and set
-    orders differ between them, the file does not (canonical_onnx_names)."""
+def test_one_model_exported_twice_gives_the_same_bytes_in_every_float_format(exported, tmp_path):
+    """Two processes, as two `dvc repro` runs: tf2onnx's counters, the order of
+    TensorFlow's watched variables and the SavedModel's random UUID differ
+    between them, the files do not (canonical_onnx_names,
+    _variables_in_name_order, _content_derived_uuid)."""
     import subprocess
     import sys
 
@@ -208,14 +210,18 @@ def test_one_model_exported_twice_gives_the_same_onnx_bytes(exported, tmp_path):
     root, _, _ = exported
     script = ("import sys; from pathlib import Path; from tlpipe import export, paths; "
               "from tlpipe.layers import load_model; "
-              "export.write_artifacts(load_model(paths.MODEL), ['onnx'], Path(sys.argv[1]), None)")
+              f"export.write_artifacts(load_model(paths.MODEL), {list(FLOAT_FORMATS)!r}, Path(sys.argv[1]), None)")
     files = []
     for run in ("first", "second"):
         (tmp_path / run).mkdir()
         subprocess.run([sys.executable, "-c", script, str(tmp_path / run)], cwd=root, check=True, capture_output=True,
                        env={**os.environ, "PYTHONPATH": str(REPO / "src")})
-        files.append((tmp_path / run / "model_onnx.onnx").read_bytes())
-    assert files[0] == files[1]
+        files.append({f.relative_to(tmp_path / run): f.read_bytes() for f in (tmp_path / run).rglob("*") if f.is_file()})
+    assert sorted(files[0]) == sorted(files[1])
+    assert {"model_saved_model/saved_model.pb", "model_saved_model/variables/variables.index",
+            "model_saved_model/fingerprint.pb", "model_tflite_float16.tflite", "model_onnx.onnx"} <= {
+        str(name) for name in files[0]}
+    assert [name for name in files[0] if files[0][name] != files[1][name]] == []
 
 
 def test_no_formats_writes_only_the_class_list(exported):

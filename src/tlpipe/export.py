@@ -14,6 +14,7 @@ images themselves: evaluate scores the shipped model on their stored prefix.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -52,7 +53,9 @@ def write_artifact(model, fmt: str, out: Path, representative=None, saved_model:
     if fmt == "keras":
         atomic.save_keras(out, model)
     elif fmt == "saved_model":
-        model.export(str(out), format="tf_saved_model", verbose=False)
+        with _variables_in_name_order():
+            model.export(str(out), format="tf_saved_model", verbose=False)
+        _content_derived_uuid(out)
     elif fmt == "onnx":
         # Keras' own exporter (tf2onnx underneath); batch size left dynamic. The
         # input signature given outright: without it the exporter refuses a model
@@ -71,6 +74,44 @@ def write_artifact(model, fmt: str, out: Path, representative=None, saved_model:
         with tempfile.TemporaryDirectory() as tmp:
             model.export(tmp, format="tf_saved_model", verbose=False)
             out.write_bytes(_tflite_bytes(Path(tmp), fmt, representative))
+
+
+@contextlib.contextmanager
+def _variables_in_name_order():
+    """Keras' SavedModel export lists the model's variables in the order of
+    TensorFlow's traced function's ``variables``, a set keyed by object id:
+    another order in every process, so the same model gave another
+    ``saved_model.pb`` and ``variables/`` each time (and the TFLite files
+    converted from them). Sorted by name they come out the same."""
+    from keras.src.export import saved_model_export_archive as archive
+
+    listed = archive._list_variables_used_by_fns
+
+    def by_name(functions):
+        trainable, non_trainable = listed(functions)
+        return sorted(trainable, key=lambda v: v.name), sorted(non_trainable, key=lambda v: v.name)
+
+    archive._list_variables_used_by_fns = by_name
+    try:
+        yield
+    finally:
+        archive._list_variables_used_by_fns = listed
+
+
+def _content_derived_uuid(saved_model: Path) -> None:
+    """TensorFlow stamps a random UUID into ``fingerprint.pb``; one derived
+    from the fingerprint's hashes of the content names the same model the
+    same way in every export (the other fields already are content hashes)."""
+    import hashlib
+
+    from tensorflow.core.protobuf import fingerprint_pb2
+
+    path = saved_model / "fingerprint.pb"
+    fingerprint = fingerprint_pb2.FingerprintDef.FromString(path.read_bytes())
+    fingerprint.uuid = ""
+    digest = hashlib.sha256(fingerprint.SerializeToString(deterministic=True)).digest()
+    fingerprint.uuid = str(int.from_bytes(digest[:16], "big"))
+    path.write_bytes(fingerprint.SerializeToString(deterministic=True))
 
 
 def canonical_onnx_names(path: Path) -> None:
