@@ -81,11 +81,16 @@ def _variables_in_name_order():
     """Keras' SavedModel export lists the model's variables in the order of
     TensorFlow's traced function's ``variables``, a set keyed by object id:
     another order in every process, so the same model gave another
-    ``saved_model.pb`` and ``variables/`` each time (and the TFLite files
-    converted from them). Sorted by name they come out the same."""
-    from keras.src.export import saved_model_export_archive as archive
+    ``saved_model.pb`` and ``variables/`` each time. Sorted by name they come
+    out the same. (A private Keras function: should a Keras release move it,
+    the export still works, and tests/test_export.py says the bytes moved.)"""
+    try:
+        from keras.src.export import saved_model_export_archive as archive
 
-    listed = archive._list_variables_used_by_fns
+        listed = archive._list_variables_used_by_fns
+    except (ImportError, AttributeError):
+        yield
+        return
 
     def by_name(functions):
         trainable, non_trainable = listed(functions)
@@ -107,6 +112,8 @@ def _content_derived_uuid(saved_model: Path) -> None:
     from tensorflow.core.protobuf import fingerprint_pb2
 
     path = saved_model / "fingerprint.pb"
+    if not path.is_file():
+        return
     fingerprint = fingerprint_pb2.FingerprintDef.FromString(path.read_bytes())
     fingerprint.uuid = ""
     digest = hashlib.sha256(fingerprint.SerializeToString(deterministic=True)).digest()
