@@ -58,7 +58,8 @@ for name, runtime in opened.items():
     for x in batches:
         runtime(x)
     ms[name] = 1000 * (time.perf_counter() - start) / len(rows)
-print(json.dumps({"ms": ms, "lanes": export.scoring_lanes(opened), "images": len(rows)}))
+print(json.dumps({"ms": ms, "lanes": export.scoring_lanes(opened), "images": len(rows),
+                  "batch": export.SCORING_BATCH}))
 """
 
 
@@ -68,7 +69,7 @@ def scoring_floor(repo) -> None:
                          capture_output=True, text=True).stdout.splitlines()[-1]
     figures = json.loads(out)
     ms, n, cores = figures["ms"], figures["images"], os.cpu_count() or 1
-    print(f"scoring alone, {n} test images, batches of 8, one thread each (ms per image):")
+    print(f"scoring alone, {n} test images, batches of {figures['batch']}, one thread each (ms per image):")
     for name, value in ms.items():
         print(f"  {name:15s} {value:7.2f}")
     lanes = [sum(ms[name] for name in lane) for lane in figures["lanes"]]
