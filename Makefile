@@ -3,19 +3,21 @@
 #   make test    install into .venv, then the test suite
 #   make test-heavy     whole-pipeline runs: interruptions, several replicas, every export format (.ci/run runs them after make test)
 #   make test-cluster   the multi-worker tests (.ci/run runs them after make test)
+#   make docs           the docs site into site/ (mkdocs build --strict: a broken link fails); make docs-serve previews
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 export DVC_NO_ANALYTICS := 1
+export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: setup repro test test-heavy test-cluster bench
+.PHONY: setup repro test test-heavy test-cluster bench docs docs-serve
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,tfds]'
+	$(BIN)/pip install --quiet -e '.[dev,tfds,docs]'
 	touch $@
 
 repro: setup
@@ -36,3 +38,9 @@ test-cluster: setup
 
 bench: setup
 	$(BIN)/python bench/run_all.py
+
+docs: setup
+	mkdocs build --strict
+
+docs-serve: setup
+	mkdocs serve

@@ -12,7 +12,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from tlpipe import quiet  # noqa: E402
+
+quiet.install()  # TensorFlow's start-up log out of the figures (TLPIPE_VERBOSE=1 shows it)
 os.environ["DVC_NO_ANALYTICS"] = "1"
 SHARED_KERAS = REPO.parent / "shared" / "keras"
 
@@ -84,3 +86,51 @@ def repo_from_argv(name: str, up_to_stage: str) -> Path:
     repo = copy_pipeline(Path(tempfile.mkdtemp(prefix=f"tlpipe-{name}-")) / "repo")
     timed(["dvc", "repro", up_to_stage], repo)
     return repo
+
+
+BENCHMARKS_PAGE = REPO / "docs" / "benchmarks.md"
+
+
+def machine() -> str:
+    """The CPU model and cores: figures differ between CPUs."""
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        import platform
+
+        model = platform.processor() or model
+    return f"{model}, {os.cpu_count()} cores"
+
+
+def commit() -> str:
+    proc = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                           capture_output=True, text=True).stdout.strip()
+    return (proc.stdout.strip() or "unknown") + (" with uncommitted changes" if dirty else "")
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def publish(name: str, title: str, body: str) -> None:
+    """Replace benchmark ``name``'s section of docs/benchmarks.md with ``body``
+    under its command, machine, commit and date: the page holds today's
+    figures only (git keeps the history)."""
+    import datetime
+
+    command = "python " + " ".join([f"bench/{Path(sys.argv[0]).name}", *sys.argv[1:]])
+    stamp = (f"`{command}` · {machine()} · commit {commit()} · "
+             f"{datetime.date.today().isoformat()}")
+    section = f"<!-- bench:{name} -->\n## {title}\n\n{stamp}\n\n{body.strip()}\n<!-- /bench:{name} -->"
+    page = BENCHMARKS_PAGE.read_text()
+    pattern = re.compile(rf"<!-- bench:{re.escape(name)} -->.*?<!-- /bench:{re.escape(name)} -->", re.DOTALL)
+    page = pattern.sub(lambda _: section, page) if pattern.search(page) else page.rstrip("\n") + "\n\n" + section + "\n"
+    BENCHMARKS_PAGE.write_text(page)
+    print(f"wrote the '{title}' table to {BENCHMARKS_PAGE.relative_to(REPO)}")

@@ -73,7 +73,7 @@ def classic(workdir: Path) -> tuple[float, float]:
 
 work = copy_pipeline(Path(tempfile.mkdtemp(prefix="tlpipe-bench-")) / "repo")
 ours_seconds = timed(["dvc", "repro"], work)
-ours_acc = json.loads((work / "metrics/eval.json").read_text())["finetuned"]["accuracy"]
+ours_acc = json.loads((work / "reports/eval.json").read_text())["finetuned"]["accuracy"]
 classic_seconds, classic_acc = classic(work)  # same split, same test images
 print(f"classic recipe: {classic_seconds:6.1f} s wall, test accuracy {classic_acc:.4f}")
 print(f"tlpipe repro:   {ours_seconds:6.1f} s wall, test accuracy {ours_acc:.4f}")

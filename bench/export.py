@@ -7,7 +7,7 @@ Runs the export stage's own script in REPO (every format of export.formats,
 each scored on the test split in its own runtime) and, in the same run, one
 decode + forward pass of the test split through the Keras model with plain
 tf.data and all cores. Prints the stage's wall time as a multiple of that
-pass, and metrics/export.json as the README's Deploy table. Then what
+pass, and reports/export.json as the docs' Deploy table. Then what
 scoring alone costs (the stage's floor on this machine): each runtime
 classifying every test image by itself, in the stage's batches on one
 thread, in ms per image; their sum over the machine's cores (no schedule
@@ -101,5 +101,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     main()

@@ -70,8 +70,8 @@ def main() -> None:
                 start = time.perf_counter()
                 timed(["dvc", "repro"], work)
                 wall = time.perf_counter() - start
-                ft = json.loads((work / "metrics/finetune.json").read_text())
-                ev = json.loads((work / "metrics/eval.json").read_text())
+                ft = json.loads((work / "reports/finetune.json").read_text())
+                ev = json.loads((work / "reports/eval.json").read_text())
                 print(f"{data:6s} {backbone:18s} {label:24s} {ft['head_val_accuracy']:9.4f} "
                       f"{ft['val_accuracy']:6.4f} {ft['val_loss']:9.4f} {ft['shipped']:>9s} "
                       f"{'on' if ft['tta'] else 'off':>4s} {ft.get('val_loss_with_tta', float('nan')):9.4f} "

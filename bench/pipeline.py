@@ -39,7 +39,7 @@ def stages_ran(out: str) -> str:
 
 
 def finetune_costs(out: str) -> str:
-    ft = json.loads((work / "metrics/finetune.json").read_text())
+    ft = json.loads((work / "reports/finetune.json").read_text())
     done = re.search(r"finetune: done in ([0-9.]+)s", out)
     if not done:
         return ""
@@ -52,8 +52,8 @@ def finetune_costs(out: str) -> str:
 full, out = run("dvc", "repro")
 run("git", "add", "-A")
 run("git", "-c", "user.name=bench", "-c", "user.email=bench@tlpipe.invalid", "commit", "-qm", "first run")
-ev = json.loads((work / "metrics/eval.json").read_text())
-ft = json.loads((work / "metrics/finetune.json").read_text())
+ev = json.loads((work / "reports/eval.json").read_text())
+ft = json.loads((work / "reports/finetune.json").read_text())
 print(f"full dvc repro (empty cache): {full:6.1f} s   stages: {stages_ran(out)}")
 print(f"  test accuracy: shipped ({ft['shipped']}) {ev['finetuned']['accuracy']:.4f}, head only {ev['head']['accuracy']:.4f}")
 print(f"  {finetune_costs(out)}")

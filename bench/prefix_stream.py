@@ -17,7 +17,6 @@ in-memory run's, and the prefix's size on disk.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -43,7 +42,7 @@ def finetune_once(repo: Path, env: dict, in_memory: bool) -> dict:
                           env={**tool_env(), **env}, capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(proc.stdout[-3000:] + proc.stderr[-3000:])
-    ft = json.loads((repo / "metrics/finetune.json").read_text())
+    ft = json.loads((repo / "reports/finetune.json").read_text())
     rss_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr).group(1))
     wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", proc.stderr).group(1)
     seconds = sum(float(part) * 60**i for i, part in enumerate(reversed(wall.split(":"))))
@@ -66,5 +65,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     main()

@@ -139,7 +139,7 @@ def one_size(n: int, archive: Path, root: Path) -> dict:
     run_timed(["git", "add", "-A"], repo)
     run_timed(["git", "-c", "user.name=bench", "-c", "user.email=bench@tlpipe.invalid", "commit", "-qm", "repro"], repo)
     exp, exp_out = run_timed(["dvc", "exp", "run", "-S", f"finetune.learning_rate={NEW_LEARNING_RATE}"], repo)
-    finetune = json.loads((repo / "metrics/finetune.json").read_text())
+    finetune = json.loads((repo / "reports/finetune.json").read_text())
     disk = {name: disk_mb(repo / name) for name in ("data/raw", "data/features", "data/prefix", "models", ".dvc/cache")}
     workspace = disk_mb(repo) - disk[".dvc/cache"]
     result = {"n": n, "made": made, "full": full, "stages": stages, "exp": exp, "exp_stages": stage_costs(exp_out),
@@ -150,7 +150,7 @@ def one_size(n: int, archive: Path, root: Path) -> dict:
     if not DEFAULTS:
         changed, changed_out = run_timed(["dvc", "exp", "run", "-S", MODEL_CHANGE], repo)
         result.update(changed=changed, changed_stages=stage_costs(changed_out),
-                      changed_fit=json.loads((repo / "metrics/finetune.json").read_text()).get("fit_seconds", 0.0))
+                      changed_fit=json.loads((repo / "reports/finetune.json").read_text()).get("fit_seconds", 0.0))
     return result
 
 

@@ -10,7 +10,7 @@ prediction sets cover what they promise? Two honest checks on real photos.
    fourth (nautilus), which it never saw.
 Prints, for each: the share of unseen images flagged unfamiliar, the share
 of the model's own test images flagged, and the prediction sets' coverage,
-mean size and single-class share on test (metrics/eval.json); then, for
+mean size and single-class share on test (reports/eval.json); then, for
 k = 1, 5, 10, 20 neighbours, how well the score ranks unseen images above
 the model's own test images (AUROC) and what it flags at quantiles 0.9 and
 0.99 (how trust.neighbours' default was chosen).
@@ -21,7 +21,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -101,5 +100,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     main()

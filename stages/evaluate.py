@@ -1,4 +1,4 @@
-"""DVC stage 'evaluate': test split only -> metrics/eval.json and plots/."""
+"""DVC stage 'evaluate': test split only -> reports/ and metrics/eval.json, plots/."""
 
 import _src  # noqa: F401
 

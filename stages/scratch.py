@@ -1,4 +1,4 @@
-"""DVC stage 'scratch' (opt-in): a small CNN from scratch, the baseline -> metrics/scratch.json."""
+"""DVC stage 'scratch' (opt-in): a small CNN from scratch, the baseline -> reports/ and metrics/scratch.json."""
 
 import _src  # noqa: F401
 

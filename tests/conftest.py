@@ -16,10 +16,15 @@ import pytest
 import yaml
 from PIL import Image, ImageDraw
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ["DVC_NO_ANALYTICS"] = "1"
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+from tlpipe import quiet  # noqa: E402
+
+# As every tlpipe process: subprocesses inherit it, and tests that want
+# TensorFlow's log set TF_CPP_MIN_LOG_LEVEL or TLPIPE_VERBOSE themselves.
+quiet.install()
 SHARED_KERAS = REPO.parent / "shared" / "keras"
 COLOURS = {"red": (200, 40, 40), "green": (40, 170, 60), "blue": (40, 60, 200)}
 
@@ -107,10 +112,10 @@ def in_tmp_cwd(tmp_path, monkeypatch) -> Path:
 
 
 def tool_env() -> dict:
-    env = dict(os.environ)
+    """The environment of a user's shell: TensorFlow's log left to tlpipe's default."""
+    env = quiet.user_environment(os.environ)
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     env["DVC_NO_ANALYTICS"] = "1"
-    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
     env.setdefault("GIT_AUTHOR_NAME", "tlpipe tests")
     env.setdefault("GIT_AUTHOR_EMAIL", "tests@tlpipe.invalid")
     env.setdefault("GIT_COMMITTER_NAME", "tlpipe tests")

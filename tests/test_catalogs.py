@@ -131,7 +131,7 @@ def test_exp_run_keras_fashion_mnist_from_a_seeded_keras_cache(tmp_path, dvc_rep
     repo = dvc_repo_factory(tiny_params(raw_params, REPO / "missing"))
     result = repo.dvc("exp", "run", "-S", "data.source=keras:fashion_mnist", "split")
     assert "Running stage 'fetch'" in result.stdout
-    metrics = json.loads((repo.root / "metrics/data.json").read_text())
+    metrics = json.loads((repo.root / "reports/data.json").read_text())
     assert metrics["classes"] == 10 and metrics["images"]["test"] == 20 and metrics["rejected"] == 0
     assert json.loads((repo.root / "data/split/classes.json").read_text()) == sorted(catalogs.FASHION_MNIST)
     assert (repo.root / "data/raw/test/ankle_boot/00009.png").is_file()

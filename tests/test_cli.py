@@ -98,7 +98,7 @@ def keras_predictions(trained):
 @pytest.mark.heavy  # three exports and their runtimes: over a minute (make test-heavy)
 @pytest.mark.parametrize("fmt, name", [("tflite_int8", "model_tflite_int8.tflite"),
                                        ("saved_model", "model_saved_model"),
-                                       ("onnx", "model_onnx.onnx")])  # the README's `tlpipe export --format onnx`
+                                       ("onnx", "model_onnx.onnx")])  # the docs' `tlpipe export --format onnx`
 def test_export_then_predict_with_the_exported_file(trained, keras_predictions, tmp_path, fmt, name):
     """`tlpipe export --format F` scores the artifact on test in its own runtime;
     `tlpipe predict --model` then runs the very file, class list found beside it."""

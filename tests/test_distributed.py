@@ -51,12 +51,12 @@ def changed_params(roots, **changes):
 
 
 def finetune(repo, env=None, **changes):
-    """Run stages/finetune.py with params changed; return metrics/finetune.json."""
+    """Run stages/finetune.py with params changed; return reports/finetune.json."""
     with changed_params([repo.root], **changes):
         proc = subprocess.run([sys.executable, "stages/finetune.py"], cwd=repo.root, capture_output=True,
                               text=True, env={**tool_env(), **(env or {})}, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return json.loads((repo.root / "metrics/finetune.json").read_text())
+    return json.loads((repo.root / "reports/finetune.json").read_text())
 
 
 @pytest.mark.heavy  # the finetune stage's script in a trained repo
@@ -102,7 +102,7 @@ def test_mixed_precision_trains_on_cpu_and_every_consumer_reads_the_model(traine
     env = tool_env()
     subprocess.run([sys.executable, "stages/evaluate.py"], cwd=trained.root, env=env, check=True,
                    capture_output=True)
-    ev = json.loads((trained.root / "metrics/eval.json").read_text())
+    ev = json.loads((trained.root / "reports/eval.json").read_text())
     assert 0 <= ev["finetuned"]["accuracy"] <= 1
     image = next((trained.root / "data/raw/red").glob("*.jpg"))
     predicted = subprocess.run([sys.executable, "-m", "tlpipe", "predict", str(image)], cwd=trained.root, env=env,
@@ -138,7 +138,7 @@ def start_worker(root, config: str, **env):
 
 def outputs(root) -> dict:
     """What a run would write, as bytes (None where absent)."""
-    files = ["models/model.keras", "metrics/finetune.json", "dvclive/finetune/metrics.json"]
+    files = ["models/model.keras", "metrics/finetune.json", "reports/finetune.json", "dvclive/finetune/metrics.json"]
     return {f: (root / f).read_bytes() if (root / f).exists() else None for f in files}
 
 
@@ -172,13 +172,13 @@ def test_two_workers_train_as_one_and_only_the_chief_writes(two_machines):
     with changed_params([chief], **{"finetune.batch_size": 8}):  # two workers at 4 each
         [(code, out, err)] = run_cluster([chief])
     assert code == 0, out[-3000:] + err[-3000:]
-    one = json.loads((chief / "metrics/finetune.json").read_text())
+    one = json.loads((chief / "reports/finetune.json").read_text())
     one_weights, one_curve = load_weights(chief), val_curve(chief)
     before = outputs(other)
 
     results = run_cluster([chief, other])
     assert [code for code, _, _ in results] == [0, 0], "\n\n".join(out[-3000:] + err[-3000:] for _, out, err in results)
-    two = json.loads((chief / "metrics/finetune.json").read_text())
+    two = json.loads((chief / "reports/finetune.json").read_text())
     assert outputs(other) == before  # the non-chief wrote nothing
     assert "worker 1 of 2 tasks done; the chief writes models/model.keras" in results[1][1]
     # A run that succeeded says nothing that reads as a failure (TensorFlow's
@@ -231,7 +231,7 @@ def test_two_workers_stream_images_from_files(two_machines):
         results = run_cluster([chief, other], TLPIPE_MEMORY_BUDGET="0")
     for code, out, err in results:
         assert code == 0, out[-3000:] + err[-3000:]
-    metrics = json.loads((chief / "metrics/finetune.json").read_text())
+    metrics = json.loads((chief / "reports/finetune.json").read_text())
     assert metrics["replicas"] == 2 and metrics["frozen_prefix_cached"] is False
     assert metrics["runs"] == 2 and len(metrics["run_val_losses"]) == 2
     assert np.isfinite(metrics["val_loss"])
@@ -269,7 +269,7 @@ def test_a_worker_whose_peer_dies_mid_run_stops_with_one_line(two_machines):
     assert lead.returncode == 2 and "Traceback" not in err, err[-3000:]
     assert "finetune: error: lost a peer worker during training" in err
     assert outputs(chief)["models/model.keras"] == before["models/model.keras"]
-    assert outputs(chief)["metrics/finetune.json"] == before["metrics/finetune.json"]
+    assert outputs(chief)["reports/finetune.json"] == before["reports/finetune.json"]
 
 
 @pytest.mark.heavy  # the finetune stage's script in a trained repo

@@ -15,7 +15,7 @@ DVC = yaml.safe_load((REPO / "dvc.yaml").read_text())
 PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
 STAGES = DVC["stages"]
 
-# The table in DESIGN.md / README: which stage reads which params.
+# The table in DESIGN.md / docs/pipeline.md: which stage reads which params.
 READS = {
     "params": set(),  # the whole file, as a dependency: it checks every key
     "fetch": {"data.source", "data.sha256"},
@@ -156,13 +156,16 @@ def test_paths_match_the_paths_module():
     assert outs["params"] == {str(paths.PARAMS_CHECKED)}
     assert str(paths.PARAMS_CHECKED) in STAGES["fetch"]["deps"]  # every stage comes after the check
     assert outs["fetch"] == {str(paths.RAW)}
-    assert outs["split"] == {str(paths.SPLIT), str(paths.DATA_METRICS)}
+    assert outs["split"] == {str(paths.SPLIT), str(paths.DATA_METRICS), str(paths.DATA_REPORT)}
     assert outs["extract"] == {str(paths.FEATURES), str(paths.PREFIX)}
-    assert outs["train_head"] == {str(paths.HEAD_MODEL), str(paths.HEAD_LOGS), str(paths.HEAD_METRICS)}
-    assert outs["finetune"] == {str(paths.MODEL), str(paths.FINETUNE_LOGS), str(paths.FINETUNE_METRICS)}
-    assert outs["evaluate"] == {str(paths.PLOTS), str(paths.EVAL_METRICS)}
-    assert outs["audit"] == {str(paths.AUDIT_PLOTS), str(paths.AUDIT_METRICS)}
-    assert outs["scratch"] == {str(paths.SCRATCH_LOGS), str(paths.SCRATCH_METRICS)}
+    assert outs["train_head"] == {str(paths.HEAD_MODEL), str(paths.HEAD_LOGS), str(paths.HEAD_METRICS),
+                                  str(paths.HEAD_REPORT)}
+    assert outs["finetune"] == {str(paths.MODEL), str(paths.FINETUNE_LOGS), str(paths.FINETUNE_METRICS),
+                                str(paths.FINETUNE_REPORT)}
+    assert outs["evaluate"] == {str(paths.PLOTS), str(paths.EVAL_METRICS), str(paths.EVAL_REPORT)}
+    assert outs["export"] == {str(paths.EXPORT), str(paths.EXPORT_METRICS), str(paths.EXPORT_REPORT)}
+    assert outs["audit"] == {str(paths.AUDIT_PLOTS), str(paths.AUDIT_METRICS), str(paths.AUDIT_REPORT)}
+    assert outs["scratch"] == {str(paths.SCRATCH_LOGS), str(paths.SCRATCH_METRICS), str(paths.SCRATCH_REPORT)}
     produced = set().union(*outs.values())
     for stage, spec in STAGES.items():
         for dep in spec["deps"]:
@@ -178,6 +181,19 @@ def test_only_split_depends_on_the_image_folder():
     for stage in ("extract", "finetune", "trust", "evaluate", "export", "audit", "scratch"):
         assert str(paths.SPLIT) in STAGES[stage]["deps"], stage
     assert paths.image_hashes_file().parent == paths.SPLIT
+
+
+def test_metrics_are_git_tracked_and_reports_are_no_dvc_metrics():
+    """metrics/ holds the DVC metrics (in git: cache: false), reports/ the rest,
+    DVC-cached: no report is a metric (`dvc metrics show` stays short), and no
+    stage has an uncached output but metrics (DVC would skip its run-cache)."""
+    for stage, spec in STAGES.items():
+        for entry in spec.get("metrics", []):
+            (path, options), = entry.items()
+            assert path.startswith(str(paths.METRICS) + "/") and options == {"cache": False}, stage
+        for entry in spec.get("outs", []):
+            path = next(iter(entry)) if isinstance(entry, dict) else entry
+            assert isinstance(entry, str), f"{stage}: {entry} (cache: false costs the run-cache)"
 
 
 def test_plots_point_at_files_the_pipeline_writes():

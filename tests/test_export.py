@@ -55,7 +55,7 @@ def test_every_format_is_written_with_the_class_names_beside_it(exported):
 
 def test_each_format_is_scored_on_test_in_its_own_runtime(exported):
     root, _, metrics = exported
-    on_disk = json.loads((root / paths.EXPORT_METRICS).read_text())
+    on_disk = json.loads((root / paths.EXPORT_REPORT).read_text())
     assert on_disk == metrics
     n_test = len(artifacts.read_split("test", root / paths.SPLIT))
     assert metrics["shipped"]["test_images"] == n_test
@@ -179,11 +179,11 @@ def test_the_stage_fails_after_writing_metrics_when_a_format_loses_accuracy(expo
             failed = None
         except TlpipeError as err:
             failed = str(err)
-        written = json.loads(paths.EXPORT_METRICS.read_text())
+        written = json.loads(paths.EXPORT_REPORT.read_text())
         dropped = written["tflite_int8"]["accuracy_drop"] > 0
         assert (failed is not None) == dropped
         if failed:
-            assert failed.startswith("tflite_int8 scores") and str(paths.EXPORT_METRICS) in failed
+            assert failed.startswith("tflite_int8 scores") and str(paths.EXPORT_REPORT) in failed
 
 
 def test_onnx_alone_is_exported_from_a_model_never_called(exported):
@@ -252,4 +252,4 @@ def test_no_formats_writes_only_the_class_list(exported):
     with working_dir(root):
         assert run_stage_code(p.with_overrides(export=dataclasses.replace(p.export, formats=())), "export") == {}
         assert [f.name for f in paths.EXPORT.iterdir()] == ["classes.json"]  # no artifact: no trust.json either
-        assert json.loads(paths.EXPORT_METRICS.read_text()) == {}
+        assert json.loads(paths.EXPORT_REPORT.read_text()) == {}

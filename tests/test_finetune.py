@@ -111,7 +111,7 @@ def test_finetune_stage_with_every_augmentation_on(in_tmp_cwd, raw_params):
     assert {"aug_crop", "aug_flip", "aug_rotation", "aug_zoom", "aug_translation", "aug_contrast"} <= names(model)
     x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
     np.testing.assert_array_equal(model.predict(x, verbose=0), model.predict(x, verbose=0))
-    assert json.loads(paths.FINETUNE_METRICS.read_text())["trainable_params"] > 0
+    assert json.loads(paths.FINETUNE_REPORT.read_text())["trainable_params"] > 0
 
 
 @pytest.mark.heavy  # two streamed runs: about a minute (make test-heavy)
@@ -140,7 +140,7 @@ def test_finetune_streams_from_files_when_data_does_not_fit(in_tmp_cwd, raw_para
         assert metrics["frozen_prefix_cached"] is False and metrics["epochs_run"] == 2
         runs.append({k: v for k, v in metrics.items() if not k.endswith("_seconds")})
     assert runs[0] == runs[1]
-    assert json.loads(paths.FINETUNE_METRICS.read_text())["val_loss"] == runs[0]["val_loss"]
+    assert json.loads(paths.FINETUNE_REPORT.read_text())["val_loss"] == runs[0]["val_loss"]
 
 
 @pytest.fixture
@@ -215,7 +215,7 @@ def test_never_ships_a_model_worse_than_the_head_on_val(trained_head_repo):
     shipped_head = load_model(paths.MODEL).get_layer("head")
     for a, b in zip(shipped_head.get_weights(), load_model(paths.HEAD_MODEL).get_weights()):
         np.testing.assert_array_equal(a, b)
-    saved = json.loads(paths.FINETUNE_METRICS.read_text())
+    saved = json.loads(paths.FINETUNE_REPORT.read_text())
     assert saved["shipped"] == "head"
 
 

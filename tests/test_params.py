@@ -3,9 +3,12 @@
 import copy
 
 import pytest
+import yaml
 
 from tlpipe import params
 from tlpipe.errors import TlpipeError
+
+from conftest import REPO
 
 
 def parse(raw):
@@ -169,3 +172,25 @@ def test_export_formats_are_kept_in_the_order_written(raw_params):
     p = params.parse(with_change(raw_params, "export.formats", ["onnx", "tflite_int8"]))
     assert p.export.formats == ("tflite_int8", "onnx")
     assert params.parse(with_change(raw_params, "export.formats", [])).export.formats == ()
+
+
+def _flat_keys(tree: dict, prefix: str = "") -> set[str]:
+    keys = set()
+    for key, value in tree.items():
+        keys |= _flat_keys(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}"}
+    return keys
+
+
+def test_the_params_reference_has_every_key_of_params_yaml_and_no_other():
+    """docs/params.md is generated from these rules: a key without its entry (or
+    an entry without its key) fails here."""
+    import re
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    reference = params.reference_markdown(raw)
+    listed = set(re.findall(r"^\| `([\w.]+)` \|", reference, re.MULTILINE))
+    assert listed == _flat_keys(raw)
+    for line in reference.splitlines():
+        if line.startswith("| `"):
+            key, default, accepts, doc = (cell.strip() for cell in line.strip("|").split(" | "))
+            assert accepts and len(doc) > 15, key

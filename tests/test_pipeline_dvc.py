@@ -35,7 +35,7 @@ def repo(tmp_path_factory, request):
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     repo = new_dvc_repo(root / "repo", tiny_params(raw, source))
     result = repo.dvc("repro")
-    repo.first_run = result.stdout
+    repo.first_run, repo.first_run_stderr = result.stdout, result.stderr
     repo.commit("first run")
     return repo
 
@@ -52,8 +52,8 @@ def test_full_repro_writes_every_output(repo):
                  "plots/evaluate/per_class_f1.png", "plots/audit/duplicates.csv", "plots/audit/label_issues.png",
                  "dvclive/head/plots/metrics/train/loss.tsv", "dvclive/finetune/plots/metrics/val/accuracy.tsv"):
         assert (root / path).exists(), path
-    ev = json.loads((root / "metrics/eval.json").read_text())
-    ft = json.loads((root / "metrics/finetune.json").read_text())
+    ev = json.loads((root / "reports/eval.json").read_text())
+    ft = json.loads((root / "reports/finetune.json").read_text())
     # calibration: a temperature fitted on val, stored in the shipped model, reported on test
     assert ev["calibration"]["temperature"] == ft["temperature"] > 0
     assert {"ece_before", "ece_after"} <= set(ev["calibration"]) and "val_ece_calibrated" in ft
@@ -61,11 +61,24 @@ def test_full_repro_writes_every_output(repo):
     for model in ("finetuned", "head"):
         assert 0 <= ev[model]["accuracy"] <= 1
         assert set(ev[model]["per_class"]) == {"blue", "green", "red"}
-    assert "frozen_prefix_cached" in json.loads((root / "metrics/finetune.json").read_text())
-    assert json.loads((root / "metrics/scratch.json").read_text()) == {"enabled": False}
+    assert "frozen_prefix_cached" in json.loads((root / "reports/finetune.json").read_text())
+    assert json.loads((root / "reports/scratch.json").read_text()) == {"enabled": False}
     assert repo.dvc("status").stdout.strip().endswith("Data and pipelines are up to date.")
     rejected = (root / "data/split/rejected.csv").read_text()
     assert "red/caf\\xe9.jpg" in rejected and "not valid UTF-8" in rejected
+
+
+def test_a_run_shows_tlpipes_lines_and_none_of_tensorflows_start_up_log(repo):
+    """Every stage in a user's plain shell (no TF_CPP_MIN_LOG_LEVEL): progress and
+    results, and no line of TensorFlow's C++ log (I0000/W0000/E0000, absl's banner)."""
+    from tlpipe import quiet
+
+    lines = (repo.first_run + repo.first_run_stderr).splitlines()
+    assert [line for line in lines if quiet.is_tensorflow_log(line)] == []
+    assert not any(marker in line for line in lines for marker in ("I0000 ", "W0000 ", "E0000 ", "absl::"))
+    for stage in ("extract", "train_head", "finetune", "trust", "evaluate", "export", "audit"):
+        assert any(line.startswith(f"{stage}: done in") for line in lines), stage
+    assert any(line.startswith("finetune: shipped the") for line in lines)
 
 
 def test_a_fresh_clone_is_up_to_date_after_dvc_pull(repo, tmp_path):
@@ -90,7 +103,7 @@ def test_rerunning_a_stage_on_the_same_inputs_invalidates_nothing(repo, stage):
 
 
 # What changing one key touches directly; downstream stages follow through their
-# data dependencies (the table in the README).
+# data dependencies (the table in docs/pipeline.md).
 DIRECT = [
     ("data.source", "elsewhere", {"fetch"}),
     ("split.val_fraction", 0.3, {"split"}),
@@ -128,7 +141,7 @@ def test_a_params_change_touches_only_the_stages_that_read_it(repo, key, value, 
 def test_an_image_changed_under_its_own_name_reruns_every_stage_after_split(repo):
     """Only split depends on data/raw; the stages after it depend on data/split,
     whose images.sha256 changes with any image's bytes, name and label unchanged."""
-    if shutil.which("sha256sum"):  # the README's check, typed as a user types it
+    if shutil.which("sha256sum"):  # the docs' check, typed as a user types it
         check = subprocess.run("cd data/raw && sha256sum -c ../split/images.sha256", shell=True, cwd=repo.root,
                                capture_output=True, text=True)
         assert check.returncode == 0 and "red/red_000.jpg: OK" in check.stdout, check.stdout + check.stderr
@@ -149,14 +162,14 @@ def test_an_image_changed_under_its_own_name_reruns_every_stage_after_split(repo
 
 
 def test_exp_run_finetune_param_reuses_the_stored_prefix(repo):
-    """The README's `dvc exp run -S key=value`, typed as a user types it, with a
+    """The docs' `dvc exp run -S key=value`, typed as a user types it, with a
     value DVC writes as 3e-05 (a string to plain PyYAML)."""
     original = repo.params()
     result = repo.dvc("exp", "run", "-n", "lr", "-S", "finetune.learning_rate=0.00003")
     # evaluate follows only if the shipped model changed (the head may still win on val)
     assert ran(result.stdout) in (["params", "finetune"], ["params", "finetune", "trust", "evaluate", "export"])
     assert "learning_rate: 3e-05" in (repo.root / "params.yaml").read_text()
-    ft = json.loads((repo.root / "metrics/finetune.json").read_text())
+    ft = json.loads((repo.root / "reports/finetune.json").read_text())
     assert ft["frozen_prefix_cached"] is True and ft["prefix_seconds"] < 2
     repo.write_params(original)
     assert set(ran(repo.dvc("repro").stdout)) <= {"params"}  # back to the committed run, from the run-cache
@@ -164,37 +177,37 @@ def test_exp_run_finetune_param_reuses_the_stored_prefix(repo):
 
 @pytest.mark.heavy  # three experiments: over a minute (make test-heavy)
 def test_exp_run_head_and_pooling_choices(repo):
-    """The README's `dvc exp run -S head.l2=0.001`, `-S pooling=avg` and
+    """The docs' `dvc exp run -S head.l2=0.001`, `-S pooling=avg` and
     `-S head.solver=keras -S pooling=avg`, typed as a user types them."""
     original = repo.params()
-    head = json.loads((repo.root / "metrics/head.json").read_text())  # the default: grid, L2 cross-validated
+    head = json.loads((repo.root / "reports/head.json").read_text())  # the default: grid, L2 cross-validated
     assert head["solver"] == "lbfgs" and head["l2_chosen_by"].endswith("cross-validation over train + val")
     assert len(head["l2_cv_loss"]) >= 3 and isinstance(head["reads_grid"], bool)
     result = repo.dvc("exp", "run", "-n", "l2", "-S", "head.l2=0.001")
     assert ran(result.stdout)[:2] == ["params", "train_head"]
-    head = json.loads((repo.root / "metrics/head.json").read_text())
+    head = json.loads((repo.root / "reports/head.json").read_text())
     assert head["l2"] == 0.001 and head["l2_chosen_by"] == "params" and head["l2_cv_loss"] == {}
     result = repo.dvc("exp", "run", "-n", "avg", "-S", "pooling=avg")
     assert ran(result.stdout)[:3] == ["params", "extract", "train_head"]
     meta = json.loads((repo.root / "data/features/meta.json").read_text())
     assert meta["pooling"] == "avg" and meta["feature_dim"] == meta["average_columns"] == 256
-    assert "reads_grid" not in json.loads((repo.root / "metrics/head.json").read_text())
+    assert "reads_grid" not in json.loads((repo.root / "reports/head.json").read_text())
     repo.dvc("exp", "run", "-n", "keras", "-S", "head.solver=keras", "-S", "pooling=avg")
-    assert json.loads((repo.root / "metrics/head.json").read_text())["solver"] == "keras"
+    assert json.loads((repo.root / "reports/head.json").read_text())["solver"] == "keras"
     repo.write_params(original)
     assert set(ran(repo.dvc("repro").stdout)) <= {"params"}
 
 
 def test_exp_run_one_longer_run_or_early_stopping(repo):
-    """The README's `dvc exp run -S finetune.runs=1 -S finetune.epochs=10` and
+    """The docs' `dvc exp run -S finetune.runs=1 -S finetune.epochs=10` and
     `dvc exp run -S finetune.patience=3`, typed as a user types them."""
     original = repo.params()
-    result = repo.dvc("exp", "run", "-n", "one-run", "-S", "finetune.runs=1", "-S", "finetune.epochs=10")  # README
+    result = repo.dvc("exp", "run", "-n", "one-run", "-S", "finetune.runs=1", "-S", "finetune.epochs=10")  # the docs
     assert ran(result.stdout)[:2] == ["params", "finetune"]
-    ft = json.loads((repo.root / "metrics/finetune.json").read_text())
+    ft = json.loads((repo.root / "reports/finetune.json").read_text())
     assert ft["runs"] == 1 and ft["epochs_run"] == 10 and ft["kept_epochs"] == [10]  # patience 0: the last epoch
-    repo.dvc("exp", "run", "-n", "patience", "-S", "finetune.patience=3")  # README
-    ft = json.loads((repo.root / "metrics/finetune.json").read_text())
+    repo.dvc("exp", "run", "-n", "patience", "-S", "finetune.patience=3")  # the docs
+    ft = json.loads((repo.root / "reports/finetune.json").read_text())
     logged = (repo.root / "dvclive/finetune/plots/metrics/val/loss.tsv").read_text().splitlines()[1:]
     losses = [float(line.split("\t")[1]) for line in logged]
     assert ft["epochs_run"] == len(losses) <= 10
@@ -204,14 +217,14 @@ def test_exp_run_one_longer_run_or_early_stopping(repo):
 
 
 def test_exp_run_tta_off_ships_the_plain_model(repo):
-    """The README's `dvc exp run -S finetune.tta=false`, typed as a user types it."""
+    """The docs' `dvc exp run -S finetune.tta=false`, typed as a user types it."""
     from tlpipe.layers import load_model
 
     original = repo.params()
     result = repo.dvc("exp", "run", "-n", "plain", "-S", "finetune.tta=false")
     assert ran(result.stdout)[:2] == ["params", "finetune"]
     assert "tta: false" in (repo.root / "params.yaml").read_text()
-    ft = json.loads((repo.root / "metrics/finetune.json").read_text())
+    ft = json.loads((repo.root / "reports/finetune.json").read_text())
     assert ft["tta"] is False and "val_loss_with_tta" not in ft
     assert "mirror" not in [layer.name for layer in load_model(repo.root / "models/model.keras").layers]
     repo.write_params(original)
@@ -220,7 +233,7 @@ def test_exp_run_tta_off_ships_the_plain_model(repo):
 
 @pytest.mark.heavy  # finetune, trust, evaluate and export rerun: the default suite's slowest (make test-heavy)
 def test_exp_run_tta_on_ships_the_mirror_average_scored_on_stored_outputs(repo):
-    """The README's `dvc exp run -S finetune.tta=true` (bench/scaling.py's
+    """The docs' `dvc exp run -S finetune.tta=true` (bench/scaling.py's
     experiment that changes the shipped model), typed as a user types it: the
     stages that score the new model rerun; trust reads val's stored prefix and
     its mirror images', evaluate test's, rather than the images."""
@@ -231,7 +244,7 @@ def test_exp_run_tta_on_ships_the_mirror_average_scored_on_stored_outputs(repo):
     assert ran(result.stdout) == ["params", "finetune", "trust", "evaluate", "export"]
     assert "trust: val from data/prefix" in result.stdout
     assert "evaluate: test from data/prefix" in result.stdout
-    assert json.loads((repo.root / "metrics/finetune.json").read_text())["tta"] is True
+    assert json.loads((repo.root / "reports/finetune.json").read_text())["tta"] is True
     assert "mirror" in [layer.name for layer in load_model(repo.root / "models/model.keras").layers]
     assert json.loads((repo.root / "models/trust/trust.json").read_text())["val_images"] > 0
     repo.write_params(original)
@@ -239,33 +252,49 @@ def test_exp_run_tta_on_ships_the_mirror_average_scored_on_stored_outputs(repo):
 
 
 def test_exp_run_export_formats_scores_each_in_its_runtime_and_metrics_diff_shows_it(repo):
-    """The README's `dvc exp run -S 'export.formats=[...]'`, typed as a user types it."""
+    """The docs' `dvc exp run -S 'export.formats=[...]'`, typed as a user types it."""
     original = repo.params()
-    result = repo.dvc("exp", "run", "-n", "formats", "-S", "export.formats=[tflite_float16,saved_model]")  # README
+    result = repo.dvc("exp", "run", "-n", "formats", "-S", "export.formats=[tflite_float16,saved_model]")  # the docs
     assert ran(result.stdout) == ["params", "export"]
     assert "tflite_float16" in result.stdout and "one thread, batch 1" in result.stdout
-    written = json.loads((repo.root / "metrics/export.json").read_text())
+    written = json.loads((repo.root / "reports/export.json").read_text())
     assert set(written) == {"keras", "saved_model", "tflite_float16", "shipped"}
     assert written["saved_model"]["agreement"] == 1.0
     assert sorted(f.name for f in (repo.root / "models/export").iterdir()) == [
         "classes.json", "model_saved_model", "model_tflite_float16.tflite", "trust.json"]
     diff = json.loads(repo.dvc("metrics", "diff", "--json").stdout)["metrics/export.json"]
-    assert "tflite_float16.accuracy" in diff and "onnx.accuracy" in diff  # new and gone, side by side
+    assert {"tflite_float16_accuracy_drop", "onnx_accuracy_drop"} <= set(diff)  # new and gone, side by side
     top = repo.dvc("exp", "run", "-n", "none", "-S", "export.formats=[]")
     assert ran(top.stdout) == ["params", "export"] and "nothing exported" in top.stdout
     assert json.loads((repo.root / "metrics/export.json").read_text()) == {}
+    assert json.loads((repo.root / "reports/export.json").read_text()) == {}
     repo.write_params(original)
     assert set(ran(repo.dvc("repro").stdout)) <= {"params"}
 
 
+def test_compare_shows_the_experiments_on_one_screen(repo):
+    """The README's `tlpipe compare` after the experiments above: every one by
+    name with the params it changed and its test accuracy, within 160 columns."""
+    out = repo.run("tlpipe", "compare").stdout
+    lines = out.splitlines()
+    assert max(len(line) for line in lines) <= 160 and "…" not in out
+    assert "test acc" in lines[0]
+    for name in ("workspace", "formats", "none"):
+        assert any(line.split()[0] == name for line in lines if line.strip()), name
+    assert "export.formats=[]" in out
+    formats = next(line for line in lines if line.split() and line.split()[0] == "formats")
+    accuracy = json.loads((repo.root / "metrics/eval.json").read_text())["accuracy"]
+    assert f"{accuracy:.4f}" in formats
+
+
 @pytest.mark.heavy  # trust, evaluate and export rerun (make test-heavy)
 def test_exp_run_trust_coverage_recalibrates_the_sets_only(repo):
-    """The README's `dvc exp run -S trust.coverage=0.8`, typed as a user types it."""
+    """The docs' `dvc exp run -S trust.coverage=0.8`, typed as a user types it."""
     original = repo.params()
     result = repo.dvc("exp", "run", "-n", "coverage", "-S", "trust.coverage=0.8")
     assert ran(result.stdout)[:3] == ["params", "trust", "evaluate"]  # export follows: trust.json travels with it
     assert json.loads((repo.root / "models/trust/trust.json").read_text())["coverage"] == 0.8
-    ev = json.loads((repo.root / "metrics/eval.json").read_text())
+    ev = json.loads((repo.root / "reports/eval.json").read_text())
     assert ev["conformal"]["target_coverage"] == 0.8 and ev["conformal"]["mean_set_size"] >= 1
     assert 0 <= ev["unfamiliar"]["test_rate"] <= 1
     assert json.loads((repo.root / "models/export/trust.json").read_text())["coverage"] == 0.8
@@ -280,8 +309,10 @@ def test_exp_run_freeze_recomputes_only_the_prefix_then_reuses_it(repo):
     assert ran(result.stdout) == ["params", "extract", "finetune", "trust", "evaluate", "export"]
     shown = json.loads(repo.dvc("exp", "show", "--json").stdout)
     assert "block4" in json.dumps(shown)
-    diff = repo.dvc("metrics", "diff", "--json").stdout
-    assert "trainable_params" in diff  # block4 trains more of the backbone
+    assert json.loads((repo.root / "reports/finetune.json").read_text())["freeze"] == "block4"
+    assert "val_loss" in json.loads(repo.dvc("metrics", "diff", "--json").stdout)["metrics/finetune.json"]
+    compared = repo.run("tlpipe", "compare").stdout  # the README's one-screen comparison
+    assert "freeze=block4" in compared and max(len(line) for line in compared.splitlines()) <= 160
     again = repo.dvc("exp", "run", "-S", "freeze=block5")
     assert set(ran(again.stdout)) <= {"params"}  # the rest restored from the run-cache: no prefix computed
     assert "Stage 'extract' is cached" in again.stdout and "Stage 'finetune' is cached" in again.stdout
@@ -322,8 +353,21 @@ def test_plots_show_renders_every_plot(repo):
     for plot_id in ("Confusion matrix (fine-tuned, test)", "ROC (test)", "Head loss",
                     "Fine-tune accuracy", "plots/evaluate/mistakes.png", "plots/audit/label_issues.png"):
         assert plot_id in html, plot_id
-    metrics = repo.dvc("metrics", "show").stdout
-    assert "finetuned.accuracy" in metrics and "head.per_class.red.f1" in metrics
+
+
+def test_metrics_show_is_the_headline_and_the_rest_is_in_reports(repo):
+    """`dvc metrics show` holds the few flat numbers people compare
+    (tlpipe.headline; this repo exports two formats); the rest is in reports/."""
+    from test_headline import PINNED
+
+    (workspace,) = json.loads(repo.dvc("metrics", "show", "--json").stdout).values()  # keyed "" or "workspace"
+    shown = workspace["data"]
+    keys = {f"{path}:{key}" for path, entry in shown.items() for key in entry["data"]}
+    formats = {"metrics/export.json:tflite_int8_accuracy_drop", "metrics/export.json:onnx_accuracy_drop"}
+    assert keys == {k for k in PINNED if not k.startswith("metrics/export.json:")} | formats
+    for entry in shown.values():
+        assert all(not isinstance(v, (dict, list)) for v in entry["data"].values())  # flat
+    assert json.loads((repo.root / "reports/eval.json").read_text())["head"]["per_class"]["red"]["f1"] >= 0
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Each README recipe is one `dvc exp run -S ...` line: DVC's own `-S` writer
+"""Each recipe of the docs (docs/experiments.md) is one `dvc exp run -S ...` line: DVC's own `-S` writer
 applies it to params.yaml, tlpipe reads the file back valid, and the model
 builds (random weights)."""
 
@@ -13,8 +13,8 @@ from tlpipe import backbones, freeze, params
 
 from conftest import REPO
 
-README = (REPO / "README.md").read_text()
-SECTION = README.split("## Recipes", 1)[1].split("\n## ", 1)[0]
+PAGE = (REPO / "docs" / "experiments.md").read_text()
+SECTION = PAGE.split("## Recipes", 1)[1].split("\n## ", 1)[0]
 FIRST_BLOCK = SECTION.split("```sh", 1)[1].split("```", 1)[0]
 LINES = [line for line in FIRST_BLOCK.splitlines() if line.startswith("dvc exp run")]
 

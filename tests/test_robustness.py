@@ -31,7 +31,9 @@ def without_timings(data, parent=""):
 
 
 def metrics_without_timings(root):
-    return {path.name: without_timings(json.loads(path.read_text())) for path in sorted((root / "metrics").glob("*.json"))}
+    """metrics/ and reports/, timings aside."""
+    return {f"{path.parent.name}/{path.name}": without_timings(json.loads(path.read_text()))
+            for folder in ("metrics", "reports") for path in sorted((root / folder).glob("*.json"))}
 
 
 @pytest.fixture(scope="module")

@@ -38,7 +38,7 @@ def test_stratified_and_deterministic(in_tmp_cwd):
     assert len(all_paths) == len(set(all_paths)) == 60
     other_seed = split_module.run(PARAMS, 7, paths.RAW)
     assert other_seed.rows["test"] != first.rows["test"]
-    metrics = json.loads(paths.DATA_METRICS.read_text())
+    metrics = json.loads(paths.DATA_REPORT.read_text())
     assert metrics["per_class"]["test"] == {"blue": 5, "green": 5, "red": 5}
     assert metrics["rejected"] == 0
 
@@ -195,7 +195,7 @@ def test_same_bytes_in_two_classes_is_a_label_conflict(in_tmp_cwd):
     rejected = dict(result.rejected)
     assert rejected["blue/mislabelled.jpg"].startswith("label conflict: the same bytes are in classes blue, red")
     assert "blue/mislabelled.jpg" in rejected["red/red_000.jpg"]
-    metrics = json.loads(paths.DATA_METRICS.read_text())
+    metrics = json.loads(paths.DATA_REPORT.read_text())
     assert metrics["label_conflicts"] == 2 and metrics["duplicates"] == 0 and metrics["rejected"] == 2
 
 
@@ -215,7 +215,7 @@ def test_identical_files_in_one_class_never_straddle_splits(in_tmp_cwd):
     assert result.duplicates == 20
     reasons = [r for _, r in result.rejected]
     assert len(reasons) == 20 and all(r.startswith("duplicate of ") for r in reasons)
-    assert json.loads(paths.DATA_METRICS.read_text())["duplicates"] == 20
+    assert json.loads(paths.DATA_REPORT.read_text())["duplicates"] == 20
 
 
 def test_duplicate_across_predefined_split_folders_is_dropped(in_tmp_cwd):
@@ -257,7 +257,7 @@ def test_dangling_symlink_in_a_folder_source_reaches_rejected_csv(in_tmp_cwd, tm
     run_split()
     rows = read_csv(paths.REJECTED)
     assert [r["path"] for r in rows] == ["red/gone.jpg"] and "does not exist" in rows[0]["reason"]
-    assert json.loads(paths.DATA_METRICS.read_text())["rejected"] == 1
+    assert json.loads(paths.DATA_REPORT.read_text())["rejected"] == 1
 
 
 def labelled_source(raw, rows, header="file_name,label"):
@@ -282,7 +282,7 @@ def test_labels_csv_gives_the_classes_and_ignores_unlisted_images(in_tmp_cwd):
     for name in ("red", "blue"):
         assert [sum(r.label == name for r in result.rows[s]) for s in ("train", "val", "test")] == [6, 3, 3]
     assert dict(result.rejected) == {"images/gone.jpg": "listed in labels.csv (row 26) but not in the source"}
-    metrics = json.loads(paths.DATA_METRICS.read_text())
+    metrics = json.loads(paths.DATA_REPORT.read_text())
     assert metrics["unlisted"] == 1 and metrics["rejected"] == 1
 
 
@@ -325,7 +325,7 @@ def test_a_bad_labels_csv_is_one_line_naming_file_and_row(in_tmp_cwd, content, m
 
 
 def test_exp_run_data_labels_reads_the_csv_through_dvc(tmp_path, dvc_repo_factory, raw_params):
-    """The README's `dvc exp run -S data.labels=labels.csv`, typed as a user
+    """The docs' `dvc exp run -S data.labels=labels.csv`, typed as a user
     types it, on a folder of images with a CSV of labels."""
     from conftest import tiny_params
 
@@ -334,7 +334,7 @@ def test_exp_run_data_labels_reads_the_csv_through_dvc(tmp_path, dvc_repo_factor
     repo = dvc_repo_factory(tiny_params(raw_params, source))
     result = repo.dvc("exp", "run", "-S", "data.labels=labels.csv", "split")
     assert "Running stage 'split'" in result.stdout
-    metrics = json.loads((repo.root / "metrics/data.json").read_text())
+    metrics = json.loads((repo.root / "reports/data.json").read_text())
     assert metrics["classes"] == 2 and sum(metrics["images"].values()) == 24 and metrics["unlisted"] == 0
     classes = json.loads((repo.root / "data/split/classes.json").read_text())
     assert classes == ["blue", "red"]
@@ -360,7 +360,7 @@ def test_corrections_relabel_and_exclude_without_moving_any_other_image(in_tmp_c
     assert dropped not in after and after[relabelled][0] == "train"
     assert after[relabelled][1] != relabelled.split("/")[0]
     assert {p: s for p, (s, _) in after.items()} == {p: s for p, s in where.items() if p != dropped}
-    metrics = json.loads(paths.DATA_METRICS.read_text())
+    metrics = json.loads(paths.DATA_REPORT.read_text())
     assert (metrics["corrected"], metrics["excluded"], metrics["rejected"]) == (1, 1, 0)
 
 
@@ -411,7 +411,7 @@ def test_corrections_that_empty_a_class_in_a_split_stop_the_stage(in_tmp_cwd):
 
 
 def test_the_readme_corrections_loop_through_dvc(tmp_path, dvc_repo_factory, raw_params):
-    """The README's loop as a user types it: a row from label_issues.csv's
+    """The docs' loop as a user types it: a row from label_issues.csv's
     file_name into data/corrections.csv, then `dvc repro`; and
     `dvc exp run -S data.corrections=...` for a second file."""
     from conftest import tiny_params
@@ -424,10 +424,10 @@ def test_the_readme_corrections_loop_through_dvc(tmp_path, dvc_repo_factory, raw
         f.write(f"{row['path']},{other}\n")
     assert "data/corrections.csv" in repo.dvc("status", "split").stdout
     assert "Running stage 'split'" in repo.dvc("repro", "split").stdout
-    metrics = json.loads((repo.root / "metrics/data.json").read_text())
+    metrics = json.loads((repo.root / "reports/data.json").read_text())
     assert (metrics["corrected"], metrics["excluded"]) == (1, 0)
     assert {r["path"]: r["label"] for r in read_csv(repo.root / "data/split/train.csv")}[row["path"]] == other
     (repo.root / "data/reviewed.csv").write_text(f"file_name,label\n{row['path']},exclude\n")
     repo.dvc("exp", "run", "-S", "data.corrections=data/reviewed.csv", "split")
-    metrics = json.loads((repo.root / "metrics/data.json").read_text())
+    metrics = json.loads((repo.root / "reports/data.json").read_text())
     assert (metrics["corrected"], metrics["excluded"]) == (0, 1)

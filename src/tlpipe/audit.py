@@ -1,5 +1,5 @@
 """audit: what is wrong with the data, from the cached features, in seconds ->
-plots/audit/, metrics/audit.json.
+plots/audit/, reports/audit.json, metrics/audit.json.
 
 * **Duplicates and leaks.** Exact copies (same bytes) were already taken out by
   the split stage (``rejected.csv``); they are listed again here beside the
@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from tlpipe import atomic, paths
+from tlpipe import atomic, headline, paths
 from tlpipe.artifacts import SPLITS, Row, csv_text, load_features, read_classes, read_features_meta, read_split
 from tlpipe.blas import BlasThreads
 from tlpipe.similarity import TILE_ROWS, normalised
@@ -297,7 +297,7 @@ def _print_summary(metrics: dict, issue_rows) -> None:
 
 
 def run(audit: AuditParams, *, seed: int) -> dict:
-    """data/features + data/split -> plots/audit, metrics/audit.json; reads ``audit.*`` and ``seed``."""
+    """data/features + data/split -> plots/audit, reports/audit.json, metrics/audit.json; reads ``audit.*`` and ``seed``."""
     classes = read_classes()
     # the global average's columns: grid pooling's quadrants add no evidence of a
     # duplicate or a wrong label worth five times the search
@@ -332,6 +332,6 @@ def run(audit: AuditParams, *, seed: int) -> dict:
         "label_issues": len(issue_rows),
         "images": len(rows),
     }
-    atomic.write_json(paths.AUDIT_METRICS, metrics)
+    headline.write("audit", metrics)
     _print_summary(metrics, issue_rows)
     return metrics

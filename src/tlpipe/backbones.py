@@ -130,7 +130,7 @@ def _entries() -> list[Backbone]:
         out.append(_entry(f"resnet{depth}", f"ResNet{depth}", "caffe", "resnet"))
         out.append(_entry(f"resnet{depth}_v2", f"ResNet{depth}V2", "tf", "resnet"))
     # freeze: auto is block5, the registry default: chosen on val over cats vs
-    # dogs and sign-language digits (bench/RESULTS.md); for MobileNet block4
+    # dogs and sign-language digits (bench/finetune_grid.py); for MobileNet block4
     # trained 6x longer on CPU and never beat the head on cats' val.
     for alpha in (0.25, 0.5, 0.75, 1.0):
         name = "mobilenet" if alpha == 1.0 else f"mobilenet_{alpha}"

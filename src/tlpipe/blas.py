@@ -5,7 +5,7 @@ SciPy >= 1.15 runs L-BFGS-B's own bookkeeping (small products on its history
 of steps) through BLAS. On several threads those cost more than they give,
 and the threads' waits slow the loss's products beside them: on two cores
 the head's fit took 2.0-4.5x and the audit's 2.5x their time on one BLAS
-thread (bench/RESULTS.md section 29). Inside ``BlasThreads`` BLAS runs on one
+thread (docs/pipeline.md, "The exact head"). Inside ``BlasThreads`` BLAS runs on one
 thread; a function wrapped by ``every_core`` (a loss made of large products)
 gets back the threads BLAS had.
 """

@@ -3,6 +3,7 @@
     tlpipe predict PATH...        classify image files, folders (recursively) and globs,
                                   with the Keras model or any exported one (--model)
     tlpipe export --format F      write the model as one export format, then score it on test
+    tlpipe compare                the experiments side by side: params changed, headline metrics
     tlpipe plots-page             regenerate .dvc/offline_plots.html (`dvc plots show` offline)
 """
 
@@ -17,7 +18,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from tlpipe import paths
+from tlpipe import paths, quiet
 from tlpipe.errors import TlpipeError
 from tlpipe.images import IMAGE_SUFFIXES, is_hidden
 from tlpipe.params import EXPORT_FORMATS
@@ -54,7 +55,6 @@ def _collect(args: list[str]) -> list[Path]:
 def _load(model_path: Path, classes_path: Path | None):
     """The model in its own runtime and its class names (by default the list
     shipped beside an exported artifact, else the pipeline's)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from tlpipe import runtimes
 
     runtimes.kind_of(model_path)  # a missing or unknown model is named before the class list
@@ -248,6 +248,13 @@ def _seed() -> int:
         return 0
 
 
+def compare(args) -> int:
+    from tlpipe import compare as comparing
+
+    print(comparing.render(comparing.rows(comparing.exp_show()), args.width), end="")
+    return 0
+
+
 def plots_page(args) -> int:
     from tlpipe import plots_page as page
 
@@ -286,6 +293,14 @@ def parser() -> argparse.ArgumentParser:
                    help="test accuracy the export may lose (default: %(default)s)")
     e.set_defaults(func=export)
 
+    c = sub.add_parser("compare", help="the experiments side by side on one screen",
+                       description="The workspace, each baseline and its experiments (`dvc exp show --json`): "
+                                   "the params each changed against its baseline and the headline metrics "
+                                   "(test accuracy, macro F1, log loss, the head's accuracy, val loss, what "
+                                   "shipped, fit seconds), wrapped to fit --width.")
+    c.add_argument("--width", type=int, default=160, help="the most columns a line takes (default: %(default)s)")
+    c.set_defaults(func=compare)
+
     g = sub.add_parser("plots-page", help="regenerate the offline page template of `dvc plots show`",
                        description="Write .dvc/offline_plots.html: DVC's plots page with Vega inlined "
                                    "from the pinned vl-convert-python, so every plot renders offline.")
@@ -294,6 +309,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    quiet.install()
     args = parser().parse_args(argv)
     try:
         return args.func(args)

@@ -1,4 +1,5 @@
-"""evaluate: the test split only, never used for any choice -> metrics/eval.json, plots/.
+"""evaluate: the test split only, never used for any choice -> reports/eval.json
+(its headline in metrics/eval.json), plots/.
 
 The head alone (on cached test features) and the shipped model are scored
 side by side with the same arithmetic (scikit-learn), so ``dvc metrics diff``
@@ -17,7 +18,7 @@ from collections import Counter
 import numpy as np
 from sklearn import metrics as skm
 
-from tlpipe import atomic, confidence, images, paths
+from tlpipe import atomic, confidence, headline, images, paths
 from tlpipe.artifacts import csv_text, label_indices, load_features, read_classes, read_split, sources
 from tlpipe.errors import TlpipeError
 from tlpipe.params import EvaluateParams
@@ -172,11 +173,11 @@ def _print_summary(results: dict, confused: dict) -> None:
 
 
 def run(ep: EvaluateParams) -> dict:
-    """test split + both models -> metrics/eval.json, plots/evaluate/; reads ``evaluate.*``."""
+    """test split + both models -> reports/eval.json, metrics/eval.json, plots/evaluate/; reads ``evaluate.*``."""
     classes, rows, y_true, x_test = _test_split()
     results, probs, sets, unfamiliar, uncalibrated = _figures(ep, classes, rows, y_true, x_test)
     with atomic.atomic_dir(paths.PLOTS) as tmp:
         confused = _write_plots(tmp, ep, results, probs, sets, unfamiliar, uncalibrated, classes, rows, y_true)
-    atomic.write_json(paths.EVAL_METRICS, results)
+    headline.write("eval", results)
     _print_summary(results, confused)
     return results

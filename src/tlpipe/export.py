@@ -1,9 +1,10 @@
 """export: the shipped model in the formats it is deployed in, each one scored
-on the test split by its own runtime -> models/export/, metrics/export.json.
+on the test split by its own runtime -> models/export/, reports/export.json
+(each format's accuracy drop in metrics/export.json).
 
 What an exported file scores is measured, not assumed: TFLite's interpreter,
 ONNX Runtime and a reloaded SavedModel each classify every test image, and
-``metrics/export.json`` holds, per format, the accuracy, macro F1, agreement
+``reports/export.json`` holds, per format, the accuracy, macro F1, agreement
 with the Keras model (same top-1 class), bytes and milliseconds per image
 (one thread, batch 1, the median over the first test images), so ``dvc
 metrics diff`` shows what a deployment choice costs. A format that loses more
@@ -28,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from sklearn import metrics as skm
 
-from tlpipe import atomic, images, paths, runtimes
+from tlpipe import atomic, headline, images, paths, runtimes
 from tlpipe.artifacts import label_indices, read_classes, read_split, sources
 from tlpipe.errors import TlpipeError
 from tlpipe.params import ExportParams
@@ -128,7 +129,7 @@ def canonical_onnx_names(path: Path) -> None:
     equal constants under whichever name a set yields first and lists
     independent nodes in no fixed order, so one model exported twice gave two
     files that compute the same but differ in bytes (and in
-    metrics/export.json's ``bytes``). Here the nodes are listed in a
+    reports/export.json's ``bytes``). Here the nodes are listed in a
     topological order whose ties are broken by what each node computes
     (_structural_order); a node is named by its Keras layer path and its
     operation, ``LAYER/OP`` (numbered by position where two are alike), its
@@ -287,7 +288,7 @@ def pixel_batches(rows, image_size: int, batch_size: int = 1):
 # Test images per call when a runtime's decisions are scored: in batches, as a
 # folder of images would be classified. At batch 1, four runtimes on one
 # thread made scoring 70 % of the stage; 8 scores 2.4x faster than 1, and
-# larger batches gain nothing more but memory (RESULTS section 28).
+# larger batches gain nothing more but memory (bench/export.py times scoring).
 SCORING_BATCH = 8
 # ms_per_image: the median of this many batch-1 calls per runtime, on the
 # first test images, after one call that warms the runtime up at batch 1.
@@ -386,12 +387,12 @@ def _one_thread() -> bool:
 
 
 def run(xp: ExportParams, seed: int) -> dict:
-    """models/model.keras -> models/export/, metrics/export.json; reads ``export.*``, ``seed``."""
+    """models/model.keras -> models/export/, reports/export.json, metrics/export.json; reads ``export.*``, ``seed``."""
     classes = read_classes()
     if not xp.formats:
         with atomic.atomic_dir(paths.EXPORT) as tmp:
             (tmp / "classes.json").write_text(json.dumps(classes))
-        atomic.write_json(paths.EXPORT_METRICS, {})
+        headline.write("export", {})
         print("export: export.formats is []: nothing exported")
         return {}
     test_rows = read_split("test")
@@ -426,11 +427,11 @@ def run(xp: ExportParams, seed: int) -> dict:
         "representative_images": len(calibration),
         "one_thread": one_thread,
     }
-    atomic.write_json(paths.EXPORT_METRICS, results)
+    headline.write("export", results)
     _print_table(results)
     failures = accuracy_drops({k: v for k, v in results.items() if k != "shipped"}, xp.max_accuracy_drop)
     if failures:
-        raise TlpipeError("; ".join(failures) + f" (metrics written to {paths.EXPORT_METRICS}).")
+        raise TlpipeError("; ".join(failures) + f" (figures written to {paths.EXPORT_REPORT}).")
     return results
 
 

@@ -9,7 +9,7 @@ data set is a noisy draw, their average a steadier model). The starting point
 is a candidate too: unless the fine-tuned model beats it on val
 (scoring.beats: a clearly lower loss, accuracy not evidently lower), the
 shipped model is the head on the frozen backbone (``shipped: head`` in
-metrics/finetune.json).
+reports/finetune.json).
 
 Speed: when augmentation is off, the frozen part of the backbone computes the
 same thing for an image every epoch; the extract stage stored those outputs
@@ -36,7 +36,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from tlpipe import atomic, backbones, distributed, freeze, images, paths, training
+from tlpipe import atomic, backbones, distributed, freeze, headline, images, paths, training
 from tlpipe.artifacts import label_indices, load_prefix, read_classes, read_prefix_meta, read_split, sources
 from tlpipe.errors import TlpipeError
 from tlpipe.layers import Mirror, Temperature, as_float32, augmentation, load_model, mirror_averaged, on_pixels
@@ -175,7 +175,7 @@ def _save_shipped(model, val_probs: np.ndarray, mirrored_probs: np.ndarray | Non
     """models/model.keras: ``model`` (mirror-averaged if ``tta`` says so, see
     _mirror_choice) with a temperature fitted on val. ``val_probs``: the
     model's val probabilities; ``mirrored_probs``: on the mirror images (None
-    with ``tta`` false). Returns what metrics/finetune.json reports of it."""
+    with ``tta`` false). Returns what reports/finetune.json reports of it."""
     use_tta, report = False, {}
     if tta is not False:
         use_tta, val_probs, report = _mirror_choice(val_probs, mirrored_probs, y_val, tta)
@@ -244,7 +244,7 @@ def _soup_of_runs(trainer, built: Built, train_for_run, val: Inputs, tuning: Fin
     """``finetune.runs`` runs of ``finetune.epochs`` each, every one from the
     trained head and the pretrained weights with its own data order; the
     model ends holding their averaged weights (training.soup). One run: that
-    run. -> their figures for metrics/finetune.json."""
+    run. -> their figures for reports/finetune.json."""
     logger = LiveLogger(log_dir, fits=tuning.runs)  # every run on one step count: dvclive/finetune
     finals, results = [], []
     for run in range(tuning.runs):
@@ -266,7 +266,7 @@ def _fit_or_keep_head(trainer, built: Built, train_for_run, val: Inputs, y_val: 
                       log_dir: Path) -> tuple[str, np.ndarray, dict]:
     """Fine-tune from the head (_soup_of_runs); keep the result only if it
     beats the head on val (scoring.beats). -> (shipped: "finetuned" or "head",
-    its val probabilities, its figures for metrics/finetune.json, which report
+    its val probabilities, its figures for reports/finetune.json, which report
     the fine-tuned model's val figures and its val-loss gain in standard
     errors either way)."""
     head_probs = trainer.predict(val).astype(np.float64)
@@ -293,7 +293,7 @@ def _fit_or_keep_head(trainer, built: Built, train_for_run, val: Inputs, y_val: 
 
 def _metrics(figures: dict, shipped: str, shipping: dict, built: Built, data_seconds: float, strategy,
              batch_size: int) -> dict:
-    """metrics/finetune.json: the fit's figures, what shipped and how it trained."""
+    """reports/finetune.json (its headline: tlpipe.headline): the fit's figures, what shipped and how it trained."""
     return {
         **figures,
         "shipped": shipped,
@@ -339,14 +339,14 @@ def run(tuning: FinetuneParams, choice: BackboneChoice) -> dict:
                                                         Path(log_dir))
     if not chief:
         print(f"finetune: {distributed.describe_task()} done; the chief writes {paths.MODEL} and "
-              f"{paths.FINETUNE_METRICS}, this worker writes nothing")
+              f"{paths.FINETUNE_REPORT}, this worker writes nothing")
         return figures
 
     mirrored_probs = (None if tuning.tta is False
                       else _mirror_probs(trainer, built, val_rows, y_val, choice.image_size, batch_size))
     shipping = _save_shipped(built.model, val_probs, mirrored_probs, y_val_idx, tuning.tta)
     metrics = _metrics(figures, shipped, shipping, built, data_seconds, strategy, batch_size)
-    atomic.write_json(paths.FINETUNE_METRICS, metrics)
+    headline.write("finetune", metrics)
     mirrored = " with mirror-image TTA" if shipping["tta"] else ""
     print(
         f"finetune: shipped the {shipped} model{mirrored}: val accuracy {metrics['val_accuracy']:.4f}, "

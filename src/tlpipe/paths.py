@@ -52,18 +52,36 @@ TRUST = MODELS / "trust"
 # The shipped model in the formats export.formats names, with classes.json.
 EXPORT = MODELS / "export"
 
+# The few numbers people compare across experiments (DVC metrics: `dvc metrics
+# diff`, `dvc exp show`), chosen by tlpipe.headline from each stage's report.
+# The few numbers people compare across experiments (DVC metrics: `dvc metrics
+# diff`, `dvc exp show`), chosen by tlpipe.headline from each stage's report.
 METRICS = Path("metrics")
-DATA_METRICS = METRICS / "data.json"
-HEAD_METRICS = METRICS / "head.json"
-FINETUNE_METRICS = METRICS / "finetune.json"
-EVAL_METRICS = METRICS / "eval.json"
-EXPORT_METRICS = METRICS / "export.json"
+# Everything each stage reports (per-class tables, per-format figures, the L2
+# path, data counts, calibration details), under the same file names: DVC
+# outputs like the models (never DVC metrics), so the run-cache restores them.
+REPORTS = Path("reports")
+
+
+def metrics_file(name: str) -> Path:
+    return METRICS / f"{name}.json"
+
+
+def report_file(name: str) -> Path:
+    return REPORTS / f"{name}.json"
+
+
+DATA_METRICS, DATA_REPORT = metrics_file("data"), report_file("data")
+HEAD_METRICS, HEAD_REPORT = metrics_file("head"), report_file("head")
+FINETUNE_METRICS, FINETUNE_REPORT = metrics_file("finetune"), report_file("finetune")
+EVAL_METRICS, EVAL_REPORT = metrics_file("eval"), report_file("eval")
+EXPORT_METRICS, EXPORT_REPORT = metrics_file("export"), report_file("export")
+AUDIT_METRICS, AUDIT_REPORT = metrics_file("audit"), report_file("audit")
+SCRATCH_METRICS, SCRATCH_REPORT = metrics_file("scratch"), report_file("scratch")
 
 # Each stage that draws owns one folder under plots/, so DVC outputs never overlap.
 PLOTS = Path("plots/evaluate")
 AUDIT_PLOTS = Path("plots/audit")
-AUDIT_METRICS = Path("metrics/audit.json")
-SCRATCH_METRICS = METRICS / "scratch.json"
 HEAD_LOGS = Path("dvclive/head")
 FINETUNE_LOGS = Path("dvclive/finetune")
 SCRATCH_LOGS = Path("dvclive/scratch")

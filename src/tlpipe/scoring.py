@@ -87,7 +87,7 @@ def standard_error(values: np.ndarray) -> float:
 # one image carries alone comes to exactly one standard error however large
 # (mean d/n, standard error |d|/n), so it never counts; two images that agree
 # come to about 1.4. A wider margin would refuse most real gains on small val
-# sets (40 images: bench/RESULTS.md, section 20).
+# sets (40 images, as the tests' and many users' first sets).
 MARGIN_SE = 1.0
 
 

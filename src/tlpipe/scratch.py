@@ -1,5 +1,5 @@
 """scratch (opt-in, ``scratch.enabled``): a small CNN trained from scratch on the
-same splits and image size -> metrics/scratch.json, dvclive/scratch/.
+same splits and image size -> reports/scratch.json, metrics/scratch.json, dvclive/scratch/.
 
 The baseline that shows what transfer learning is worth: the classic conv-pool
 stack with a dense head, scored on the test split with the same arithmetic as
@@ -10,7 +10,7 @@ that (``{"enabled": false}``) in a second.
 
 from __future__ import annotations
 
-from tlpipe import atomic, paths
+from tlpipe import atomic, headline, paths
 from tlpipe.params import ScratchParams
 
 
@@ -31,7 +31,7 @@ def build(image_size: int, n_classes: int, seed: int):
 
 
 def run(sp: ScratchParams, *, image_size: int, seed: int, top_k: int) -> dict:
-    """images -> metrics/scratch.json; reads ``scratch.*``, ``image_size``, ``seed``, ``evaluate.top_k``."""
+    """images -> reports/scratch.json, metrics/scratch.json; reads ``scratch.*``, ``image_size``, ``seed``, ``evaluate.top_k``."""
     if not sp.enabled:
         with atomic.atomic_dir(paths.SCRATCH_LOGS) as log_dir:
             (log_dir / "metrics.json").write_text("{}\n")
@@ -39,7 +39,7 @@ def run(sp: ScratchParams, *, image_size: int, seed: int, top_k: int) -> dict:
                 curve = log_dir / "plots" / "metrics" / split / "accuracy.tsv"
                 curve.parent.mkdir(parents=True)
                 curve.write_text("step\taccuracy\n")
-        atomic.write_json(paths.SCRATCH_METRICS, {"enabled": False})
+        headline.write("scratch", {"enabled": False})
         print("scratch: disabled (set scratch.enabled: true for the from-scratch baseline)")
         return {"enabled": False}
 
@@ -72,6 +72,6 @@ def run(sp: ScratchParams, *, image_size: int, seed: int, top_k: int) -> dict:
         )
     probs = model.predict(data["test"][0], batch_size=sp.batch_size, verbose=0).astype(np.float64)
     metrics = {"enabled": True, **result.metrics(), "test": scores(data["test"][1], probs, classes, top_k)}
-    atomic.write_json(paths.SCRATCH_METRICS, metrics)
+    headline.write("scratch", metrics)
     print(f"scratch: test accuracy {metrics['test']['accuracy']:.4f} (from scratch, no pretrained weights)")
     return metrics

@@ -43,7 +43,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from tlpipe import atomic, paths
+from tlpipe import atomic, headline, paths
 from tlpipe.artifacts import SPLIT_COLUMNS, SPLITS, Row, csv_text
 from tlpipe.errors import TlpipeError
 from tlpipe.images import IMAGE_SUFFIXES, inspect, is_hidden, undecodable_by_tensorflow
@@ -434,7 +434,7 @@ def _rejected_at_fetch(raw: Path) -> list[tuple[str, str]]:
 
 def run(params: SplitParams, seed: int, raw: Path = paths.RAW, labels: str | None = None,
         corrections: Path | None = None) -> SplitResult:
-    """data/raw -> data/split (+ metrics/data.json); reads ``split.*``, ``seed``,
+    """data/raw -> data/split (+ reports/data.json, metrics/data.json); reads ``split.*``, ``seed``,
     ``data.labels`` (None: the class is the folder) and ``data.corrections``
     (None: no corrections)."""
     unlisted = None
@@ -457,8 +457,8 @@ def run(params: SplitParams, seed: int, raw: Path = paths.RAW, labels: str | Non
     counts = {
         name: dict(sorted(Counter(r.label for r in result.rows[name]).items())) for name in SPLITS
     }
-    atomic.write_json(
-        paths.DATA_METRICS,
+    headline.write(
+        "data",
         {
             "classes": len(result.classes),
             "images": {name: len(result.rows[name]) for name in SPLITS},

@@ -13,9 +13,10 @@ cross-validation over train + val, the strongest whose out-of-fold loss is
 within one standard error of the best; on grid-pooled features the same
 cross-validation decides whether the head reads the quadrants' columns. The
 head is then fitted on train alone. ``keras``: Adam with dropout and early
-stopping on val loss (and hidden layers, if asked for). bench/RESULTS.md,
-sections 26 and 27: the keras head is worse out of fold than the tuned
-linear probe on two data sets and overfits grid features.
+stopping on val loss (and hidden layers, if asked for); docs/pipeline.md
+("The exact head") says why lbfgs is the default: the keras head was worse
+out of fold than the tuned linear probe on two data sets and overfits grid
+features.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from tlpipe import atomic, paths
+from tlpipe import atomic, headline, paths
 from tlpipe.artifacts import (FeatureRows, RowWriter, load_features, load_labels, load_stacked_features,
                               read_features_meta)
 from tlpipe.blas import BlasThreads
@@ -448,11 +449,11 @@ def run(head: HeadParams, *, seed: int) -> dict:
         else:
             if meta.get("pooling") == "grid" and not head.l2:
                 print("train_head: note: the keras head with no L2 overfits grid features on small data sets "
-                      "(bench/RESULTS.md, section 26); set head.l2 (dvc exp run -S head.l2=0.001) or pooling: avg")
+                      "(docs/pipeline.md, \"The exact head\"); set head.l2 (dvc exp run -S head.l2=0.001) or pooling: avg")
             (x_train, y_train), (x_val, y_val) = load_features("train"), load_features("val")
             model, metrics = train_keras(head, x_train, y_train, x_val, y_val, n_classes, log_dir)
     atomic.save_keras(paths.HEAD_MODEL, model)
-    atomic.write_json(paths.HEAD_METRICS, metrics)
+    headline.write("head", metrics)
     grid = {True: ", grid columns read", False: ", average columns alone"}.get(metrics.get("reads_grid"), "")
     print(f"train_head: {metrics['solver']}, l2 {metrics['l2']:g} (by {metrics['l2_chosen_by']}){grid}: "
           f"val accuracy {metrics['val_accuracy']:.4f}, val loss {metrics['val_loss']:.4f}")

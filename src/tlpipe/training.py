@@ -30,8 +30,8 @@ def seed_everything(seed: int) -> None:
 
 # Batches Keras runs in one call of its compiled step (fit, evaluate, predict).
 # One call per batch costs ~8 ms of Python: on a small trainable top fed the
-# stored prefix that was most of the fit (bench/RESULTS.md section 31: the 30k
-# fit in 0.79-0.91x the time, the same weights to the byte). Callbacks here act
+# stored prefix that was most of the fit; 16 per call train the same weights to
+# the byte in less time (bench/scaling.py times the fit). Callbacks here act
 # per epoch, so they see nothing of it.
 STEPS_PER_EXECUTION = 16
 
