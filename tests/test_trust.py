@@ -55,7 +55,7 @@ def test_trust_is_calibrated_on_val_and_stored_beside_the_model(calibrated):
 
 def test_evaluate_reports_sets_and_unfamiliar_rate_on_test(calibrated):
     root, _, trust, results = calibrated
-    on_disk = json.loads((root / paths.EVAL_METRICS).read_text())
+    on_disk = json.loads((root / paths.EVAL_REPORT).read_text())
     assert on_disk["conformal"] == results["conformal"]
     cf = results["conformal"]
     assert cf["target_coverage"] == trust.coverage and 0 <= cf["coverage"] <= 1 and cf["mean_set_size"] >= 1
