@@ -147,7 +147,7 @@ def test_corrupt_model_file_is_a_one_line_error(trained, tmp_path):
     bad.write_bytes(b"PK\x03\x04 not really a zip")
     image = trained / paths.RAW / artifacts.read_split("test", trained / paths.SPLIT)[0].path
     line = one_line_error(run_cli(trained, "predict", "--model", str(bad), str(image)))
-    assert f"{bad} is not a readable keras model" in line and "dvc checkout" in line
+    assert f"{bad}: not a readable .keras file" in line and "tlpipe export" in line
 
 
 def test_class_list_that_does_not_match_the_model_is_refused(trained, tmp_path):

@@ -79,7 +79,7 @@ def test_the_corrections_file_is_a_dependency_of_split_and_in_git():
 
 
 # Imported everywhere and cannot change what a stage computes.
-PLUMBING = {"atomic", "errors", "params", "paths", "stage"}
+PLUMBING = {"atomic", "errors", "params", "paths", "quiet", "stage"}
 SRC = REPO / "src" / "tlpipe"
 
 

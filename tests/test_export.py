@@ -47,7 +47,7 @@ def test_every_format_is_written_with_the_class_names_beside_it(exported):
     root, _, _ = exported
     folder = root / paths.EXPORT
     names = {"model_saved_model", "model_tflite.tflite", "model_tflite_float16.tflite", "model_tflite_int8.tflite",
-             "model_onnx.onnx", "classes.json", "trust.json"}
+             "model_onnx.onnx", "classes.json", "trust.json", "checksums.json"}
     assert {f.name for f in folder.iterdir()} == names
     assert json.loads((folder / "classes.json").read_text()) == json.loads((root / paths.CLASSES).read_text())
     assert (folder / "model_saved_model" / "saved_model.pb").is_file()
@@ -192,7 +192,8 @@ def test_onnx_alone_is_exported_from_a_model_never_called(exported):
     root, p, _ = exported
     with working_dir(root):
         metrics = run_stage_code(p.with_overrides(export=dataclasses.replace(p.export, formats=("onnx",))), "export")
-        assert {f.name for f in paths.EXPORT.iterdir()} == {"model_onnx.onnx", "classes.json", "trust.json"}
+        assert {f.name for f in paths.EXPORT.iterdir()} == {"model_onnx.onnx", "classes.json", "trust.json",
+                                                            "checksums.json"}
     assert metrics["onnx"]["agreement"] == 1.0
     assert metrics["onnx"]["bytes"] == (root / export.artifact_path("onnx")).stat().st_size
 

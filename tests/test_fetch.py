@@ -6,6 +6,7 @@ import zipfile
 
 import pytest
 
+from tlpipe import atomic
 from tlpipe import fetch as fetch_module
 from tlpipe.errors import TlpipeError
 from tlpipe.params import DataParams
@@ -55,7 +56,7 @@ def test_tar_gz_archive(tmp_path):
 
 def test_checksum_is_verified_before_extracting(images_dir, tmp_path):
     archive = zip_folder(images_dir, tmp_path / "d.zip")
-    good = fetch_module.sha256_of(archive)
+    good = atomic.sha256_of(archive)
     assert fetch(archive, tmp_path / "ok", sha256=good).is_dir()
     with pytest.raises(TlpipeError, match="Checksum mismatch .* Nothing was extracted"):
         fetch(archive, tmp_path / "bad", sha256="0" * 64)
@@ -277,3 +278,50 @@ def test_folder_walk_lists_what_sorted_rglob_lists_one_folder_at_a_time(tmp_path
         (root / rel).write_bytes(b"x")
     (root / "link").symlink_to(root / "a", target_is_directory=True)
     assert list(fetch_module._walk(root)) == sorted(root.rglob("*"))
+
+
+def test_a_link_leading_outside_the_source_is_never_read(images_dir, tmp_path):
+    """A private file reached through a link in the source must not be copied
+    into data/raw (and from there into DVC's cache); links that stay inside
+    are followed, loops never."""
+    private = tmp_path / "private" / "passwd"
+    private.parent.mkdir()
+    private.write_bytes(b"root:secret")
+    private.chmod(0o600)
+    (images_dir / "red" / "passwd.jpg").symlink_to(private)
+    (images_dir / "blue" / "elsewhere").symlink_to(private.parent, target_is_directory=True)
+    (images_dir / "red" / "loop_a.jpg").symlink_to(images_dir / "red" / "loop_b.jpg")
+    (images_dir / "red" / "loop_b.jpg").symlink_to(images_dir / "red" / "loop_a.jpg")
+    (images_dir / "red" / "alias.jpg").symlink_to(images_dir / "red" / "red_000.jpg")
+    out = fetch(images_dir, tmp_path / "raw")
+    assert not (out / "red" / "passwd.jpg").exists() and not (out / "blue" / "elsewhere").exists()
+    assert not any(f.is_file() and f.read_bytes() == b"root:secret" for f in out.rglob("*"))
+    assert (out / "red" / "alias.jpg").is_file()
+    rejected = (out / ".fetch_rejected.csv").read_text()
+    assert "red/passwd.jpg" in rejected and "blue/elsewhere" in rejected and "outside data.source" in rejected
+    assert "red/loop_a.jpg" in rejected and "loops" in rejected
+
+
+def test_many_small_members_that_add_up_to_a_bomb_are_refused_before_writing(tmp_path):
+    """Each member under the per-member ratio check's floor (1 MiB): the whole
+    archive's ratio catches them."""
+    archive = tmp_path / "many.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        for i in range(40):
+            zf.writestr(f"cats/{i:03d}.bmp", b"\0" * (1024**2 - 1))
+    with pytest.raises(TlpipeError) as err:
+        fetch(archive, tmp_path / "raw")
+    message = str(err.value)
+    assert message.startswith(f"Refusing to extract {archive}: its 40 files declare 40.0 MiB uncompressed")
+    assert "zip bomb" in message and "\n" not in message
+    assert not (tmp_path / "raw").exists()
+
+
+def test_an_archive_larger_than_the_free_space_is_refused_with_both_sizes(tmp_path, monkeypatch, images_dir):
+    import shutil
+
+    archive = zip_folder(images_dir, tmp_path / "photos.zip")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(TlpipeError, match=r"declares .* uncompressed and .* has 0.0 MiB free. Free .* or more"):
+        fetch(archive, tmp_path / "raw")
+    assert not (tmp_path / "raw").exists()

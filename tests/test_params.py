@@ -194,3 +194,43 @@ def test_the_params_reference_has_every_key_of_params_yaml_and_no_other():
         if line.startswith("| `"):
             key, default, accepts, doc = (cell.strip() for cell in line.strip("|").split(" | "))
             assert accepts and len(doc) > 15, key
+
+
+BOMB = """
+a: &a [x, x, x, x, x, x, x, x, x]
+b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]
+c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]
+d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]
+e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]
+f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]
+g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]
+h: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g]
+bomb: &bomb [*h, *h, *h, *h, *h, *h, *h, *h, *h]
+"""
+
+
+@pytest.mark.parametrize("key", ["head.hidden", "backbone", "freeze", "export.formats", "data"])
+def test_a_yaml_alias_bomb_is_refused_at_once_with_a_bounded_excerpt(tmp_path, key):
+    """A few lines that expand to 387 million items (9**9): refused by type
+    before anything formats the value; the message shows a bounded excerpt.
+    In a child process, so that a regression fails on its timeout, not hangs."""
+    import subprocess
+    import sys
+
+    text = (REPO / "params.yaml").read_text()
+    anchors = "".join(line + "\n" for line in BOMB.strip().splitlines())
+    parent, _, leaf = key.rpartition(".")
+    data = yaml.safe_load(text)
+    node = data[parent] if parent else data
+    node[leaf] = "BOMB_HERE"
+    bombed = anchors.replace("bomb: &bomb", "x_bomb: &bomb") + yaml.safe_dump(data, sort_keys=False).replace(
+        "'BOMB_HERE'", "*bomb").replace("BOMB_HERE", "*bomb")
+    path = tmp_path / "params.yaml"
+    path.write_text(bombed)
+    script = ("import sys; from tlpipe import params; from tlpipe.errors import TlpipeError\n"
+              "try:\n    params.load(sys.argv[1])\nexcept TlpipeError as err:\n    print(err)\n")
+    proc = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=60,
+                          env={"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    message = proc.stdout.strip()
+    assert message.startswith(f"{path}: ") and len(message) < 1200, message[:2000]

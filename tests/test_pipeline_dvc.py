@@ -81,6 +81,22 @@ def test_a_run_shows_tlpipes_lines_and_none_of_tensorflows_start_up_log(repo):
     assert any(line.startswith("finetune: shipped the") for line in lines)
 
 
+def test_a_deleted_corrections_file_stops_the_pipeline_before_split_removes_anything(repo):
+    """DVC stops at the first stage (params depends on the file) naming it;
+    data/split is kept; restoring the file reruns nothing but the check."""
+    corrections = repo.root / "data" / "corrections.csv"
+    kept = corrections.read_bytes()
+    before = sorted(p.name for p in (repo.root / "data" / "split").iterdir())
+    corrections.unlink()
+    try:
+        failed = repo.dvc("repro", check=False)
+        assert failed.returncode != 0 and "data/corrections.csv" in failed.stderr + failed.stdout
+        assert ran(failed.stdout) == [] and sorted(p.name for p in (repo.root / "data" / "split").iterdir()) == before
+    finally:
+        corrections.write_bytes(kept)
+    assert set(ran(repo.dvc("repro").stdout)) <= {"params"}
+
+
 def test_a_fresh_clone_is_up_to_date_after_dvc_pull(repo, tmp_path):
     """A collaborator's round trip: push to a (local) remote, `git clone`, `dvc pull`."""
     repo.dvc("remote", "add", "-d", "store", str(tmp_path / "remote"))
@@ -261,7 +277,7 @@ def test_exp_run_export_formats_scores_each_in_its_runtime_and_metrics_diff_show
     assert set(written) == {"keras", "saved_model", "tflite_float16", "shipped"}
     assert written["saved_model"]["agreement"] == 1.0
     assert sorted(f.name for f in (repo.root / "models/export").iterdir()) == [
-        "classes.json", "model_saved_model", "model_tflite_float16.tflite", "trust.json"]
+        "checksums.json", "classes.json", "model_saved_model", "model_tflite_float16.tflite", "trust.json"]
     diff = json.loads(repo.dvc("metrics", "diff", "--json").stdout)["metrics/export.json"]
     assert {"tflite_float16_accuracy_drop", "onnx_accuracy_drop"} <= set(diff)  # new and gone, side by side
     top = repo.dvc("exp", "run", "-n", "none", "-S", "export.formats=[]")

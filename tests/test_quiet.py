@@ -18,6 +18,7 @@ I0000 00:00:1796663655.218321    2736 cpu_feature_guard.cc:227] This TensorFlow 
 To enable the following instructions: AVX2 AVX512F FMA, in other operations, rebuild TensorFlow with the appropriate compiler flags.
 E0000 00:00:1796663658.250478    2736 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error: Failed call to cuInit: UNKNOWN ERROR (303)
 W1207 17:20:01.123456    2736 op_level_cost_estimator.cc:699] Error in PredictCost() for the op: Softmax
+INFO: Created TensorFlow Lite XNNPACK delegate for CPU.
 """
 
 

@@ -145,3 +145,49 @@ def atomic_dir(target: Path | str) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def sha256_of(path: Path | str) -> str:
+    """A file's SHA-256, read a block at a time (an archive or a model of any size)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _size(n: float) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.0f} kB"
+
+
+def free_bytes(where: Path | str) -> int:
+    """Free space on the file system of ``where`` (its nearest existing parent)."""
+    where = Path(where).absolute()
+    while not where.exists():
+        where = where.parent
+    return shutil.disk_usage(where).free
+
+
+def require_space(where: Path | str, needed: float, what: str, way_out: str = "") -> None:
+    """Stop before writing when the estimate of what a stage writes does not
+    fit: one line with the path, both sizes and the way out."""
+    free = free_bytes(where)
+    if needed > free:
+        from tlpipe.errors import TlpipeError
+
+        raise TlpipeError(f"{what} need {_size(needed)} in {where}, and {_size(free)} are free there; free "
+                          f"{_size(needed - free)} or more{way_out} and run `dvc repro` again.")
+
+
+def out_of_space(err: BaseException) -> OSError | None:
+    """The ENOSPC (or quota) error behind ``err``, if a full disk is what failed."""
+    import errno
+
+    seen = 0
+    while err is not None and seen < 10:
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return err
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return None

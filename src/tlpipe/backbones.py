@@ -165,7 +165,8 @@ def names() -> list[str]:
 
 def did_you_mean(name) -> str:
     """'Did you mean ...? Valid names: ...' for a name the registry lacks."""
-    close = difflib.get_close_matches(str(name), names(), n=1, cutoff=0.5)
+    # only a string is compared: str() of a YAML alias bomb would not finish
+    close = difflib.get_close_matches(name, names(), n=1, cutoff=0.5) if isinstance(name, str) else []
     return f"{f'Did you mean {close[0]!r}? ' if close else ''}Valid names: {', '.join(names())}."
 
 

@@ -194,7 +194,7 @@ def export(args) -> int:
     every format in export.formats)."""
     import tensorflow as tf
 
-    from tlpipe import atomic, runtimes
+    from tlpipe import atomic, model_files, runtimes
     from tlpipe import export as exporting
     from tlpipe.artifacts import read_split
 
@@ -219,6 +219,7 @@ def export(args) -> int:
             with atomic.atomic_path(out, out.suffix) as tmp:
                 exporting.write_artifact(reference.keep, fmt, tmp, representative)
         atomic.write_text(out.parent / "classes.json", json.dumps(classes))
+        model_files.record([out], out.parent)  # what the re-check below and `--model` hold the file to
         trust = Path(args.model).parent / paths.TRUST.name / "trust.json"
         if trust.is_file():  # the prediction sets' threshold, as the export stage ships it
             atomic.write_text(out.parent / "trust.json", trust.read_text())

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from sklearn import metrics as skm
 
-from tlpipe import atomic, headline, images, paths, runtimes
+from tlpipe import atomic, headline, images, model_files, paths, runtimes
 from tlpipe.artifacts import label_indices, read_classes, read_split, sources
 from tlpipe.errors import TlpipeError
 from tlpipe.params import ExportParams
@@ -410,6 +410,8 @@ def run(xp: ExportParams, seed: int) -> dict:
         # probabilities); the unfamiliar score needs the Keras model's features.
         shutil.copy(paths.TRUST / "trust.json", tmp / "trust.json")
         write_artifacts(model, xp.formats, tmp, lambda: pixel_batches(calibration, size))
+        # every artifact's size and SHA-256: `tlpipe predict --model` holds a file to them
+        model_files.record([artifact_path(fmt, tmp) for fmt in xp.formats], tmp)
     opened = {"keras": runtimes.open_model(paths.MODEL, threads=1)}
     opened.update({fmt: runtimes.open_model(artifact_path(fmt), threads=1) for fmt in xp.formats})
     results = score_runtimes(opened, test_rows, classes)

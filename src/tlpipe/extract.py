@@ -198,6 +198,9 @@ def run(extract: ExtractParams, *, backbone: str, image_size: int, weights: str,
         "bytes_per_image": int(np.prod(prefix_shape)) * 2 if prefix_shape else 0,
     }
     mirrored_model = with_mirrored_prefix(both, spec, image_size, built, plan) if prefix_shape is not None else None
+    n_images = sum(len(r) for r in rows.values())
+    atomic.require_space(paths.FEATURES.parent, n_images * dim * 2 * 1.1,  # float16, the near-copies' rows beside
+                         f"extract: the pooled features of {n_images} images")
     with atomic.atomic_dir(paths.FEATURES) as feats_dir, atomic.atomic_dir(paths.PREFIX) as prefix_dir:
         for split in SPLITS:
             n = len(rows[split])

@@ -16,7 +16,6 @@ refused by name, and a corrupt member ends in one clear line.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import stat
@@ -118,7 +117,7 @@ def _download(url: str, sha256: str | None) -> Path:
                 f"The download of data.source {url!r} is {problem} (an error page, or a cut-off "
                 "transfer?). Nothing was cached; check the URL and rerun."
             )
-        actual = sha256_of(tmp) if sha256 else None
+        actual = atomic.sha256_of(tmp) if sha256 else None
         if sha256 and actual != sha256.lower():
             raise TlpipeError(
                 f"The download of data.source {url!r} has SHA-256 {actual}, not 'data.sha256' "
@@ -154,20 +153,12 @@ def _stream(url: str, out: Path, fname: str) -> None:
         )
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 # ---------------------------------------------------------------- archives
 
 
 def _extract(archive: Path, sha256: str | None, target: Path) -> None:
     if sha256 is not None:
-        actual = sha256_of(archive)
+        actual = atomic.sha256_of(archive)
         if actual.lower() != sha256.lower():
             raise TlpipeError(
                 f"Checksum mismatch for {archive}: 'data.sha256' is {sha256} but the file's "
@@ -201,8 +192,14 @@ def _check_member_name(archive: Path, name: str) -> PurePosixPath:
     return member
 
 
-def _check_sizes(archive: Path, members: list[tuple[str, int, int | None]]) -> None:
-    """Zip-bomb bounds over (name, uncompressed size, compressed size or None)."""
+def _gib(n: int) -> str:
+    return f"{n / 1024**3:.1f} GiB" if n >= 1024**3 else f"{n / 1024**2:.1f} MiB"
+
+
+def _check_sizes(archive: Path, members: list[tuple[str, int, int | None]], target: Path) -> None:
+    """Zip-bomb bounds over (name, uncompressed size, compressed size or None):
+    each member's ratio, then the whole archive's (many members each under the
+    first check's floor add up) and the free space where it would land."""
     total = 0
     for name, size, packed in members:
         total += size
@@ -212,6 +209,18 @@ def _check_sizes(archive: Path, members: list[tuple[str, int, int | None]]) -> N
         if total > MAX_UNCOMPRESSED_BYTES:
             raise _refuse(archive, name, f"takes the archive past {MAX_UNCOMPRESSED_BYTES / 1024**3:.0f} GiB "
                                          "uncompressed (a zip bomb?); extract it yourself and use the folder")
+    packed_total = max(archive.stat().st_size, 1)
+    if total >= RATIO_CHECK_FROM_BYTES and total > MAX_RATIO * packed_total:
+        raise TlpipeError(
+            f"Refusing to extract {archive}: its {len(members):,} files declare {_gib(total)} uncompressed from "
+            f"{_gib(packed_total)} packed ({total / packed_total:,.0f}:1, beyond the {MAX_RATIO}:1 a dataset "
+            "needs: a zip bomb?). Nothing was extracted.")
+    free = shutil.disk_usage(target if target.exists() else target.parent).free
+    if total > free:
+        raise TlpipeError(
+            f"Refusing to extract {archive}: it declares {_gib(total)} uncompressed and {target.parent} has "
+            f"{_gib(free)} free. Free {_gib(total - free)} or more and run `dvc repro` again. Nothing was "
+            "extracted.")
 
 
 def _check_unique(archive: Path, names: list[str]) -> None:
@@ -234,7 +243,8 @@ def _extract_zip(archive: Path, target: Path) -> None:
                 raise _refuse(archive, info.filename, "is a link or special file, which could point "
                                                       "outside the target")
         _check_unique(archive, [i.filename for i in members])
-        _check_sizes(archive, [(i.filename, i.file_size, i.compress_size) for i in members if not i.is_dir()])
+        _check_sizes(archive, [(i.filename, i.file_size, i.compress_size) for i in members if not i.is_dir()],
+                     target)
         for info in members:
             out = target / _check_member_name(archive, info.filename)
             if info.is_dir():
@@ -273,11 +283,7 @@ def _extract_tar(tar: tarfile.TarFile, archive: Path, target: Path) -> None:
             raise _refuse(archive, m.name, f"is {kind}, which could reach outside the target")
     _check_unique(archive, [m.name for m in members])
     files = [m for m in members if m.isfile()]
-    _check_sizes(archive, [(m.name, m.size, None) for m in files])
-    total = sum(m.size for m in files)
-    if total >= RATIO_CHECK_FROM_BYTES and total > MAX_RATIO * max(archive.stat().st_size, 1):
-        raise _refuse(archive, files[-1].name, f"ends an archive that inflates {total / archive.stat().st_size:,.0f}:1 "
-                                               f"(a compression bomb?)")
+    _check_sizes(archive, [(m.name, m.size, None) for m in files], target)
     try:
         tar.extractall(target, members=members, filter="data")
     except tarfile.FilterError as err:
@@ -288,22 +294,40 @@ def _extract_tar(tar: tarfile.TarFile, archive: Path, target: Path) -> None:
 # ---------------------------------------------------------------- folders
 
 
+def _link_problem(path: Path, root: Path) -> str | None:
+    """Why a symbolic link under ``root`` (resolved) must not be read: it points
+    nowhere, loops, or leads outside the source (where a private file would be
+    copied into the repository and DVC's cache). None for a link that stays inside."""
+    if not path.is_symlink():
+        return None
+    try:
+        resolved = path.resolve(strict=True)
+    except FileNotFoundError:
+        return f"a symbolic link to {os.readlink(path)!r}, which does not exist"
+    except (OSError, RuntimeError):
+        return f"a symbolic link to {os.readlink(path)!r} that loops: never followed"
+    if not resolved.is_relative_to(root):
+        return f"a symbolic link to {os.readlink(path)!r}, outside data.source: never read"
+    return None
+
+
 def _copy_folder(source: Path, target: Path) -> None:
     """Copy (hard-link where possible) a folder source; a link that points
-    nowhere, or a file whose name is not UTF-8, is listed in
-    data/raw/.fetch_rejected.csv, which split reports."""
+    nowhere, loops or leads outside the source, or a file whose name is not
+    UTF-8, is listed in data/raw/.fetch_rejected.csv, which split reports."""
     print(f"fetch: copying {source}", flush=True)
     rejected = []
+    root = source.resolve()
     for path in _walk(source):
         rel = path.relative_to(source)
         if is_hidden(rel):
             continue
         out = target / rel
         if not is_utf8(str(rel)):
-            if path.is_file():
+            if path.is_file() and not _link_problem(path, root):
                 rejected.append((shown_name(rel.as_posix()), NOT_UTF8))
-        elif path.is_symlink() and not path.exists():
-            rejected.append((rel.as_posix(), f"a symbolic link to {os.readlink(path)!r}, which does not exist"))
+        elif problem := _link_problem(path, root):
+            rejected.append((rel.as_posix(), problem))
         elif path.is_dir():
             out.mkdir(parents=True, exist_ok=True)
         elif path.is_file():

@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 
 from tlpipe import backbones, catalogs, data_source, freeze, paths
-from tlpipe.errors import TlpipeError, invalid
+from tlpipe.errors import TlpipeError, excerpt, invalid
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SCHEDULES = ("constant", "cosine", "plateau")
@@ -217,7 +217,7 @@ class _Section:
         self.prefix = prefix
         if not isinstance(mapping, dict):
             where = f"The '{prefix[:-1]}' section" if prefix else "The file"
-            self.fail(f"{where} must be a mapping of keys to values. Got {mapping!r} instead.")
+            self.fail(f"{where} must be a mapping of keys to values. Got {excerpt(mapping)} instead.")
         self.mapping = mapping
         self.used: set[str] = set()
 

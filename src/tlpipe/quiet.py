@@ -13,7 +13,9 @@ calls ``install()`` first. Unless the user set ``TF_CPP_MIN_LOG_LEVEL`` or
   lines (``oneDNN custom operations are on``, ``Could not find cuda drivers``)
   before its logging is initialised, where no variable reaches them.
 
-Nothing is held after the import: progress bars and errors print as they happen.
+Nothing is held after the import (but around a TFLite interpreter's first
+allocation, which prints a line of its own): progress bars and errors print as
+they happen.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import os
 import re
 import sys
 import tempfile
+import threading
 
 VERBOSE = "TLPIPE_VERBOSE"
 # Set beside TF_CPP_MIN_LOG_LEVEL when tlpipe chose it, so that a child process
@@ -39,6 +42,8 @@ _CHATTER = (
     re.compile(r"^WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"),
     # cpu_feature_guard's second line
     re.compile(r"^To enable the following instructions: .*rebuild TensorFlow with the appropriate compiler flags\."),
+    # TFLite's interpreter, as it is created (printf, no absl format)
+    re.compile(r"^INFO: Created TensorFlow Lite .*delegate for CPU\.$"),
 )
 
 
@@ -76,52 +81,77 @@ def install() -> None:
 
 
 class _QuietImport(importlib.abc.MetaPathFinder):
-    """Finds ``tensorflow`` once, and imports it with standard error held."""
+    """Finds ``tensorflow`` with a loader that imports it with standard error
+    held; stands down once it is imported (a bare find_spec changes nothing)."""
+
+    searching = False
 
     def find_spec(self, name, path=None, target=None):
-        if name != "tensorflow":
+        if name != "tensorflow" or self.searching:
             return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(name)
+        self.searching = True  # the other finders locate it
+        try:
+            spec = importlib.util.find_spec(name)
+        finally:
+            self.searching = False
         if spec is not None and spec.loader is not None:
-            spec.loader = _HeldStderrLoader(spec.loader)
+            spec.loader = _HeldStderrLoader(spec.loader, self)
         return spec
 
 
 class _HeldStderrLoader(importlib.abc.Loader):
-    def __init__(self, loader):
-        self.loader = loader
+    def __init__(self, loader, finder):
+        self.loader, self.finder = loader, finder
 
     def create_module(self, spec):
         return self.loader.create_module(spec)
 
     def exec_module(self, module):
-        with _stderr_filtered():
-            self.loader.exec_module(module)
+        try:
+            with filtered_stderr():
+                self.loader.exec_module(module)
+        finally:
+            if self.finder in sys.meta_path:
+                sys.meta_path.remove(self.finder)
 
     def __getattr__(self, name):  # get_resource_reader, is_package, ...
         return getattr(self.loader, name)
 
 
-class _stderr_filtered:
+class filtered_stderr:
     """File descriptor 2 into a temporary file for the block (C++ writes there
-    too, not to sys.stderr), then its lines back, TensorFlow's log left out."""
+    too, not to sys.stderr), then its lines back, TensorFlow's log left out.
+    Also around a short step that prints start-up lines of its own (a TFLite
+    interpreter's first allocation); it holds nothing when the user wants the log."""
+
+    # fd 2 is the process's: two threads holding it at once would restore each
+    # other's temporary file (export scores runtimes in threads side by side)
+    _lock = threading.RLock()
 
     def __enter__(self):
+        self.active = wanted()
+        if not self.active:
+            return
+        self._lock.acquire()
         sys.stderr.flush()
         self.held = tempfile.TemporaryFile(mode="w+b")
         self.saved = os.dup(2)
         os.dup2(self.held.fileno(), 2)
 
     def __exit__(self, *exc):
-        sys.stderr.flush()
-        os.dup2(self.saved, 2)
-        os.close(self.saved)
-        self.held.seek(0)
-        text = self.held.read().decode("utf-8", "replace")
-        self.held.close()
-        kept = without_tensorflow_log(text)
-        if kept:
-            sys.stderr.write(kept)
+        if not self.active:
+            return False
+        try:
             sys.stderr.flush()
+            os.dup2(self.saved, 2)
+            os.close(self.saved)
+            self.held.seek(0)
+            text = self.held.read().decode("utf-8", "replace")
+            self.held.close()
+            kept = without_tensorflow_log(text)
+            if kept:
+                sys.stderr.write(kept)
+                sys.stderr.flush()
+        finally:
+            self._lock.release()
         return False

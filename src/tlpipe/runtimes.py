@@ -18,6 +18,7 @@ from typing import Callable
 
 import numpy as np
 
+from tlpipe import model_files, quiet
 from tlpipe.errors import TlpipeError
 
 # How a path names its runtime (a folder: a SavedModel).
@@ -58,6 +59,7 @@ def open_model(path: Path | str, threads: int | None = None) -> Runtime:
     Runtime's threads (None: theirs to choose); TensorFlow's are process-wide."""
     path = Path(path)
     kind = kind_of(path)
+    model_files.verify(path, kind)  # before any native runtime reads it: a damaged file never crashes us
     try:
         return _OPENERS[kind](path, threads)
     except TlpipeError:
@@ -104,7 +106,8 @@ def _tflite(path: Path, threads) -> Runtime:
     def forward(x):
         if shape[0] != x.shape:
             interpreter.resize_tensor_input(inp["index"], x.shape)
-            interpreter.allocate_tensors()
+            with quiet.filtered_stderr():  # where TFLite applies its delegate, and says so
+                interpreter.allocate_tensors()
             shape[0] = x.shape
         interpreter.set_tensor(inp["index"], _quantised(x, inp))
         interpreter.invoke()

@@ -2,7 +2,9 @@
 with the params it reads, report.
 
 User mistakes (bad params, bad data) end the stage with one line on stderr and
-exit status 2, never a traceback; so does Ctrl-C, with exit status 130.
+exit status 2, never a traceback, and so does a full disk (naming the path, the
+sizes where they can be estimated, and the way out); Ctrl-C ends it with exit
+status 130.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tlpipe import params
+from tlpipe import atomic, params
 from tlpipe.errors import TlpipeError
 
 
@@ -53,6 +55,16 @@ def run_stage(name: str, body: Callable[[params.Params], object]) -> None:
         body(params.load())
     except TlpipeError as err:
         print(f"{name}: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as err:
+        full = atomic.out_of_space(err)
+        if full is None:
+            raise
+        where = full.filename or "."
+        free_mb = atomic.free_bytes(where) / 1e6
+        print(f"{name}: error: the disk is full: writing {where} failed ({free_mb:.1f} MB free there). Free some "
+              "space (`dvc gc --workspace` drops cached outputs no commit uses) and run `dvc repro` again; "
+              "nothing half-written was kept.", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         # Every output is written under a temporary name (tlpipe.atomic), and

@@ -21,7 +21,6 @@ features.
 
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +32,6 @@ from tlpipe import atomic, headline, paths
 from tlpipe.artifacts import (FeatureRows, RowWriter, load_features, load_labels, load_stacked_features,
                               read_features_meta)
 from tlpipe.blas import BlasThreads
-from tlpipe.errors import TlpipeError
 from tlpipe.params import HeadParams
 from tlpipe.scoring import clearly_lower, gain_in_standard_errors, image_losses, standard_error
 from tlpipe.training import Inputs, LiveLogger, callbacks, compile_model, fit, optimizer, seed_everything
@@ -344,11 +342,9 @@ def standardise(x: FeatureRows, n_train: int, scratch: Path | None) -> tuple[Fea
         x.array -= mean32
         x.array /= scale32
         return x, mean, scale
-    needed, free = len(x) * x.shape[1] * 4, shutil.disk_usage(scratch).free
-    if needed > free:
-        raise TlpipeError(f"train_head: the standardised features of {len(x)} images need {needed / 1e9:.2f} GB "
-                          f"of scratch space beside {paths.HEAD_MODEL}, and {free / 1e9:.2f} GB are free there; "
-                          "free that much disk (with pooling: grid, pooling: avg needs a fifth of it)")
+    atomic.require_space(scratch, len(x) * x.shape[1] * 4,
+                         f"train_head: the standardised features of {len(x)} images (scratch space beside "
+                         f"{paths.HEAD_MODEL})", " (with pooling: grid; pooling: avg needs a fifth of it)")
     writer = RowWriter(Path(scratch) / "standardised.npy", len(x), (x.shape[1],), np.float32)
     for first, rows in x.blocks():
         rows -= mean32
