@@ -119,13 +119,13 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def publish(name: str, title: str, body: str) -> None:
+def publish(name: str, title: str, body: str, command: str | None = None) -> None:
     """Replace benchmark ``name``'s section of docs/benchmarks.md with ``body``
-    under its command, machine, commit and date: the page holds today's
-    figures only (git keeps the history)."""
+    under its command (by default this script's), machine, commit and date:
+    the page holds today's figures only (git keeps the history)."""
     import datetime
 
-    command = "python " + " ".join([f"bench/{Path(sys.argv[0]).name}", *sys.argv[1:]])
+    command = command or "python " + " ".join([f"bench/{Path(sys.argv[0]).name}", *sys.argv[1:]])
     stamp = (f"`{command}` · {machine()} · commit {commit()} · "
              f"{datetime.date.today().isoformat()}")
     section = f"<!-- bench:{name} -->\n## {title}\n\n{stamp}\n\n{body.strip()}\n<!-- /bench:{name} -->"

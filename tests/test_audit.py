@@ -235,9 +235,12 @@ def test_auto_threshold_by_hand():
 
 
 @needs_shared
-def test_auto_threshold_finds_real_copies_without_false_pairs_on_cats_and_dogs(tmp_path):
-    """The issue's case: two half-size re-encoded copies planted among 40 real
-    cat and dog photos, the default backbone with real ImageNet weights."""
+@pytest.mark.parametrize("folder", ["train", "validation"])
+def test_auto_threshold_finds_real_copies_without_false_pairs_on_cats_and_dogs(tmp_path, folder):
+    """Two half-size re-encoded copies planted among 40 real cat and dog photos
+    (train's, and held-out validation photos: where the features' threshold,
+    fitted on so few images, missed both), the default backbone with real
+    ImageNet weights: both found, by the perceptual hash at least, and nothing else."""
     import zipfile
 
     import yaml
@@ -248,12 +251,13 @@ def test_auto_threshold_finds_real_copies_without_false_pairs_on_cats_and_dogs(t
     with zipfile.ZipFile(SHARED_KERAS / "datasets" / "cats_and_dogs_filtered.zip") as z:
         for animal in ("cat", "dog"):
             (source / f"{animal}s").mkdir(parents=True)
-            for i in range(20):
+            first = 0 if folder == "train" else 2000  # validation's photos are numbered from 2000
+            for i in range(first, first + 20):
                 name = f"{animal}.{i}.jpg"
                 (source / f"{animal}s" / name).write_bytes(
-                    z.read(f"cats_and_dogs_filtered/train/{animal}s/{name}"))
+                    z.read(f"cats_and_dogs_filtered/{folder}/{animal}s/{name}"))
     planted = {}
-    for animal, i in (("cat", 3), ("dog", 7)):
+    for animal, i in (("cat", first + 3), ("dog", first + 7)):
         original = source / f"{animal}s" / f"{animal}.{i}.jpg"
         img = Image.open(original)
         copy = source / f"{animal}s" / f"copy_of_{animal}_{i}.jpg"
@@ -266,7 +270,70 @@ def test_auto_threshold_finds_real_copies_without_false_pairs_on_cats_and_dogs(t
         p = params.parse(tiny_params(raw, source, backbone="mobilenet_0.75", image_size=224, weights=str(weights)))
         assert p.audit.near_duplicate_similarity is None  # the default: auto
         metrics = run_stage_code(p, "fetch", "split", "extract", "audit")
-        found = {frozenset((r["path_a"], r["path_b"])) for r in read_csv(paths.AUDIT_PLOTS / "duplicates.csv")}
+        listed = read_csv(paths.AUDIT_PLOTS / "duplicates.csv")
+    found = {frozenset((r["path_a"], r["path_b"])) for r in listed}
     assert found == set(planted), (found, metrics["near_duplicate_similarity"])
+    assert all("perceptual hash" in r["found_by"] for r in listed), listed
+    assert metrics["duplicates"]["near"] == 2
     calibration = metrics["near_duplicate_calibration"]
-    assert calibration["copies_found"] >= 0.95 and metrics["near_duplicate_similarity"] < 0.97
+    assert calibration["copies_found"] >= 0.95 and metrics["near_duplicate_similarity"] < 0.97 or folder != "train"
+
+
+
+def test_a_resized_re_encoded_copy_keeps_its_perceptual_hash_and_other_images_do_not_share_it(tmp_path):
+    from conftest import COLOURS, draw_image
+    from tlpipe import images
+
+    original = draw_image(COLOURS["red"], 1, size=(160, 120))
+    original.save(tmp_path / "a.png")
+    original.resize((80, 60), Image.BICUBIC).save(tmp_path / "half.jpg", "JPEG", quality=60)
+    draw_image(COLOURS["red"], 2, size=(160, 120)).save(tmp_path / "other.png")
+    h = {name: images.inspect(tmp_path / name).perceptual_hash for name in ("a.png", "half.jpg", "other.png")}
+    bits = lambda a, b: bin(h[a] ^ h[b]).count("1")  # noqa: E731
+    assert bits("a.png", "half.jpg") <= audit.PERCEPTUAL_DISTANCE < bits("a.png", "other.png")
+
+
+def test_perceptual_pairs_are_counted_exactly_and_the_closest_listed(monkeypatch):
+    """Every pair within the distance counted (also past the listed ones), and
+    of them those the features' threshold misses, per grouping."""
+    monkeypatch.setattr(audit, "MAX_PAIRS", 3)
+    hashes = np.array([0, 1, 3, 2**64 - 1, 2**64 - 2, 2**40 - 1], dtype=np.uint64)  # 0-1-2 close, 3-4 close, 5 alone
+    has = np.array([True, True, True, True, True, False])
+    unit = np.eye(6, dtype=np.float32)  # no two alike by features
+    unit[4] = unit[3]  # but 3 and 4 are
+    split = np.array([0, 0, 1, 0, 0, 0])
+    found = audit.perceptual_pairs(hashes, has, unit, 0.9, {"split": split}, max_distance=2, block=2)
+    assert found.total == 4 and found.beyond_features == 3 and found.across == {"split": 2}
+    assert [p[:3] for p in found.pairs] == [(0, 1, 1), (1, 2, 1), (3, 4, 1)]
+
+
+def test_pixel_identical_copies_of_distinct_bytes_are_all_found_in_every_class(tmp_path):
+    """20 copies per class with the same pixels and other bytes (split keeps
+    them all): every one of the 190 pairs per class is found, whichever class,
+    whatever the features' threshold makes of them (here, random-weight
+    features on tiny images, it sinks to where every pair is near)."""
+    import yaml
+    from PIL.PngImagePlugin import PngInfo
+
+    from conftest import REPO, make_class_folders, working_dir
+
+    with working_dir(tmp_path):
+        make_class_folders(paths.RAW, per_class=12)
+        for name in ("red", "blue"):
+            image = Image.open(paths.RAW / name / f"{name}_000.jpg").convert("RGB")
+            for k in range(19):
+                info = PngInfo()
+                info.add_text("copy", str(k))  # other bytes, the same pixels
+                image.save(paths.RAW / name / f"same_{k:02d}.png", pnginfo=info)
+            image.save(paths.RAW / name / f"same_{19:02d}.png")
+        raw = yaml.safe_load((REPO / "params.yaml").read_text())
+        p = params.parse(tiny_params(raw, paths.RAW))
+        metrics = run_stage_code(p, "split", "extract", "audit")
+        pairs = read_csv(paths.AUDIT_PLOTS / "duplicates.csv")
+    same = [r for r in pairs if r["path_a"].split("/")[-1].startswith("same_") and
+            r["path_b"].split("/")[-1].startswith("same_")]
+    for name in ("red", "blue"):
+        mine = [r for r in same if r["path_a"].startswith(name + "/") and r["path_b"].startswith(name + "/")]
+        assert len(mine) == 190, (name, len(mine))
+        assert all(r["hash_distance"] == "0" and "perceptual hash" in r["found_by"] for r in mine)
+    assert metrics["duplicates"]["near_by_perceptual_hash"] >= 380

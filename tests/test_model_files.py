@@ -14,7 +14,7 @@ from tlpipe.errors import TlpipeError
 
 from conftest import REPO, tool_env, working_dir
 
-FORMATS = ("tflite_float16", "onnx", "saved_model")
+FORMATS = ("tflite_float16", "tflite", "tflite_int8", "onnx", "saved_model")  # every format export writes
 CUTS = [i / 20 for i in range(1, 20)]  # every 5 % of the length
 
 
@@ -33,7 +33,9 @@ def export_folder(tmp_path_factory):
     x = keras.layers.GlobalAveragePooling2D()(x)
     model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x))
     folder = tmp_path_factory.mktemp("export")
-    export.write_artifacts(model, list(FORMATS), folder, None)
+    rng = np.random.default_rng(0)
+    calibration = lambda: (rng.uniform(0, 255, (1, 16, 16, 3)).astype(np.float32) for _ in range(8))  # noqa: E731
+    export.write_artifacts(model, list(FORMATS), folder, calibration)
     model.save(folder / "model.keras")
     model_files.record([export.artifact_path(f, folder) for f in FORMATS] + [folder / "model.keras"], folder)
     (folder / "classes.json").write_text('["a", "b", "c"]')

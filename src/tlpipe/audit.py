@@ -205,6 +205,75 @@ def label_issues(y: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 
 
+# Two images whose perceptual hashes (tlpipe.images.perceptual_hash) are at most
+# this many bits of 64 apart are near-copies. Measured on 300 cats-vs-dogs
+# photos as split hashes them: their half- and quarter-size re-encoded copies
+# moved 6 bits at most (99 % within 4), while no two distinct photos of the
+# whole set came closer than 10 (imagededup's default, 10, flagged four such
+# pairs). A copy cropped by a tenth moves about 10: the features find those.
+PERCEPTUAL_DISTANCE = 6
+
+
+def read_perceptual_hashes(rows: list[Row]) -> tuple[np.ndarray, np.ndarray]:
+    """(hashes as uint64, which rows have one) in the order of ``rows``."""
+    known = {}
+    if paths.perceptual_hashes_file().is_file():
+        with open(paths.perceptual_hashes_file(), newline="") as f:
+            known = {r["path"]: int(r["perceptual_hash"], 16) for r in csv.DictReader(f)}
+    has = np.array([r.path in known for r in rows], dtype=bool)
+    return np.array([known.get(r.path, 0) for r in rows], dtype=np.uint64), has
+
+
+class HashPairs(NamedTuple):
+    pairs: list[tuple[int, int, int, float]]  # the MAX_PAIRS closest (i, j, bits apart, similarity), i < j
+    total: int  # how many pairs are within the distance in all
+    beyond_features: int  # of those, how many the features' threshold misses
+    across: dict[str, int]  # per grouping: how many of those straddle two groups
+
+
+def perceptual_pairs(hashes: np.ndarray, has: np.ndarray, unit: np.ndarray, threshold: float,
+                     groups: dict[str, np.ndarray], max_distance: int = PERCEPTUAL_DISTANCE,
+                     block: int = 256) -> HashPairs:
+    """The pairs of rows whose hashes are at most ``max_distance`` bits apart,
+    a block of rows against the rows after it (memory stays a block's): the
+    MAX_PAIRS closest listed with their features' cosine similarity (``unit``:
+    unit rows), all of them counted, and which the features' ``threshold``
+    misses counted too, per grouping across groups."""
+    index = np.flatnonzero(has)
+    h = hashes[index]
+    found = []  # arrays (i, j, bits, similarity) of the closest so far
+    total = beyond = 0
+    across = {name: 0 for name in groups}
+    for start in range(0, len(h), block):
+        distance = np.bitwise_count(h[start:start + block, None] ^ h[None, start:])
+        i, j = np.nonzero(distance <= max_distance)
+        later = j > i
+        gi, gj, bits = index[start + i[later]], index[start + j[later]], distance[i[later], j[later]]
+        similarity = np.einsum("ij,ij->i", unit[gi], unit[gj])
+        missed = similarity < threshold
+        total, beyond = total + len(gi), beyond + int(missed.sum())
+        for name, g in groups.items():
+            across[name] += int((g[gi[missed]] != g[gj[missed]]).sum())
+        found.append((gi, gj, bits, similarity))
+        if sum(len(f[0]) for f in found) > 2 * MAX_PAIRS:  # keep the closest: bounded however many copies
+            found = [_closest(*(np.concatenate(a) for a in zip(*found)))]
+    if not found:
+        return HashPairs([], 0, 0, across)
+    gi, gj, bits, similarity = _closest(*(np.concatenate(a) for a in zip(*found)))
+    return HashPairs([(int(a), int(b), int(d), float(s)) for a, b, d, s in zip(gi, gj, bits, similarity)],
+                     total, beyond, across)
+
+
+def _closest(i, j, bits, similarity):
+    """The MAX_PAIRS fewest bits apart, ties in row order."""
+    order = np.lexsort((j, i, bits))[:MAX_PAIRS]
+    return i[order], j[order], bits[order], similarity[order]
+
+
+def _bits_apart(hashes: np.ndarray, has: np.ndarray, i: int, j: int) -> int | None:
+    return int(np.bitwise_count(hashes[i] ^ hashes[j])) if has[i] and has[j] else None
+
+
 def _exact_duplicates(split_of: dict[str, str], label_of: dict[str, str]) -> list[tuple]:
     """The same-bytes files the split stage rejected, as pairs with the file kept."""
     rows = []
@@ -214,11 +283,13 @@ def _exact_duplicates(split_of: dict[str, str], label_of: dict[str, str]) -> lis
             if reason.startswith("duplicate of "):
                 kept = reason[len("duplicate of "):].rsplit(" (same bytes)", 1)[0]
                 rows.append((kept, r["path"], split_of.get(kept, "rejected"), "rejected",
-                             _label_from_path(kept, label_of), _label_from_path(r["path"], label_of), 1.0))
+                             _label_from_path(kept, label_of), _label_from_path(r["path"], label_of), 1.0, 0,
+                             "same bytes"))
             elif reason.startswith("label conflict: "):
                 others = reason.rsplit("(", 1)[-1].rstrip(")").split(", ")
                 rows += [(r["path"], other, "rejected", "rejected", _label_from_path(r["path"], label_of),
-                          _label_from_path(other, label_of), 1.0) for other in others if other > r["path"]]
+                          _label_from_path(other, label_of), 1.0, 0, "same bytes")
+                         for other in others if other > r["path"]]
     return rows
 
 
@@ -263,11 +334,29 @@ def _similarity_threshold(audit: AuditParams, x_train: np.ndarray, columns: int 
     return FALLBACK_SIMILARITY, None
 
 
+def _near_pairs(near: NearPairs, by_hash: HashPairs, threshold: float, hashes, has) -> list[tuple]:
+    """Both methods' listed pairs as (i, j, similarity, bits apart, found by):
+    those both found first, then the hash's alone (fewest bits first), then
+    the features' alone (most similar first)."""
+    listed = {}
+    for i, j, s in near.pairs:
+        d = _bits_apart(hashes, has, i, j)
+        both = d is not None and d <= PERCEPTUAL_DISTANCE
+        listed[(i, j)] = (round(s, 5), d, "features and perceptual hash" if both else "features")
+    for i, j, d, s in by_hash.pairs:
+        listed[(i, j)] = (round(s, 5), d, "features and perceptual hash" if s >= threshold else "perceptual hash")
+    rank = {"features and perceptual hash": 0, "perceptual hash": 1, "features": 2}
+    order = sorted(listed.items(), key=lambda kv: (rank[kv[1][2]], kv[1][1] if kv[1][2] == "perceptual hash"
+                                                   else -kv[1][0], kv[0]))
+    return [(i, j, s, "" if d is None else d, how) for (i, j), (s, d, how) in order]
+
+
 def _write_plots(audit: AuditParams, exact, pair_rows, issue_rows, threshold) -> None:
     from tlpipe import report
 
     with atomic.atomic_dir(paths.AUDIT_PLOTS) as tmp:
-        header = ("path_a", "path_b", "split_a", "split_b", "label_a", "label_b", "similarity")
+        header = ("path_a", "path_b", "split_a", "split_b", "label_a", "label_b", "similarity", "hash_distance",
+                  "found_by")
         (tmp / "duplicates.csv").write_text(csv_text(header, exact + pair_rows))
         # file_name as data.corrections takes it: a reviewed row goes there with its class.
         (tmp / "label_issues.csv").write_text(csv_text(("file_name", "split", "given", "suggested", "score"),
@@ -280,8 +369,9 @@ def _print_summary(metrics: dict, issue_rows) -> None:
     duplicates, threshold = metrics["duplicates"], metrics["near_duplicate_similarity"]
     calibration = metrics.get("near_duplicate_calibration")
     print(f"audit: {duplicates['exact']} exact duplicates (removed by split), {duplicates['near']} near-duplicate "
-          f"pairs (similarity >= {threshold}): {duplicates['cross_split']} across splits, "
-          f"{duplicates['cross_label']} across classes")
+          f"pairs ({duplicates['near_by_features']} by features at similarity >= {threshold}, "
+          f"{duplicates['near_by_perceptual_hash']} by perceptual hash within {metrics['perceptual_hash_distance']} "
+          f"bits): {duplicates['cross_split']} across splits, {duplicates['cross_label']} across classes")
     if calibration:
         print(f"audit: similarity {threshold} calibrated on {calibration['copies']} near-copies of train images "
               f"(resized, re-encoded, cropped; {calibration['copies_found']:.0%} found, median similarity "
@@ -307,9 +397,12 @@ def run(audit: AuditParams, *, seed: int) -> dict:
     label_of = {r.path: r.label for r in rows}
 
     threshold, calibration = _similarity_threshold(audit, x[: splits.count("train")], columns)
-    near = near_duplicates(x, threshold, groups={"split": np.unique(splits, return_inverse=True)[1], "label": y})
-    pair_rows = [(rows[i].path, rows[j].path, splits[i], splits[j], rows[i].label, rows[j].label, round(s, 5))
-                 for i, j, s in near.pairs]
+    split_index = np.unique(splits, return_inverse=True)[1]
+    near = near_duplicates(x, threshold, groups={"split": split_index, "label": y})
+    hashes, has = read_perceptual_hashes(rows)
+    by_hash = perceptual_pairs(hashes, has, normalised(x), threshold, {"split": split_index, "label": y})
+    pair_rows = [(rows[i].path, rows[j].path, splits[i], splits[j], rows[i].label, rows[j].label, s, d, how)
+                 for i, j, s, d, how in _near_pairs(near, by_hash, threshold, hashes, has)]
     exact = _exact_duplicates(split_of, label_of)
 
     probs = out_of_fold_probabilities(x, y, len(classes), audit.folds, seed)
@@ -323,10 +416,13 @@ def run(audit: AuditParams, *, seed: int) -> dict:
             "exact": len(exact),
             # all near pairs, and those across splits or labels; plots/audit/duplicates.csv
             # lists the closest MAX_PAIRS of them
-            "near": near.total,
-            "cross_split": near.across["split"],
-            "cross_label": near.across["label"],
+            "near": near.total + by_hash.beyond_features,
+            "near_by_features": near.total,
+            "near_by_perceptual_hash": by_hash.total,
+            "cross_split": near.across["split"] + by_hash.across["split"],
+            "cross_label": near.across["label"] + by_hash.across["label"],
         },
+        "perceptual_hash_distance": PERCEPTUAL_DISTANCE,
         "near_duplicate_similarity": threshold,
         **({"near_duplicate_calibration": calibration} if calibration else {}),
         "label_issues": len(issue_rows),

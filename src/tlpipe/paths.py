@@ -140,6 +140,12 @@ def image_hashes_file(folder: Path = SPLIT) -> Path:
     return folder / "images.sha256"
 
 
+def perceptual_hashes_file(folder: Path = SPLIT) -> Path:
+    """Every image of the splits with its 64-bit perceptual hash (hex): what
+    the audit finds resized and re-encoded copies by, beside the features."""
+    return folder / "perceptual_hashes.csv"
+
+
 CLASSES = classes_file()
 REJECTED = rejected_file()
 FEATURES_META = features_meta()

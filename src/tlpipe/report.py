@@ -96,12 +96,13 @@ def pairs_png(path: Path, pairs: list[tuple], threshold: float) -> None:
         ax.axis("off")
     if not pairs:
         axes[0, 0].text(0, 0.5, f"No pair of images with similarity >= {threshold}.", fontsize=12)
-    for (a, b, split_a, split_b, label_a, label_b, sim), (left, right) in zip(pairs, axes):
+    for (a, b, split_a, split_b, label_a, label_b, sim, _, found_by), (left, right) in zip(pairs, axes):
         for ax, file, split, label in ((left, a, split_a, label_a), (right, b, split_b, label_b)):
             ax.imshow(_thumbnail(paths.RAW / file))
             ax.set_title(f"{split} / {label}\n{Path(file).name}", fontsize=8,
                          color="red" if (split_a != split_b or label_a != label_b) else "black")
-        left.text(1.05, -0.08, f"similarity {sim:.3f}", transform=left.transAxes, ha="center", fontsize=9)
+        left.text(1.05, -0.08, f"similarity {sim:.3f} ({found_by})", transform=left.transAxes, ha="center",
+                  fontsize=9)
     fig.suptitle("Closest near-duplicate pairs (red: across splits or classes)")
     fig.tight_layout()
     fig.savefig(path, dpi=72)

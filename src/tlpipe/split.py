@@ -71,6 +71,7 @@ class Checked:
     reason: str = ""
     decoder: str = ""
     sha256: str = ""
+    perceptual_hash: int | None = None
 
 
 def _files_under(folder: Path, raw: Path) -> list[Path]:
@@ -394,7 +395,7 @@ def inspect_all(raw: Path, files: list[Path]) -> dict[str, Checked]:
     def one(rel: Path):
         result = inspect(raw / rel)
         digest = hashlib.sha256((raw / rel).read_bytes()).hexdigest() if result.ok else ""
-        return rel.as_posix(), Checked(result.ok, result.reason, result.decoder, digest)
+        return rel.as_posix(), Checked(result.ok, result.reason, result.decoder, digest, result.perceptual_hash)
 
     workers = min(8, (os.cpu_count() or 1) * 2)  # Pillow releases the GIL while decoding
     with ThreadPoolExecutor(workers) as pool:
@@ -421,6 +422,14 @@ def image_hashes(rows: dict[str, list[Row]], checked: dict[str, Checked]) -> str
         return f"\\{checked[path].sha256}  {escaped}\n"
 
     return "".join(line(path) for path in sorted(r.path for split in rows.values() for r in split))
+
+
+def perceptual_hashes(rows: dict[str, list[Row]], checked: dict[str, Checked]) -> str:
+    """data/split/perceptual_hashes.csv: every image of the splits (that had
+    one) and its perceptual hash, 16 hex digits."""
+    listed = sorted(r.path for split in rows.values() for r in split)
+    return csv_text(("path", "perceptual_hash"), [(p, f"{checked[p].perceptual_hash:016x}") for p in listed
+                                                  if checked[p].perceptual_hash is not None])
 
 
 def _rejected_at_fetch(raw: Path) -> list[tuple[str, str]]:
@@ -454,6 +463,7 @@ def run(params: SplitParams, seed: int, raw: Path = paths.RAW, labels: str | Non
         paths.classes_file(tmp).write_text(json.dumps(result.classes, indent=2) + "\n")
         paths.rejected_file(tmp).write_text(csv_text(("path", "reason"), result.rejected))
         paths.image_hashes_file(tmp).write_text(image_hashes(result.rows, checked))
+        paths.perceptual_hashes_file(tmp).write_text(perceptual_hashes(result.rows, checked))
     counts = {
         name: dict(sorted(Counter(r.label for r in result.rows[name]).items())) for name in SPLITS
     }
