@@ -213,10 +213,10 @@ def test_a_disk_too_full_for_the_scratch_file_is_a_clear_error_and_writes_nothin
     np.save(tmp_path / "train.npy", x.astype(np.float16))
     (tmp_path / "scratch").mkdir()
     usage = shutil.disk_usage(tmp_path)
-    monkeypatch.setattr(train_head.shutil, "disk_usage", lambda path: usage._replace(free=1000))
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=1000))
     rows = artifacts.FeatureRows(files=[tmp_path / "train.npy"])
-    with pytest.raises(TlpipeError, match=r"120 images need 0\.00 GB of scratch space beside models/head\.keras, "
-                                          r"and 0\.00 GB are free there; free that much disk \(with pooling: grid"):
+    with pytest.raises(TlpipeError, match=r"120 images \(scratch space beside models/head\.keras\) need 6 kB in "
+                                          r".*scratch, and 1 kB are free there; free 5 kB or more \(with pooling: grid"):
         train_head.train_linear(head_params(raw_params, solver="lbfgs", l2=0.01), rows, y, 100, 3, tmp_path / "logs",
                                 scratch=tmp_path / "scratch")
     assert list((tmp_path / "scratch").iterdir()) == []
