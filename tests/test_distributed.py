@@ -318,3 +318,37 @@ def test_replicas_and_a_cluster_together_are_refused(monkeypatch):
     monkeypatch.setenv("TLPIPE_REPLICAS", "2")
     with pytest.raises(TlpipeError, match=re.escape("Set TF_CONFIG (several machines) or TLPIPE_REPLICAS (one machine)")):
         distributed.choose_strategy()
+
+
+COORDINATION = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from tensorflow.python.eager import context
+from tlpipe import distributed
+distributed.configure_coordination(distributed._cluster(), int(sys.argv[2]))
+config = context.context().config.experimental.coordination_config
+print(config.heartbeat_timeout_in_ms, config.service_leader, [(j.name, j.num_tasks) for j in config.coordinated_job_list])
+"""
+
+
+def test_the_coordination_service_waits_as_long_as_a_busy_machine_needs():
+    """What tlpipe hands TensorFlow before the strategy starts: the heartbeat
+    timeout (TLPIPE_HEARTBEAT_TIMEOUT), the leader TensorFlow would choose, and
+    the chief's and workers' tasks."""
+    from conftest import REPO
+
+    config = {"cluster": {"chief": ["127.0.0.1:1"], "worker": ["127.0.0.1:2", "127.0.0.1:3"]},
+              "task": {"type": "worker", "index": 0}}
+    proc = subprocess.run([sys.executable, "-c", COORDINATION, str(REPO / "src"), "90"], capture_output=True,
+                          text=True, timeout=300, env={**tool_env(), "TF_CONFIG": json.dumps(config)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split("\n")[0] == "90000 /job:chief/replica:0/task:0 [('chief', 1), ('worker', 2)]"
+
+
+def test_a_bad_heartbeat_timeout_is_one_line(monkeypatch):
+    from tlpipe import distributed
+    from tlpipe.errors import TlpipeError
+
+    monkeypatch.setenv(distributed.HEARTBEAT_TIMEOUT_ENV, "soon")
+    with pytest.raises(TlpipeError, match="TLPIPE_HEARTBEAT_TIMEOUT must be a whole number of seconds >= 1. Got 'soon'"):
+        distributed._positive_int(distributed.HEARTBEAT_TIMEOUT_ENV, "seconds", distributed.DEFAULT_HEARTBEAT_TIMEOUT)

@@ -92,6 +92,7 @@ def test_a_deleted_corrections_file_stops_the_pipeline_before_split_removes_anyt
         failed = repo.dvc("repro", check=False)
         assert failed.returncode != 0 and "data/corrections.csv" in failed.stderr + failed.stdout
         assert ran(failed.stdout) == [] and sorted(p.name for p in (repo.root / "data" / "split").iterdir()) == before
+        assert (repo.root / "data" / "params.ok").is_file()  # nothing at all removed
     finally:
         corrections.write_bytes(kept)
     assert set(ran(repo.dvc("repro").stdout)) <= {"params"}

@@ -42,6 +42,14 @@ REPLICAS_ENV = "TLPIPE_REPLICAS"
 # slowest machine may still be decoding images when the others are ready.
 PEER_TIMEOUT_ENV = "TLPIPE_PEER_TIMEOUT"
 DEFAULT_PEER_TIMEOUT = 300
+# Seconds TensorFlow's coordination service lets a task go without a heartbeat
+# before it declares the cluster's tasks crashed (its own default: 10 s). A
+# machine busy on every core (one epoch took 62 s instead of 12 under load)
+# misses some, and a run that then succeeded printed "The tasks have crashed".
+# A peer that really dies is still found by its closed connections, or by the
+# collective timeout (TLPIPE_PEER_TIMEOUT).
+HEARTBEAT_TIMEOUT_ENV = "TLPIPE_HEARTBEAT_TIMEOUT"
+DEFAULT_HEARTBEAT_TIMEOUT = 60
 
 
 def _positive_int(name: str, unit: str, default: int | None) -> int | None:
@@ -112,6 +120,25 @@ if os.getppid() == parent:
 """
 
 
+def configure_coordination(cluster: dict, heartbeat_seconds: int) -> None:
+    """TensorFlow's coordination service as MultiWorkerMirroredStrategy would
+    configure it (the chief, else worker 0, leads; chief and workers take
+    part), with a heartbeat timeout a busy machine meets. Before the strategy:
+    it configures the service only where nothing has."""
+    from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2  # where the strategy takes it
+    from tensorflow.python.eager import context
+
+    jobs = cluster["cluster"]
+    leader = f"/job:{'chief' if 'chief' in jobs else 'worker'}/replica:0/task:0"
+    context.context().configure_coordination_service(
+        service_type="standalone",
+        service_leader=leader,
+        heartbeat_timeout_in_ms=heartbeat_seconds * 1000,
+        coordinated_jobs=[coordination_config_pb2.CoordinatedJob(name=job, num_tasks=len(tasks))
+                          for job, tasks in jobs.items() if job in ("chief", "worker")],
+    )
+
+
 def _join_cluster(cluster: dict, timeout: int):
     """MultiWorkerMirroredStrategy, once every task has joined; after
     ``timeout`` seconds without, one line on stderr and the worker is stopped
@@ -126,6 +153,7 @@ def _join_cluster(cluster: dict, timeout: int):
         f"({PEER_TIMEOUT_ENV}); nothing was written. Start the finetune stage on every machine of the cluster, "
         "and check that each address is reachable from the others."
     )
+    configure_coordination(cluster, _positive_int(HEARTBEAT_TIMEOUT_ENV, "seconds", DEFAULT_HEARTBEAT_TIMEOUT))
     watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(timeout), message])
     try:
         options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=timeout)
