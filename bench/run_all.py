@@ -4,6 +4,7 @@ commit and date (accuracy.py writes a table of its own; the others' printed
 figures are shown as they printed them).
 
 Offline on this project's machines: KERAS_HOME=$PWD/../shared/keras make bench
+(or `python bench/run_all.py export.py` for some of them).
 """
 
 import subprocess
@@ -21,7 +22,12 @@ SCRIPTS = ("accuracy.py", "prefix_stream.py", "export.py", "trust.py", "predict_
 PUBLISH_THEIR_OWN = {"accuracy.py"}
 FIGURE_LINES = 60  # the end of what a benchmark prints: its figures
 
-for script in SCRIPTS:
+# `python bench/run_all.py export.py trust.py`: those alone
+chosen = [s for s in SCRIPTS if s in sys.argv[1:]] or SCRIPTS
+unknown = sorted(set(sys.argv[1:]) - set(SCRIPTS))
+if unknown:
+    raise SystemExit(f"unknown benchmark {', '.join(unknown)}; known: {', '.join(SCRIPTS)}")
+for script in chosen:
     print(f"==> python bench/{script}", flush=True)
     proc = subprocess.Popen([sys.executable, str(HERE / script)], stdout=subprocess.PIPE, text=True)
     printed = []
