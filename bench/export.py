@@ -86,7 +86,7 @@ def main() -> None:
     subprocess.run([sys.executable, "stages/export.py"], cwd=repo, env=tool_env(), check=True,
                    capture_output=True, text=True)
     stage = time.perf_counter() - start
-    results = json.loads((repo / "metrics" / "export.json").read_text())
+    results = json.loads((repo / "reports" / "export.json").read_text())
     shipped = results.pop("shipped")
     print(f"export stage: {stage:.1f} s wall = {stage / one_pass:.1f}x one decode + forward pass of the "
           f"{shipped['test_images']} test images ({one_pass:.1f} s, Keras, all cores), same run")

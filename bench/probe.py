@@ -57,9 +57,9 @@ def main() -> None:
     result = probe(repo)
     print(f"probe (C={result['C']:.3g}, chosen on val): val accuracy {result['val_accuracy']:.4f}, "
           f"val loss {result['val_loss']:.4f}, test accuracy {result['test_accuracy']:.4f}")
-    head = json.loads((repo / "metrics" / "head.json").read_text())
-    ft = json.loads((repo / "metrics" / "finetune.json").read_text())
-    ev = json.loads((repo / "metrics" / "eval.json").read_text())
+    head = json.loads((repo / "reports" / "head.json").read_text())
+    ft = json.loads((repo / "reports" / "finetune.json").read_text())
+    ev = json.loads((repo / "reports" / "eval.json").read_text())
     print(f"head: val accuracy {head['val_accuracy']:.4f}, val loss {head['val_loss']:.4f}, "
           f"test accuracy {ev['head']['accuracy']:.4f}")
     print(f"shipped ({ft['shipped']}, tta {ft['tta']}): val accuracy {ft['val_accuracy']:.4f}, "

@@ -67,7 +67,7 @@ def flagged(repo: Path, folder: Path) -> tuple[float, int]:
 
 def report(label: str, repo: Path, unseen: Path) -> None:
     share, n = flagged(repo, unseen)
-    ev = json.loads((repo / "metrics" / "eval.json").read_text())
+    ev = json.loads((repo / "reports" / "eval.json").read_text())
     cf, uf = ev["conformal"], ev["unfamiliar"]
     print(f"{label}: unfamiliar: {share:.1%} of {n} unseen images, {uf['test_rate']:.1%} of its own test images; "
           f"prediction sets (target {cf['target_coverage']}): test coverage {cf['coverage']:.3f}, mean size "
