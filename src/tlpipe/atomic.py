@@ -158,7 +158,8 @@ def sha256_of(path: Path | str) -> str:
     return digest.hexdigest()
 
 
-def _size(n: float) -> str:
+def size_text(n: float) -> str:
+    """A number of bytes as messages show it: GB, MB or kB."""
     return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.0f} kB"
 
 
@@ -177,8 +178,8 @@ def require_space(where: Path | str, needed: float, what: str, way_out: str = ""
     if needed > free:
         from tlpipe.errors import TlpipeError
 
-        raise TlpipeError(f"{what} need {_size(needed)} in {where}, and {_size(free)} are free there; free "
-                          f"{_size(needed - free)} or more{way_out} and run `dvc repro` again.")
+        raise TlpipeError(f"{what} need {size_text(needed)} in {where}, and {size_text(free)} are free there; "
+                          f"free {size_text(needed - free)} or more{way_out} and run `dvc repro` again.")
 
 
 def out_of_space(err: BaseException) -> OSError | None:

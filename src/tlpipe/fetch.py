@@ -192,10 +192,6 @@ def _check_member_name(archive: Path, name: str) -> PurePosixPath:
     return member
 
 
-def _gib(n: int) -> str:
-    return f"{n / 1024**3:.1f} GiB" if n >= 1024**3 else f"{n / 1024**2:.1f} MiB"
-
-
 def _check_sizes(archive: Path, members: list[tuple[str, int, int | None]], target: Path) -> None:
     """Zip-bomb bounds over (name, uncompressed size, compressed size or None):
     each member's ratio, then the whole archive's (many members each under the
@@ -212,15 +208,11 @@ def _check_sizes(archive: Path, members: list[tuple[str, int, int | None]], targ
     packed_total = max(archive.stat().st_size, 1)
     if total >= RATIO_CHECK_FROM_BYTES and total > MAX_RATIO * packed_total:
         raise TlpipeError(
-            f"Refusing to extract {archive}: its {len(members):,} files declare {_gib(total)} uncompressed from "
-            f"{_gib(packed_total)} packed ({total / packed_total:,.0f}:1, beyond the {MAX_RATIO}:1 a dataset "
-            "needs: a zip bomb?). Nothing was extracted.")
-    free = shutil.disk_usage(target if target.exists() else target.parent).free
-    if total > free:
-        raise TlpipeError(
-            f"Refusing to extract {archive}: it declares {_gib(total)} uncompressed and {target.parent} has "
-            f"{_gib(free)} free. Free {_gib(total - free)} or more and run `dvc repro` again. Nothing was "
-            "extracted.")
+            f"Refusing to extract {archive}: its {len(members):,} files declare {atomic.size_text(total)} "
+            f"uncompressed from {atomic.size_text(packed_total)} packed ({total / packed_total:,.0f}:1, beyond "
+            f"the {MAX_RATIO}:1 a dataset needs: a zip bomb?). Nothing was extracted.")
+    atomic.require_space(target.parent, total, f"Refusing to extract {archive}: its files",
+                         " (nothing was extracted)")
 
 
 def _check_unique(archive: Path, names: list[str]) -> None:

@@ -56,10 +56,6 @@ def record(artifacts: list[Path], folder: Path) -> None:
     atomic.write_text(path, json.dumps(dict(sorted(entries.items())), indent=2) + "\n")
 
 
-def _megabytes(n: int) -> str:
-    return f"{n / 1e6:.1f} MB" if n >= 100_000 else f"{n:,} bytes"
-
-
 def _way_back(path: Path) -> str:
     """How to get a good copy: `dvc checkout` where DVC tracks it."""
     try:
@@ -87,10 +83,10 @@ def _against_record(artifact: Path, entries: dict, folder: Path) -> None:
             raise _damaged(artifact, f"{f.relative_to(folder)} is missing (listed in {folder / RECORD})")
         size = f.stat().st_size
         if size < expected["bytes"]:
-            raise _damaged(f, f"truncated: {_megabytes(size)} of the {_megabytes(expected['bytes'])} its export "
+            raise _damaged(f, f"truncated: {atomic.size_text(size)} of the {atomic.size_text(expected['bytes'])} its export "
                               f"wrote ({folder / RECORD})")
         if size > expected["bytes"] or atomic.sha256_of(f) != expected["sha256"]:
-            raise _damaged(f, f"damaged: its bytes are not the ones its export wrote ({_megabytes(size)}; the "
+            raise _damaged(f, f"damaged: its bytes are not the ones its export wrote ({atomic.size_text(size)}; the "
                               f"SHA-256 in {folder / RECORD} differs)")
 
 
@@ -160,7 +156,7 @@ def tflite_structure_problem(data: bytes) -> str | None:
     """What is wrong with a TFLite flatbuffer's structure, or None: its
     identifier, then every table and vector read, each within the file."""
     if len(data) < 8 or data[4:8] != b"TFL3":
-        return f"not a TFLite file (no TFL3 identifier in its first 8 bytes; {_megabytes(len(data))})"
+        return f"not a TFLite file (no TFL3 identifier in its first 8 bytes; {atomic.size_text(len(data))})"
     schema = _tflite_schema()
     if schema is None:
         return None
@@ -186,7 +182,7 @@ def tflite_structure_problem(data: bytes) -> str | None:
             elif buffer.Offset() and buffer.Offset() + buffer.Size() > len(data):
                 raise ValueError("a buffer stored after the flatbuffer runs past the end of the file")
     except Exception:  # struct.error, IndexError, ValueError: a read past the end
-        return f"truncated or damaged: its flatbuffer points past the end of its {_megabytes(len(data))}"
+        return f"truncated or damaged: its flatbuffer points past the end of its {atomic.size_text(len(data))}"
     return None
 
 

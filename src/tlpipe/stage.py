@@ -56,7 +56,7 @@ def run_stage(name: str, body: Callable[[params.Params], object]) -> None:
     except TlpipeError as err:
         print(f"{name}: error: {err}", file=sys.stderr)
         sys.exit(2)
-    except OSError as err:
+    except Exception as err:  # h5py and TensorFlow wrap the OSError of a full disk in their own types
         full = atomic.out_of_space(err)
         if full is None:
             raise
