@@ -16,7 +16,7 @@ from _common import publish
 HERE = Path(__file__).parent
 # Every benchmark that makes its own data; trust_bank.py and probe.py read a
 # repository after `dvc repro` (accuracy.py runs the probe on each of its own).
-SCRIPTS = ("accuracy.py", "prefix_stream.py", "export.py", "trust.py", "predict_throughput.py", "startup.py",
+SCRIPTS = ("accuracy.py", "prefix_stream.py", "export.py", "resume.py", "trust.py", "predict_throughput.py", "startup.py",
            "extract_limit.py", "pipeline.py", "scaling.py", "near_duplicates.py", "classic.py", "finetune_grid.py",
            "views.py", "view_finetune.py")
 PUBLISH_THEIR_OWN = {"accuracy.py"}

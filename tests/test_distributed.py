@@ -272,6 +272,44 @@ def test_a_worker_whose_peer_dies_mid_run_stops_with_one_line(two_machines):
     assert outputs(chief)["reports/finetune.json"] == before["reports/finetune.json"]
 
 
+@pytest.mark.cluster
+def test_a_cluster_restarted_after_a_worker_died_resumes_from_the_chiefs_checkpoint(two_machines):
+    """Worker 1 is killed in epoch 3 of 4; the chief stops with one line and
+    keeps its checkpoint of epoch 2. Both restarted with the same command:
+    worker 1 (whose disk holds no checkpoint) receives the chief's, and the
+    cluster trains epochs 3 and 4 alone, to the model an uninterrupted
+    two-worker run ships."""
+    chief, other = two_machines
+    checkpoint = chief / ".tlpipe/resume/finetune/manifest.json"
+    with changed_params([chief, other], **{"finetune.epochs": 4}):
+        results = run_cluster([chief, other])
+        assert [code for code, _, _ in results] == [0, 0], results[0][2][-3000:]
+        uninterrupted = load_weights(chief)
+        ports = free_ports(2)
+        lead = start_worker(chief, tf_config(ports, 0), TLPIPE_PEER_TIMEOUT="20")
+        peer = start_worker(other, tf_config(ports, 1), TLPIPE_PEER_TIMEOUT="20")
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and lead.poll() is None:
+            if checkpoint.is_file() and json.loads(checkpoint.read_text())["state"]["epoch"] >= 2:
+                break
+            time.sleep(0.05)
+        peer.kill()
+        peer.communicate()
+        _, err = lead.communicate(timeout=180)
+        assert lead.returncode == 2 and "finetune: error: lost a peer worker during training" in err, err[-3000:]
+        assert json.loads(checkpoint.read_text())["state"]["epoch"] >= 2
+        assert not (other / ".tlpipe").exists()  # worker 1 wrote no checkpoint
+
+        results = run_cluster([chief, other])
+    assert [code for code, _, _ in results] == [0, 0], "\n\n".join(err[-3000:] for _, _, err in results)
+    for _, out, _ in results:
+        assert "finetune: resuming run 1 of 1 at epoch 3" in out or "at epoch 4" in out, out[-2000:]
+        assert out.count("Epoch ") <= 2
+    for a, b in zip(uninterrupted, load_weights(chief)):
+        np.testing.assert_allclose(a, b, atol=2e-4)
+    assert not (chief / ".tlpipe").exists()
+
+
 @pytest.mark.heavy  # the finetune stage's script in a trained repo
 def test_a_bad_tf_config_is_one_line_before_any_work(trained):
     proc = start_worker(trained.root, "{not json")

@@ -7,7 +7,7 @@ import platform
 import pytest
 import yaml
 
-from tlpipe import paths
+from tlpipe import paths, resume
 
 from conftest import REPO
 
@@ -52,15 +52,7 @@ def test_each_stage_reads_exactly_its_params_and_they_exist():
 
 def interpolated(text: str) -> str:
     """``${a.b}`` replaced by params.yaml's value, as DVC's templating does."""
-    import re
-
-    def value(match):
-        node = PARAMS
-        for part in match.group(1).split("."):
-            node = node[part]
-        return str(node)
-
-    return re.sub(r"\$\{([\w.]+)\}", value, text)
+    return resume.interpolated(text, PARAMS)
 
 
 def test_each_stage_depends_on_its_own_script_and_runs_it():

@@ -54,13 +54,20 @@ def test_every_decoder_path_gives_upright_rgb(tmp_path):
     assert abs(float(deep.mean()) - float(np.asarray(base.convert("L")).mean())) < 1.0
 
 
-def test_image_dataset_shuffle_is_seeded_and_reshuffles_each_epoch(tmp_path):
+def test_image_dataset_follows_its_epoch_orders(tmp_path):
+    from tlpipe.training import EpochOrders
+
     files = sorted(make_class_folders(tmp_path, per_class=6).rglob("*.jpg"))
     labels = np.arange(len(files))
 
     def epochs(seed):
-        ds = images.dataset(files, ["tf"] * len(files), 8, 4, labels=labels, shuffle_seed=seed)
-        return [np.concatenate([y.numpy() for _, y in ds]).tolist() for _ in range(2)]
+        orders = EpochOrders(len(files), 4, seed, run=0)
+        ds = images.dataset(files, ["tf"] * len(files), 8, 4, labels=labels, orders=orders)
+        seen = []
+        for number in range(2):
+            orders.on_epoch_begin(number)
+            seen.append(np.concatenate([y.numpy() for _, y in ds]).tolist())
+        return seen
 
     first, again = epochs(1), epochs(1)
     assert first == again

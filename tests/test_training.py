@@ -11,7 +11,7 @@ import pytest
 
 from tlpipe.artifacts import StoredRows
 from tlpipe.training import (STEPS_PER_EXECUTION, Inputs, LiveLogger, PlateauReduction, StartingPoint, callbacks,
-                             compile_model, disk_batches, fit, learning_rate, optimizer, soup)
+                             compile_model, disk_batches, EpochOrders, fit, learning_rate, optimizer, soup)
 
 
 def on_disk(tmp_path, rows=37):
@@ -42,17 +42,33 @@ def test_without_labels_it_streams_the_rows_alone(tmp_path):
     np.testing.assert_array_equal(np.concatenate([b.numpy() for b in batches]), x)
 
 
-def test_seeded_shuffle_keeps_rows_with_their_labels_and_reshuffles_each_epoch(tmp_path):
+def epoch_of(orders, dataset, number):
+    orders.on_epoch_begin(number)  # as fit calls it, before it iterates the epoch
+    return epoch(dataset)
+
+
+def test_epoch_orders_keep_rows_with_their_labels_and_draw_a_new_order_each_epoch(tmp_path):
     x, y = on_disk(tmp_path)
-    dataset = disk_batches(x, y, 8, shuffle_seed=3)
-    first, second = epoch(dataset), epoch(dataset)
+    orders = EpochOrders(len(x), 8, seed=3, run=0)
+    dataset = disk_batches(x, y, 8, orders)
+    first, second = epoch_of(orders, dataset, 0), epoch_of(orders, dataset, 1)
     for got_x, got_y in (first, second):
         row = got_x[:, 0, 0].astype(int) // 6  # which row each sample is
         assert sorted(row) == list(range(len(x)))  # every row once per epoch
         np.testing.assert_array_equal(got_y, y[row])  # labels travel with their rows
     assert not np.array_equal(first[0], second[0])  # a new order each epoch
-    again = disk_batches(x, y, 8, shuffle_seed=3)
-    np.testing.assert_array_equal(epoch(again)[0], first[0])  # the same orders on a rerun
+    again = EpochOrders(len(x), 8, seed=3, run=0)
+    np.testing.assert_array_equal(epoch_of(again, disk_batches(x, y, 8, again), 1)[0], second[0])  # epoch 1 alone
+    other_run = EpochOrders(len(x), 8, seed=3, run=1)
+    assert not np.array_equal(epoch_of(other_run, disk_batches(x, y, 8, other_run), 0)[0], first[0])
+
+
+def test_the_rest_of_an_interrupted_epoch_is_its_order_past_the_batches_trained(tmp_path):
+    x, y = on_disk(tmp_path)
+    whole = EpochOrders(len(x), 8, seed=3, run=0)
+    rest = EpochOrders(len(x), 8, seed=3, run=0, skip=2)
+    np.testing.assert_array_equal(epoch_of(rest, disk_batches(x, y, 8, rest), 1)[0],
+                                  epoch_of(whole, disk_batches(x, y, 8, whole), 1)[0][16:])
 
 
 def rates(rate, steps):
@@ -152,7 +168,8 @@ def test_many_steps_per_call_train_the_same_weights_as_one(tmp_path):
                                   keras.layers.Dense(4, activation="softmax")])
         compile_model(model, keras.optimizers.Adam(0.01), 0.0, steps_per_execution=steps_per_call)
         assert model.steps_per_execution == steps_per_call
-        result = fit(model, Inputs(disk_batches(x, y, 2, shuffle_seed=1)), Inputs(disk_batches(x, y, 2)), 3,
+        orders = EpochOrders(len(x), 2, seed=1, run=0)
+        result = fit(model, Inputs(disk_batches(x, y, 2, orders), orders=orders), Inputs(disk_batches(x, y, 2)), 3,
                      callbacks(0, LiveLogger(tmp_path / f"logs{steps_per_call}")))
         trained.append((model.get_weights(), result.history["val_loss"],
                         model.predict(np.load(tmp_path / "prefix.npy"), batch_size=2)))

@@ -212,20 +212,40 @@ class StoredRows:
         return everything if dtype is None else everything.astype(dtype)
 
 
+def npy_header(rows: int, shape: tuple[int, ...], dtype=np.float16) -> bytes:
+    """The .npy header of a C-ordered array of ``rows`` rows of ``shape``."""
+    buffer = io.BytesIO()
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
+              "shape": (rows, *shape)}
+    np.lib.format.write_array_header_1_0(buffer, header)
+    return buffer.getvalue()
+
+
+def npy_bytes(rows: int, shape: tuple[int, ...], dtype=np.float16) -> int:
+    """The size of the .npy file of such an array."""
+    return len(npy_header(rows, shape, dtype)) + rows * np.dtype(dtype).itemsize * int(np.prod(shape, dtype=np.int64))
+
+
 class RowWriter:
     """A new .npy file of ``rows`` rows of ``shape``, filled slice by slice
     (``writer[start:stop] = values``) with ``pwrite``: the bytes
     ``np.lib.format.open_memmap`` would write, without mapping the file, so
     the written pages do not count in the process's resident memory."""
 
-    def __init__(self, path: Path, rows: int, shape: tuple[int, ...], dtype=np.float16):
+    def __init__(self, path: Path, rows: int, shape: tuple[int, ...], dtype=np.float16, keep: bool = False):
+        """``keep``: a file of this very shape already at ``path`` (an
+        interrupted extract's) keeps the rows written so far."""
         self.path, self.dtype = path, np.dtype(dtype)
         self.shape = (rows, *shape)
         self.row_bytes = self.dtype.itemsize * int(np.prod(shape, dtype=np.int64))
-        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": self.shape}
+        header = npy_header(rows, shape, dtype)
+        self.offset = len(header)
+        if keep and path.is_file() and path.stat().st_size == npy_bytes(rows, shape, dtype):
+            with open(path, "rb") as f:
+                if f.read(len(header)) == header:
+                    return
         with open(path, "wb") as f:
-            np.lib.format.write_array_header_1_0(f, header)
-            self.offset = f.tell()
+            f.write(header)
             f.truncate(self.offset + rows * self.row_bytes)  # unwritten rows read as zeros
 
     def __len__(self) -> int:

@@ -196,6 +196,31 @@ def choose_strategy():
     return tf.distribute.get_strategy()
 
 
+# Elements of one all-reduce when the chief's bytes go to every worker (256 MB).
+CHUNK_ELEMENTS = 64 * 2**20
+
+
+def from_chief(strategy, data: bytes) -> bytes:
+    """The chief's ``data`` on every worker (what the others pass is not
+    used): an all-reduce sum in which every replica but the chief's first
+    adds zeros, so it works on whatever transport the strategy's collectives
+    use. The bytes travel as int32 words, whose sum with zeros is exact."""
+    import tensorflow as tf
+
+    def chiefs(values: np.ndarray) -> np.ndarray:
+        def replica():
+            first = tf.distribute.get_replica_context().replica_id_in_sync_group == 0
+            return tf.where(first, tf.constant(values), tf.zeros_like(values))
+
+        return strategy.reduce("SUM", strategy.run(replica), axis=None).numpy()
+
+    length = int(chiefs(np.array([len(data)], np.int64))[0])
+    size = -(-length // 4) * 4  # whole words; the others' bytes, cut or padded to it, are zeroed anyway
+    words = np.frombuffer(data.ljust(size, b"\0")[:size], np.int32)
+    parts = [chiefs(words[i : i + CHUNK_ELEMENTS]) for i in range(0, len(words), CHUNK_ELEMENTS)]
+    return np.concatenate(parts).tobytes()[:length] if parts else b""
+
+
 def is_multi_worker(strategy) -> bool:
     import tensorflow as tf
 
@@ -217,8 +242,8 @@ class KerasTrainer:
     def __init__(self, model: keras.Model):
         self.model = model
 
-    def fit(self, train: Inputs, val: Inputs, epochs: int, callbacks: list) -> FitResult:
-        return fit(self.model, train, val, epochs, callbacks)
+    def fit(self, train: Inputs, val: Inputs, epochs: int, callbacks: list, initial_epoch: int = 0) -> FitResult:
+        return fit(self.model, train, val, epochs, callbacks, initial_epoch)
 
     def predict(self, data: Inputs) -> np.ndarray:
         return self.model.predict(data.x, batch_size=data.batch_size, verbose=0)
@@ -334,11 +359,12 @@ class WorkerLoop:
     def evaluate(self, data: Inputs) -> tuple[float, float]:
         return self._run(self._eval_step, self._distributed(data, None))
 
-    def fit(self, train: Inputs, val: Inputs, epochs: int, callbacks: list) -> FitResult:
+    def fit(self, train: Inputs, val: Inputs, epochs: int, callbacks: list, initial_epoch: int = 0) -> FitResult:
         """Keras fit's contract: the callbacks see every batch and epoch (logs
         ``loss``, ``accuracy``, ``val_loss``, ``val_accuracy``), and
         ``model.stop_training`` ends the run."""
-        callback_list = keras.callbacks.CallbackList(callbacks, model=self.model, epochs=epochs, verbose=2)
+        callback_list = keras.callbacks.CallbackList(train.with_callbacks(callbacks), model=self.model, epochs=epochs,
+                                                     verbose=2)
         history: dict[str, list[float]] = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}
         start = time.perf_counter()
         self.model.stop_training = False
@@ -347,7 +373,7 @@ class WorkerLoop:
         def on_batch(when, i):
             (callback_list.on_train_batch_begin if when == "begin" else callback_list.on_train_batch_end)(i)
 
-        for epoch in range(epochs):
+        for epoch in range(initial_epoch, epochs):
             epoch_start = time.perf_counter()
             callback_list.on_epoch_begin(epoch)
             order = self.shuffle.permutation(len(train.x)) if train.y is not None else None

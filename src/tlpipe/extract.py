@@ -25,8 +25,9 @@ prefetch) and outputs are written to their files a batch at a time
 
 from __future__ import annotations
 
-import json
+import contextlib
 import io
+import json
 import shutil
 import tempfile
 import time
@@ -34,8 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tlpipe import atomic, backbones, freeze, images, paths, training
-from tlpipe.artifacts import SPLITS, Row, RowWriter, label_indices, read_classes, read_split, sources
+from tlpipe import atomic, backbones, freeze, images, paths, resume, training
+from tlpipe.artifacts import SPLITS, Row, RowWriter, label_indices, npy_bytes, read_classes, read_split, sources
 from tlpipe.params import ExtractParams
 
 # Also through the frozen layers on their mirror images: what the mirror
@@ -91,17 +92,95 @@ def with_mirrored_prefix(both, spec: backbones.Backbone, image_size: int, backbo
     return keras.Model(both.input, [*both.outputs, _float16()(mirrored(both.input))], name=f"{both.name}_mirrored")
 
 
-def stream_features(model, rows, image_size: int, batch_size: int, outs, desc: str) -> float:
-    """Run ``rows`` through ``model`` into the arrays ``outs`` (one per model
-    output, or one array); return images/s."""
-    start, done = time.perf_counter(), 0
+def stream_features(model, rows, image_size: int, batch_size: int, outs, desc: str, first: int = 0,
+                    written=None) -> float:
+    """Run ``rows[first:]`` through ``model`` into the arrays ``outs`` (one
+    per model output, or one array), from row ``first`` on; ``written(rows
+    done)`` after each batch; return images/s."""
+    start, done = time.perf_counter(), first
     outs = outs if isinstance(outs, (list, tuple)) else [outs]
-    for batch in images.predict(model, *sources(rows), image_size, batch_size, desc):
+    for batch in images.predict(model, *sources(rows[first:]), image_size, batch_size, desc):
         batch = batch if isinstance(batch, list) else [batch]
         for out, values in zip(outs, batch):
             out[done : done + len(values)] = values
         done += len(batch[0])
-    return len(rows) / max(time.perf_counter() - start, 1e-9)
+        if written:
+            written(done)
+    return (len(rows) - first) / max(time.perf_counter() - start, 1e-9)
+
+
+class Progress:
+    """Where extract stands: the rows of each split written so far to the
+    files in ``folder``, recorded after each batch's rows are written. In
+    ``.tlpipe/resume/extract`` (tlpipe.resume) when extract runs in a
+    pipeline, so a killed run's rows are kept and the rerun computes only the
+    missing ones, in the same batches (the same bytes); only for this run
+    otherwise. A record of other inputs or another layout is removed."""
+
+    FILE = "progress.json"
+
+    def __init__(self, folder: Path, key: str | None, layout: dict):
+        self.folder, self.key, self.layout = folder, key, layout
+        self.rows: dict[str, int] = {}
+        record = self._read()
+        if record is not None:
+            why = ("it was made with other params, data or code" if record.get("key") != key
+                   else "it was made for another layout of the outputs" if record.get("layout") != layout
+                   else self._damaged(record.get("rows", {})))
+            if why:
+                resume.discard("extract", folder, why)
+            else:
+                self.rows = record["rows"]
+        (folder / "features").mkdir(parents=True, exist_ok=True)
+        (folder / "prefix").mkdir(parents=True, exist_ok=True)
+
+    def _files(self, split: str):
+        """(file, its size when complete) of every array written for ``split``."""
+        n, shape = self.layout["images"][split], tuple(self.layout["prefix_shape"])
+        yield paths.features_file(split, self.folder / "features"), npy_bytes(n, (self.layout["feature_dim"],))
+        if shape:
+            for name in (split, *([paths.mirrored(split)] if split in MIRRORED_SPLITS else [])):
+                yield paths.prefix_file(name, self.folder / "prefix"), npy_bytes(n, shape)
+
+    def _damaged(self, rows: dict) -> str:
+        for split in (s for s, done in rows.items() if done):
+            for file, size in self._files(split):
+                if not file.is_file():
+                    return f"{file.name} is missing"
+                if file.stat().st_size != size:
+                    return f"{file.name} is truncated ({file.stat().st_size} of {size} bytes)"
+        return ""
+
+    def _read(self) -> dict | None:
+        try:
+            return json.loads((self.folder / self.FILE).read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return {}
+
+    def done(self, split: str) -> int:
+        return self.rows.get(split, 0)
+
+    def record(self, split: str, rows: int) -> None:
+        self.rows[split] = rows
+        atomic.write_json(self.folder / self.FILE, {"key": self.key, "layout": self.layout, "rows": self.rows})
+
+
+@contextlib.contextmanager
+def _work_folder(key: str | None, layout: dict):
+    """Progress of this extract, in the resume folder or (outside a pipeline) a temporary one."""
+    if key is None:
+        with atomic.scratch_beside(paths.FEATURES.parent / "extract") as tmp:  # not a temporary name of an output
+            yield Progress(Path(tmp), None, layout)
+        return
+    where = resume.folder("extract")
+    progress = Progress(where, key, layout)
+    if any(progress.rows.values()):
+        summary = ", ".join(f"{split} {rows}" for split, rows in progress.rows.items())
+        print(f"extract: resuming with the rows written before an interruption ({summary}; in {where})", flush=True)
+    yield progress
+    resume.finished(where)
 
 
 def near_copies(path: Path) -> dict[str, bytes]:
@@ -201,25 +280,35 @@ def run(extract: ExtractParams, *, backbone: str, image_size: int, weights: str,
     n_images = sum(len(r) for r in rows.values())
     atomic.require_space(paths.FEATURES.parent, n_images * dim * 2 * 1.1,  # float16, the near-copies' rows beside
                          f"extract: the pooled features of {n_images} images")
-    with atomic.atomic_dir(paths.FEATURES) as feats_dir, atomic.atomic_dir(paths.PREFIX) as prefix_dir:
+    layout = {"feature_dim": dim, "prefix_shape": list(prefix_shape or ()), "batch_size": extract.batch_size,
+              "images": {split: len(rows[split]) for split in SPLITS}}
+    with _work_folder(resume.stage_key("extract"), layout) as progress:
+        work_feats, work_prefix = progress.folder / "features", progress.folder / "prefix"
         for split in SPLITS:
-            n = len(rows[split])
-            outs = [RowWriter(paths.features_file(split, feats_dir), n, (dim,))]
+            n, first = len(rows[split]), progress.done(split)
+            outs = [RowWriter(paths.features_file(split, work_feats), n, (dim,), keep=first > 0)]
             model = pooled
             if prefix_shape is not None:
-                outs.append(RowWriter(paths.prefix_file(split, prefix_dir), n, prefix_shape))
+                outs.append(RowWriter(paths.prefix_file(split, work_prefix), n, prefix_shape, keep=first > 0))
                 model = both
             if prefix_shape is not None and split in MIRRORED_SPLITS:
-                outs.append(RowWriter(paths.prefix_file(paths.mirrored(split), prefix_dir), n, prefix_shape))
+                outs.append(RowWriter(paths.prefix_file(paths.mirrored(split), work_prefix), n, prefix_shape,
+                                      keep=first > 0))
                 model = mirrored_model
-            rate = stream_features(model, rows[split], image_size, extract.batch_size, outs, f"extract {split}")
-            np.save(paths.labels_file(split, feats_dir), label_indices(rows[split], classes))
+            if first < n:
+                rate = stream_features(model, rows[split], image_size, extract.batch_size, outs, f"extract {split}",
+                                       first, lambda done, split=split: progress.record(split, done))
+                print(f"extract: {split}: {n} images, {rate:.0f} img/s", flush=True)
+            np.save(paths.labels_file(split, work_feats), label_indices(rows[split], classes))
             meta["images"][split] = n
-            print(f"extract: {split}: {n} images, {rate:.0f} img/s", flush=True)
-        meta["near_copies"] = copy_features(pooled, rows["train"], image_size, extract.batch_size, seed, feats_dir,
+        meta["near_copies"] = copy_features(pooled, rows["train"], image_size, extract.batch_size, seed, work_feats,
                                             dim)
-        paths.features_meta(feats_dir).write_text(json.dumps(meta, indent=2) + "\n")
-        paths.prefix_meta(prefix_dir).write_text(json.dumps(prefix_meta, indent=2) + "\n")
+        paths.features_meta(work_feats).write_text(json.dumps(meta, indent=2) + "\n")
+        paths.prefix_meta(work_prefix).write_text(json.dumps(prefix_meta, indent=2) + "\n")
+        for work, target in ((work_feats, paths.FEATURES), (work_prefix, paths.PREFIX)):
+            with atomic.atomic_dir(target) as tmp:
+                for file in work.iterdir():
+                    shutil.move(file, tmp / file.name)  # a rename, unless data/ is on another disk
     if why_not:
         print(f"extract: frozen prefix not stored: {why_not}")
     return meta

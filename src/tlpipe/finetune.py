@@ -36,9 +36,10 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from tlpipe import atomic, backbones, distributed, freeze, headline, images, paths, training
+from tlpipe import atomic, backbones, distributed, fit_checkpoint, freeze, headline, images, paths, resume, training
 from tlpipe.artifacts import label_indices, load_prefix, read_classes, read_prefix_meta, read_split, sources
 from tlpipe.errors import TlpipeError
+from tlpipe.fit_checkpoint import SoupCheckpoint
 from tlpipe.layers import Mirror, Temperature, as_float32, augmentation, load_model, mirror_averaged, on_pixels
 from tlpipe.params import FinetuneParams
 from tlpipe.scoring import (MARGIN_SE, beats, expected_calibration_error, fit_temperature, gain_in_standard_errors,
@@ -122,19 +123,28 @@ def _val_inputs(rows, labels, image_size: int, batch_size: int, on_prefix: bool)
 
 
 def _train_inputs(rows, labels, image_size: int, batch_size: int, seed: int, on_prefix: bool):
-    """run -> what the train split feeds to fit in fine-tuning run ``run``,
-    shuffled in an order of its own (seed + run) every epoch: the stored prefix
-    or a stream of image files read batch by batch, or images decoded into
-    memory once for every run when they fit (Keras shuffles those)."""
+    """(run, skip) -> what the train split feeds to fit in fine-tuning
+    run ``run``, in an order of its own in every epoch (training.EpochOrders:
+    drawn from the seed, the run and the epoch, so a resumed run continues in
+    the orders it began with): the stored prefix, or images decoded into
+    memory once for every run when they fit, read batch by batch; else a
+    stream of image files. ``skip``: the batches of an epoch SIGTERM
+    interrupted that were trained before it."""
+    orders = lambda run, skip: training.EpochOrders(len(rows), batch_size, seed, run, skip)  # noqa: E731
     if on_prefix:
         prefix = load_prefix("train")
-        return lambda run: Inputs(training.disk_batches(prefix, labels, batch_size, seed + run))
+        return lambda run, skip=0: _ordered(training.disk_batches, prefix, labels, batch_size, orders(run, skip))
     if _fits_in_memory(rows, image_size):
         decoded = images.decode_all(*sources(rows), image_size, batch_size,
                                     f"finetune: decoding train ({len(rows)} images)")
-        return lambda run: Inputs(decoded, labels, batch_size)
-    return lambda run: Inputs(images.dataset(*sources(rows), image_size, batch_size, labels=labels,
-                                             shuffle_seed=seed + run))
+        return lambda run, skip=0: _ordered(training.disk_batches, decoded, labels, batch_size, orders(run, skip))
+    return lambda run, skip=0: _ordered(
+        lambda *_, orders: images.dataset(*sources(rows), image_size, batch_size, labels=labels, orders=orders),
+        None, labels, batch_size, orders(run, skip))
+
+
+def _ordered(make_batches, x, labels, batch_size: int, orders: training.EpochOrders) -> Inputs:
+    return Inputs(make_batches(x, labels, batch_size, orders=orders), orders=orders)
 
 
 def _fits_in_memory(rows, image_size: int) -> bool:
@@ -240,20 +250,32 @@ def _build(choice: BackboneChoice, tuning: FinetuneParams, n_train: int, batch_s
     return Built(model, fit_model, plan, trains, on_prefix, rate, training.StartingPoint(fit_model, rate))
 
 
-def _soup_of_runs(trainer, built: Built, train_for_run, val: Inputs, tuning: FinetuneParams, log_dir: Path) -> dict:
+def _soup_of_runs(trainer, built: Built, train_for_run, val: Inputs, tuning: FinetuneParams, log_dir: Path,
+                  checkpoint: SoupCheckpoint | None) -> dict:
     """``finetune.runs`` runs of ``finetune.epochs`` each, every one from the
     trained head and the pretrained weights with its own data order; the
     model ends holding their averaged weights (training.soup). One run: that
-    run. -> their figures for reports/finetune.json."""
-    logger = LiveLogger(log_dir, fits=tuning.runs)  # every run on one step count: dvclive/finetune
-    finals, results = [], []
-    for run in range(tuning.runs):
+    run. With a ``checkpoint`` (tlpipe.fit_checkpoint), every epoch end is
+    saved, and a checkpoint of an interrupted run is where this one
+    continues: finished runs are not trained again. -> their figures for
+    reports/finetune.json."""
+    first = checkpoint.progress.run if checkpoint and checkpoint.resumed else 0
+    if checkpoint and checkpoint.resumed:
+        print(f"finetune: {checkpoint.describe(tuning.runs)}", flush=True)
+        checkpoint.restore_log(log_dir)
+    resume_step = checkpoint.progress.steps_logged() if checkpoint and checkpoint.resumed else None
+    # every run on one step count: dvclive/finetune
+    logger = LiveLogger(log_dir, fits=tuning.runs - first, resume_step=resume_step)
+    finals = checkpoint.finals if checkpoint else []
+    results = checkpoint.finished_results() if checkpoint else []
+    for run in range(first, tuning.runs):
         built.start.restore()
         if tuning.runs > 1:
             print(f"finetune: run {run + 1} of {tuning.runs} (its own data order)", flush=True)
-        results.append(trainer.fit(train_for_run(run), val, tuning.epochs,
-                                   callbacks(tuning.patience, logger, built.rate)))
-        finals.append([v.numpy() for v in built.fit_model.trainable_variables])
+        results.append(_one_run(trainer, built, train_for_run, val, tuning, log_dir, checkpoint, logger, run))
+        if not checkpoint:
+            finals.append([v.numpy() for v in built.fit_model.trainable_variables])
+    finals = checkpoint.finals if checkpoint else finals  # a reloaded checkpoint holds a new list
     for variable, value in zip(built.fit_model.trainable_variables, training.soup(finals)):
         variable.assign(value)
     return {"runs": tuning.runs, "epochs_run": sum(len(r.history["val_loss"]) for r in results),
@@ -262,8 +284,34 @@ def _soup_of_runs(trainer, built: Built, train_for_run, val: Inputs, tuning: Fin
             "kept_epochs": [r.kept + 1 for r in results]}
 
 
+def _one_run(trainer, built: Built, train_for_run, val: Inputs, tuning: FinetuneParams, log_dir: Path,
+             checkpoint: SoupCheckpoint | None, logger: LiveLogger, run: int) -> training.FitResult:
+    """One run of the soup, from its start or from the checkpoint of its
+    interruption. An epoch SIGTERM interrupted is fitted to its end alone
+    first (its batch count differs from a whole epoch's); the checkpoint
+    saved at that end is then resumed like any other."""
+    while True:
+        fit_callbacks = callbacks(tuning.patience, logger, built.rate)
+        first_epoch, skip = 0, 0
+        if checkpoint and checkpoint.resumes(run):
+            first_epoch, skip = checkpoint.restore(fit_callbacks, tuning.epochs)
+        if checkpoint:
+            fit_callbacks.append(checkpoint.callback(run, fit_callbacks, log_dir, skip))
+        if not skip:
+            result = trainer.fit(train_for_run(run), val, tuning.epochs, fit_callbacks, first_epoch)
+            if not checkpoint:
+                return result
+            result = fit_checkpoint.run_result(checkpoint, fit_callbacks)  # every epoch, interrupted or not
+            checkpoint.run_finished(result)
+            return result
+        logger.fits_left += 1  # one more fit on the log
+        with fit_checkpoint.best_weights_kept(fit_callbacks):  # the run is not over at this fit's end
+            trainer.fit(train_for_run(run, skip), val, first_epoch + 1, fit_callbacks, first_epoch)
+        checkpoint.reload()
+
+
 def _fit_or_keep_head(trainer, built: Built, train_for_run, val: Inputs, y_val: np.ndarray, tuning: FinetuneParams,
-                      log_dir: Path) -> tuple[str, np.ndarray, dict]:
+                      log_dir: Path, checkpoint: SoupCheckpoint | None) -> tuple[str, np.ndarray, dict]:
     """Fine-tune from the head (_soup_of_runs); keep the result only if it
     beats the head on val (scoring.beats). -> (shipped: "finetuned" or "head",
     its val probabilities, its figures for reports/finetune.json, which report
@@ -276,7 +324,7 @@ def _fit_or_keep_head(trainer, built: Built, train_for_run, val: Inputs, y_val: 
     if train_for_run is None:  # nothing to train: freeze all, or epochs 0
         log_dir.joinpath("metrics.json").write_text("{}\n")
         return "head", head_probs, figures
-    figures.update(_soup_of_runs(trainer, built, train_for_run, val, tuning, log_dir))
+    figures.update(_soup_of_runs(trainer, built, train_for_run, val, tuning, log_dir, checkpoint))
     tuned_probs = trainer.predict(val).astype(np.float64)
     tuned_loss, tuned_accuracy = val_figures(y_val, tuned_probs)
     gain = gain_in_standard_errors(image_losses(y_val, tuned_probs), image_losses(y_val, head_probs))
@@ -314,7 +362,14 @@ def _metrics(figures: dict, shipped: str, shipping: dict, built: Built, data_sec
 def run(tuning: FinetuneParams, choice: BackboneChoice) -> dict:
     """images (or data/prefix) + models/head.keras -> models/model.keras; reads
     ``finetune.*`` and ``BackboneChoice``. On several machines every worker trains and
-    the chief alone writes (see tlpipe.distributed)."""
+    the chief alone writes (see tlpipe.distributed). On one machine an
+    interrupted run (kill, crash, SIGTERM) resumes from its checkpoint
+    (tlpipe.fit_checkpoint)."""
+    with resume.Preemption("finetune") as preemption:
+        return _run(tuning, choice, preemption)
+
+
+def _run(tuning: FinetuneParams, choice: BackboneChoice, preemption: resume.Preemption) -> dict:
     strategy, batch_size = _devices(tuning, choice.seed)
     chief = distributed.is_chief()
     classes = read_classes()
@@ -326,6 +381,12 @@ def run(tuning: FinetuneParams, choice: BackboneChoice) -> dict:
     with strategy.scope():
         built = _build(choice, tuning, len(train_rows), batch_size)
     trainer = distributed.trainer(strategy, built.fit_model, tuning.label_smoothing, batch_size, choice.seed)
+    key = resume.stage_key("finetune") if built.trains else None
+    checkpoint = None
+    if key:
+        several = distributed.worker_count() > 1
+        checkpoint = SoupCheckpoint(built.fit_model, built.rate, key, preemption, chief=chief,
+                                    from_chief=(lambda data: distributed.from_chief(strategy, data)) if several else None)
 
     start = time.perf_counter()  # data: stored prefix outputs, or images
     val = _val_inputs(val_rows, y_val, choice.image_size, batch_size, built.on_prefix)
@@ -336,8 +397,10 @@ def run(tuning: FinetuneParams, choice: BackboneChoice) -> dict:
     # Other workers of a cluster log to a scratch folder: the chief's logs are the run's.
     with (atomic.atomic_dir(paths.FINETUNE_LOGS) if chief else tempfile.TemporaryDirectory()) as log_dir:
         shipped, val_probs, figures = _fit_or_keep_head(trainer, built, train_for_run, val, y_val_idx, tuning,
-                                                        Path(log_dir))
+                                                        Path(log_dir), checkpoint)
     if not chief:
+        if checkpoint:
+            checkpoint.done()
         print(f"finetune: {distributed.describe_task()} done; the chief writes {paths.MODEL} and "
               f"{paths.FINETUNE_REPORT}, this worker writes nothing")
         return figures
@@ -347,6 +410,8 @@ def run(tuning: FinetuneParams, choice: BackboneChoice) -> dict:
     shipping = _save_shipped(built.model, val_probs, mirrored_probs, y_val_idx, tuning.tta)
     metrics = _metrics(figures, shipped, shipping, built, data_seconds, strategy, batch_size)
     headline.write("finetune", metrics)
+    if checkpoint:
+        checkpoint.done()
     mirrored = " with mirror-image TTA" if shipping["tta"] else ""
     print(
         f"finetune: shipped the {shipped} model{mirrored}: val accuracy {metrics['val_accuracy']:.4f}, "

@@ -180,21 +180,21 @@ def load_tensor(path, decoder, image_size: int):
     return tf.image.resize(image, (image_size, image_size), antialias=True)
 
 
-def dataset(files, decoders, image_size: int, batch_size: int, labels=None, shuffle_seed=None):
-    """A batched, prefetched tf.data pipeline over image files.
-
-    In the given order, or reshuffled every epoch when ``shuffle_seed`` is set
-    (the same seed gives the same sequence of epochs).
-    """
+def dataset(files, decoders, image_size: int, batch_size: int, labels=None, orders=None):
+    """A batched, prefetched tf.data pipeline over image files: in the given
+    order, or, with ``orders`` (training.EpochOrders), in the order it draws
+    for each epoch."""
     import tensorflow as tf
 
     files = [str(f) for f in files]
     decoders = list(decoders)
     items = (files, decoders) if labels is None else (files, decoders, np.asarray(labels))
-    ds = tf.data.Dataset.from_tensor_slices(items)
-    if shuffle_seed is not None:
-        # Shuffling paths, before decoding, keeps the buffer small.
-        ds = ds.shuffle(len(files), seed=shuffle_seed, reshuffle_each_iteration=True)
+    if orders is None:
+        ds = tf.data.Dataset.from_tensor_slices(items)
+    else:
+        # Ordering indices, before anything is decoded, keeps memory small.
+        columns = tuple(tf.constant(column) for column in items)
+        ds = orders.dataset().unbatch().map(lambda i: tuple(tf.gather(c, i) for c in columns))
 
     def load(path, decoder, *label):
         image = load_tensor(path, decoder, image_size)

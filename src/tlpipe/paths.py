@@ -82,6 +82,9 @@ SCRATCH_METRICS, SCRATCH_REPORT = metrics_file("scratch"), report_file("scratch"
 # Each stage that draws owns one folder under plots/, so DVC outputs never overlap.
 PLOTS = Path("plots/evaluate")
 AUDIT_PLOTS = Path("plots/audit")
+# What an interrupted stage leaves for its rerun (tlpipe.resume): outside DVC's
+# outputs, ignored by git and DVC.
+RESUME = Path(".tlpipe/resume")
 HEAD_LOGS = Path("dvclive/head")
 FINETUNE_LOGS = Path("dvclive/finetune")
 SCRATCH_LOGS = Path("dvclive/scratch")

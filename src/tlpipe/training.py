@@ -149,12 +149,18 @@ def kept_epoch(history: dict, callbacks: list) -> int:
 @dataclass(frozen=True)
 class Inputs:
     """What one split feeds to Keras: arrays ``x``, ``y`` held in memory (fed
-    in batches of ``batch_size``, shuffled by Keras), or a tf.data stream of
-    (image, label) batches in ``x`` with ``y`` None."""
+    in batches of ``batch_size``, in order), or a tf.data stream of (image,
+    label) batches in ``x`` with ``y`` None, whose order in each epoch
+    ``orders`` draws (training)."""
 
     x: Any
     y: Any = None
     batch_size: int | None = None
+    orders: EpochOrders | None = None
+
+    def with_callbacks(self, callbacks: list) -> list:
+        """``callbacks``, and the epoch orders that must follow fit's epoch."""
+        return [*callbacks, self.orders] if self.orders is not None else list(callbacks)
 
     def fit_kwargs(self) -> dict:
         return {"x": self.x} if self.y is None else {"x": self.x, "y": self.y, "batch_size": self.batch_size}
@@ -188,15 +194,18 @@ class FitResult:
         }
 
 
-def fit(model: keras.Model, train: Inputs, val: Inputs, epochs: int, callbacks: list, **kwargs) -> FitResult:
-    """``model.fit`` with per-epoch lines; the model ends on the epoch ``callbacks`` keep (see there)."""
+def fit(model: keras.Model, train: Inputs, val: Inputs, epochs: int, callbacks: list, initial_epoch: int = 0,
+        **kwargs) -> FitResult:
+    """``model.fit`` with per-epoch lines; the model ends on the epoch ``callbacks``
+    keep (see there). ``initial_epoch``: where a resumed run continues."""
     start = time.perf_counter()
     history = model.fit(
         **train.fit_kwargs(),
-        shuffle=train.y is not None,  # Keras shuffles arrays; a stream comes shuffled (images.dataset)
+        shuffle=train.y is not None,  # Keras shuffles arrays (train_head's keras solver); streams come in their orders
         validation_data=val.validation(),
         epochs=epochs,
-        callbacks=callbacks,
+        initial_epoch=initial_epoch,
+        callbacks=train.with_callbacks(callbacks),
         verbose=2,
         **kwargs,
     ).history
@@ -209,10 +218,11 @@ class LiveLogger(keras.callbacks.Callback):
     ``fits``: how many fits it logs, one after the other on one step count
     (the runs of a fine-tuning soup); the log is closed after the last."""
 
-    def __init__(self, directory: Path, fits: int = 1):
+    def __init__(self, directory: Path, fits: int = 1, resume_step: int | None = None):
         super().__init__()
         self.directory = Path(directory)
         self.fits_left = fits
+        self.resume_step = resume_step  # a resumed fine-tuning: the steps already in the folder
         self.live = None
 
     def on_train_begin(self, logs=None):
@@ -220,7 +230,10 @@ class LiveLogger(keras.callbacks.Callback):
 
         if self.live is None:  # once: a second Live on the folder would wipe the first fit's steps
             # dvcyaml=False: our dvc.yaml declares the plots; DVCLive must not edit it.
-            self.live = Live(str(self.directory), dvcyaml=False, save_dvc_exp=False, report=None)
+            self.live = Live(str(self.directory), dvcyaml=False, save_dvc_exp=False, report=None,
+                             resume=self.resume_step is not None)
+            if self.resume_step is not None:
+                self.live.step = self.resume_step  # DVCLive's own count is one short after a single step
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
@@ -265,12 +278,46 @@ def soup(runs: list[list[np.ndarray]]) -> list[np.ndarray]:
     return [np.mean(np.stack(values), axis=0, dtype=np.float64).astype(values[0].dtype) for values in zip(*runs)]
 
 
-def disk_batches(x: np.ndarray, y: np.ndarray | None, batch_size: int, shuffle_seed: int | None = None):
+class EpochOrders(keras.callbacks.Callback):
+    """The order of the train rows in every epoch of one fine-tuning run: a
+    permutation drawn from (seed, run, epoch) alone, so that a resumed run
+    sees in each epoch the order an uninterrupted one saw. A callback of the
+    fit, it follows fit's epoch. ``skip``: batches of each epoch already
+    trained (the rest of an epoch that SIGTERM interrupted, fitted alone)."""
+
+    def __init__(self, rows: int, batch_size: int, seed: int, run: int, skip: int = 0):
+        super().__init__()
+        self.rows, self.batch_size, self.seed, self.run, self.skip = rows, batch_size, seed, run, skip
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch  # before fit makes the epoch's iterator, which calls batches()
+
+    def order(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, self.run, epoch]).permutation(self.rows)
+
+    def batches(self):
+        """The row indices of each batch of the current epoch."""
+        order = self.order(self.epoch)
+        for start in range(self.skip * self.batch_size, self.rows, self.batch_size):
+            yield order[start : start + self.batch_size]
+
+    def dataset(self):
+        import tensorflow as tf
+
+        count = steps(self.rows, self.batch_size) - self.skip
+        # A known count: with an unknown one, a fit of one step per call counts
+        # an extra optimizer step at every epoch's end (the schedule drifts).
+        ds = tf.data.Dataset.from_generator(self.batches, output_signature=tf.TensorSpec((None,), tf.int64))
+        return ds.apply(tf.data.experimental.assert_cardinality(count))
+
+
+def disk_batches(x: np.ndarray, y: np.ndarray | None, batch_size: int, orders: EpochOrders | None = None):
     """A tf.data stream of (x, y) batches, or of x batches when ``y`` is None,
     gathered from ``x``, rows left on disk (the stored frozen prefix, as
     ``artifacts.load_prefix`` gives it) or any array: a batch in memory at a
-    time, so memory stays flat whatever the array's size. ``shuffle_seed``: a new seeded permutation of all rows every
-    epoch, as Keras shuffles arrays; None: in order (val, predict)."""
+    time, so memory stays flat whatever the array's size. ``orders``: the
+    rows of each epoch in the order it draws; None: in order (val, predict)."""
     import tensorflow as tf
 
     n = len(x)
@@ -291,10 +338,8 @@ def disk_batches(x: np.ndarray, y: np.ndarray | None, batch_size: int, shuffle_s
         yb.set_shape((None, *y.shape[1:]))
         return xb, yb
 
-    rows = tf.data.Dataset.range(n)
-    if shuffle_seed is not None:
-        rows = rows.shuffle(n, seed=shuffle_seed, reshuffle_each_iteration=True)
-    return rows.batch(batch_size).map(load).prefetch(2)
+    rows = tf.data.Dataset.range(n).batch(batch_size) if orders is None else orders.dataset()
+    return rows.map(load).prefetch(2)
 
 
 def steps(n: int, batch_size: int) -> int:
