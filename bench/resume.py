@@ -18,6 +18,11 @@ On a fresh copy of the pipeline with the default params (cats vs dogs):
 Targets (issue: long runs survive interruptions): finetune total fit
 <= 1.4x uninterrupted, byte-identical; SIGTERM exit within 10 s; extract's
 rerun <= 0.45x a full extract, byte-identical.
+
+The interrupted stages ran before on the same inputs, so every rerun here
+passes --no-run-cache (else DVC would restore the earlier run's outputs
+from its run-cache instead of running the stage, as it never can after a
+first run was interrupted).
 """
 
 import hashlib
@@ -52,7 +57,7 @@ def interrupted(stage: str, when, sig=signal.SIGKILL) -> tuple[float, float, str
     """`dvc repro -f STAGE`, ``sig`` to its process group once ``when(seconds
     since the stage's first epoch line, or since start)`` -> (seconds of fit
     before the signal, seconds from the signal to the exit, stderr)."""
-    proc = subprocess.Popen(["dvc", "repro", "-f", stage], cwd=work, env=tool_env(), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(["dvc", "repro", "-f", "--no-run-cache", stage], cwd=work, env=tool_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     began = {"fit": None}
 
@@ -87,7 +92,7 @@ def rows_written(_, __) -> bool:
 
 interrupted("extract", rows_written)
 done = json.loads(PROGRESS.read_text())["rows"]
-_, out = run_timed(["dvc", "repro", "extract"], work)
+_, out = run_timed(["dvc", "repro", "--no-run-cache", "extract"], work)
 extract_rerun = stage_costs(out)["extract"][0]
 extract_same = digest("data/features", "data/prefix") == features
 
@@ -104,7 +109,7 @@ def resumed_fit(before_kill: float) -> tuple[float, bool, str]:
     """(total fit seconds, byte-identical model, the resuming line) of `dvc repro` after an interruption."""
     saved = json.loads(CHECKPOINT.read_text())["state"]
     checkpointed = sum(r["seconds"] for r in saved["finished"]) + saved["seconds"]
-    _, out = run_timed(["dvc", "repro", "finetune"], work)
+    _, out = run_timed(["dvc", "repro", "--no-run-cache", "finetune"], work)
     fit_after = json.loads((work / "reports/finetune.json").read_text())["fit_seconds"] - checkpointed
     line = next((line for line in out.splitlines() if "resuming" in line), "(no resuming line)")
     same = hashlib.sha256((work / "models/model.keras").read_bytes()).hexdigest() == model
