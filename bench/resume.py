@@ -20,9 +20,9 @@ Targets (issue: long runs survive interruptions): finetune total fit
 rerun <= 0.45x a full extract, byte-identical.
 
 The interrupted stages ran before on the same inputs, so every rerun here
-passes --no-run-cache (else DVC would restore the earlier run's outputs
-from its run-cache instead of running the stage, as it never can after a
-first run was interrupted).
+is `dvc repro -f --no-run-cache STAGE` (else DVC would find the earlier
+run's outputs in place, or in its run-cache, and run nothing, as it never
+can after a first run, or an experiment's, was interrupted).
 """
 
 import hashlib
@@ -92,7 +92,7 @@ def rows_written(_, __) -> bool:
 
 interrupted("extract", rows_written)
 done = json.loads(PROGRESS.read_text())["rows"]
-_, out = run_timed(["dvc", "repro", "--no-run-cache", "extract"], work)
+_, out = run_timed(["dvc", "repro", "-f", "--no-run-cache", "extract"], work)
 extract_rerun = stage_costs(out)["extract"][0]
 extract_same = digest("data/features", "data/prefix") == features
 
@@ -109,7 +109,7 @@ def resumed_fit(before_kill: float) -> tuple[float, bool, str]:
     """(total fit seconds, byte-identical model, the resuming line) of `dvc repro` after an interruption."""
     saved = json.loads(CHECKPOINT.read_text())["state"]
     checkpointed = sum(r["seconds"] for r in saved["finished"]) + saved["seconds"]
-    _, out = run_timed(["dvc", "repro", "--no-run-cache", "finetune"], work)
+    _, out = run_timed(["dvc", "repro", "-f", "--no-run-cache", "finetune"], work)
     fit_after = json.loads((work / "reports/finetune.json").read_text())["fit_seconds"] - checkpointed
     line = next((line for line in out.splitlines() if "resuming" in line), "(no resuming line)")
     same = hashlib.sha256((work / "models/model.keras").read_bytes()).hexdigest() == model
