@@ -1,7 +1,9 @@
-"""Cached features equal a direct forward pass; the Preprocess layer round-trips."""
+"""Cached features equal a direct forward pass; the Preprocess layer round-trips; an
+interrupted extract's rows are kept only for the same inputs and intact files."""
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from tlpipe import artifacts, backbones, extract, images, params, paths
@@ -59,3 +61,52 @@ def test_grid_pooled_features_begin_with_the_global_average(in_tmp_cwd, raw_para
     np.testing.assert_allclose(grid[:, :256], quadrants.mean(axis=1), rtol=2e-3, atol=2e-3)
     assert np.abs(grid).max() > 0.1
     assert not np.allclose(quadrants[:, 0], quadrants[:, 3], atol=1e-3)  # where a feature fires is kept
+
+
+# ----------------------------------------------------------------- resuming
+
+
+def progress_files(folder, layout, rows):
+    """The arrays an interrupted extract left for ``rows`` (split -> rows written)."""
+    from tlpipe.artifacts import RowWriter
+
+    for split, done in rows.items():
+        n = layout["images"][split]
+        RowWriter(paths.features_file(split, folder / "features"), n, (layout["feature_dim"],))
+        RowWriter(paths.prefix_file(split, folder / "prefix"), n, tuple(layout["prefix_shape"]))
+        if split in extract.MIRRORED_SPLITS:
+            RowWriter(paths.prefix_file(paths.mirrored(split), folder / "prefix"), n, tuple(layout["prefix_shape"]))
+
+
+LAYOUT = {"feature_dim": 4, "prefix_shape": [2, 2, 3], "batch_size": 2, "images": {"train": 6, "val": 4, "test": 4}}
+
+
+def interrupted_progress(folder, rows):
+    progress = extract.Progress(folder, "key", LAYOUT)
+    progress_files(folder, LAYOUT, rows)
+    for split, done in rows.items():
+        progress.record(split, done)
+
+
+def test_an_interrupted_extracts_rows_are_kept_for_the_same_inputs(tmp_path):
+    interrupted_progress(tmp_path, {"train": 6, "val": 2})
+    again = extract.Progress(tmp_path, "key", LAYOUT)
+    assert (again.done("train"), again.done("val"), again.done("test")) == (6, 2, 0)
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda folder: ("other", LAYOUT), "other params, data or code"),
+    (lambda folder: ("key", {**LAYOUT, "batch_size": 4}), "another layout of the outputs"),
+    (lambda folder: (paths.features_file("train", folder / "features").write_bytes(b"\x93NUMPY"), ("key", LAYOUT))[1],
+     "train.npy is truncated"),
+    (lambda folder: (paths.prefix_file("val_mirror", folder / "prefix").unlink(), ("key", LAYOUT))[1],
+     "val_mirror.npy is missing"),
+])
+def test_rows_of_other_inputs_or_a_damaged_file_are_dropped_with_one_line(tmp_path, capsys, change, words):
+    interrupted_progress(tmp_path, {"train": 6, "val": 2})
+    key, layout = change(tmp_path)
+    capsys.readouterr()
+    again = extract.Progress(tmp_path, key, layout)
+    out = capsys.readouterr().out
+    assert words in out and out.startswith("extract: ignoring the checkpoint") and out.count("\n") == 1
+    assert again.done("train") == 0 and again.done("val") == 0

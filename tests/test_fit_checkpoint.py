@@ -14,9 +14,10 @@ import time
 import pytest
 import yaml
 
+from tlpipe import fit_checkpoint, resume
 from conftest import COLOURS, REPO, draw_image, make_class_folders, new_dvc_repo, tiny_params, tool_env
 
-pytestmark = pytest.mark.heavy  # each test interrupts a pipeline in a fresh repo
+heavy = pytest.mark.heavy  # each such test interrupts a pipeline in a fresh repo
 
 CHECKPOINT = ".tlpipe/resume/finetune/manifest.json"
 EXTRACT_PROGRESS = ".tlpipe/resume/extract/progress.json"
@@ -76,6 +77,7 @@ def checkpoint_at(root, run, epoch):
     return (state["run"], state["epoch"]) >= (run, epoch)
 
 
+@heavy
 def test_finetune_killed_in_its_second_run_resumes_there_and_ships_the_same_bytes(tmp_path, params_, reference):
     repo = fresh(tmp_path, params_)
     code, _, _, _ = interrupt_repro(repo.root, lambda: checkpoint_at(repo.root, 1, 1))
@@ -89,6 +91,7 @@ def test_finetune_killed_in_its_second_run_resumes_there_and_ships_the_same_byte
     assert [line.split("\t")[0] for line in steps[1:]] == [str(i) for i in range(6)]  # every epoch logged once
 
 
+@heavy
 def test_sigterm_saves_at_the_next_batch_and_exits_143_and_the_rerun_resumes_there(tmp_path, params_, reference):
     repo = fresh(tmp_path, params_)
     code, seconds, _, err = interrupt_repro(repo.root, lambda: checkpoint_at(repo.root, 0, 1), signal.SIGTERM)
@@ -125,6 +128,7 @@ def damage_file(repo):
     arrays.write_bytes(arrays.read_bytes()[:1000])
 
 
+@heavy
 @pytest.mark.parametrize("damage, words", [(damage_params, "other params, data or code"),
                                            (damage_data, "other params, data or code"),
                                            (damage_file, "arrays.npz is truncated")])
@@ -140,6 +144,7 @@ def test_a_checkpoint_of_other_params_or_data_or_a_truncated_one_is_ignored_with
     assert not (repo.root / ".tlpipe").exists()
 
 
+@heavy
 def test_extract_killed_keeps_its_rows_and_the_rerun_writes_the_same_bytes(tmp_path, params_, reference):
     repo = fresh(tmp_path, params_)
 
@@ -156,3 +161,47 @@ def test_extract_killed_keeps_its_rows_and_the_rerun_writes_the_same_bytes(tmp_p
     assert digests(repo.root, "data/features", "data/prefix") == {
         k: v for k, v in reference.items() if k.startswith("data/")}
     assert not (repo.root / ".tlpipe").exists()
+
+
+class Preemption(resume.Preemption):
+    def __init__(self):
+        super().__init__("finetune")
+        self.requested, self.stopped = True, []
+
+    def stop(self, what):
+        self.stopped.append(what)
+
+
+class Checkpoint:
+    """What _Saving asks of a SoupCheckpoint, with a SIGTERM pending."""
+
+    def __init__(self):
+        self.progress, self.preemption, self.where, self.saved = fit_checkpoint.Progress(), Preemption(), "here", []
+        self.callbacks = []
+
+    def _save(self, log_dir):
+        self.saved.append((self.progress.epoch, self.progress.batch))
+
+
+def test_sigterm_in_an_epochs_last_call_saves_at_the_epochs_end(tmp_path):
+    """Keras names the last step of each call of its compiled step (16
+    batches), so in an epoch's last call the "batch" can pass the epoch's
+    count: the stop then waits for the epoch's end, validation and callbacks
+    done, and the checkpoint names the next epoch."""
+    checkpoint = Checkpoint()
+    saving = fit_checkpoint._Saving(checkpoint, 0, [], tmp_path, skip=0, steps=63)
+    saving.set_model(type("Model", (), {"stop_training": False})())
+    saving.on_epoch_begin(1)
+    saving.on_train_batch_end(63)  # steps 48..63 of an epoch of 63 batches (0..62)
+    assert checkpoint.saved == [] and checkpoint.preemption.stopped == []
+    saving.on_epoch_end(1, {"loss": 0.5, "val_loss": 0.4})
+    assert checkpoint.saved == [(2, 0)]
+    assert checkpoint.preemption.stopped == ["saved run 1 at the end of epoch 2 in here; `dvc repro` resumes there"]
+
+
+def test_sigterm_mid_epoch_saves_the_batches_trained(tmp_path):
+    checkpoint = Checkpoint()
+    saving = fit_checkpoint._Saving(checkpoint, 1, [], tmp_path, skip=16, steps=63)  # a resumed epoch
+    saving.on_epoch_begin(2)
+    saving.on_train_batch_end(15)
+    assert checkpoint.saved == [(2, 32)] and "epoch 3 after batch 32" in checkpoint.preemption.stopped[0]

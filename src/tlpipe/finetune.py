@@ -230,6 +230,7 @@ class Built:
     on_prefix: bool
     rate: training.LearningRate
     start: training.StartingPoint  # what every fine-tuning run starts from, and the head to fall back on
+    steps: int  # batches in an epoch
 
 
 def _build(choice: BackboneChoice, tuning: FinetuneParams, n_train: int, batch_size: int) -> Built:
@@ -243,11 +244,11 @@ def _build(choice: BackboneChoice, tuning: FinetuneParams, n_train: int, batch_s
     trains = not plan.trains_nothing and tuning.epochs > 0
     on_prefix = trains and _stored_prefix(choice, tuning, plan, backbones.weights_fingerprint(backbone))
     fit_model = _top_model(model, backbone, plan) if on_prefix else model
-    rate = learning_rate(tuning.learning_rate, tuning.schedule, tuning.epochs, steps(n_train, batch_size),
-                         tuning.warmup_epochs)
+    epoch_steps = steps(n_train, batch_size)
+    rate = learning_rate(tuning.learning_rate, tuning.schedule, tuning.epochs, epoch_steps, tuning.warmup_epochs)
     compile_model(fit_model, optimizer(tuning.optimizer, rate), tuning.label_smoothing)
     fit_model.jit_compile = tuning.xla
-    return Built(model, fit_model, plan, trains, on_prefix, rate, training.StartingPoint(fit_model, rate))
+    return Built(model, fit_model, plan, trains, on_prefix, rate, training.StartingPoint(fit_model, rate), epoch_steps)
 
 
 def _soup_of_runs(trainer, built: Built, train_for_run, val: Inputs, tuning: FinetuneParams, log_dir: Path,
@@ -296,7 +297,7 @@ def _one_run(trainer, built: Built, train_for_run, val: Inputs, tuning: Finetune
         if checkpoint and checkpoint.resumes(run):
             first_epoch, skip = checkpoint.restore(fit_callbacks, tuning.epochs)
         if checkpoint:
-            fit_callbacks.append(checkpoint.callback(run, fit_callbacks, log_dir, skip))
+            fit_callbacks.append(checkpoint.callback(run, fit_callbacks, log_dir, skip, built.steps))
         if not skip:
             result = trainer.fit(train_for_run(run), val, tuning.epochs, fit_callbacks, first_epoch)
             if not checkpoint:

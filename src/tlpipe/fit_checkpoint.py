@@ -166,9 +166,10 @@ class SoupCheckpoint:
             shutil.copytree(log_dir, tmp / "dvclive")
             resume.seal(tmp, self.key, **asdict(self.progress))
 
-    def callback(self, run: int, callbacks: list, log_dir: Path, skip: int) -> keras.callbacks.Callback:
-        """The fit's last callback: saves at every epoch end and stops on SIGTERM."""
-        return _Saving(self, run, callbacks, Path(log_dir), skip)
+    def callback(self, run: int, callbacks: list, log_dir: Path, skip: int, steps: int) -> keras.callbacks.Callback:
+        """The fit's last callback: saves at every epoch end and stops on SIGTERM
+        (``steps``: batches in an epoch)."""
+        return _Saving(self, run, callbacks, Path(log_dir), skip, steps)
 
     def restore_log(self, log_dir: Path) -> None:
         """DVCLive's log as it was at the checkpoint, into the stage's log folder."""
@@ -209,9 +210,9 @@ class _Restored(keras.callbacks.Callback):
 
 
 class _Saving(keras.callbacks.Callback):
-    def __init__(self, checkpoint: SoupCheckpoint, run: int, callbacks: list, log_dir: Path, skip: int):
+    def __init__(self, checkpoint: SoupCheckpoint, run: int, callbacks: list, log_dir: Path, skip: int, steps: int):
         super().__init__()
-        self.checkpoint, self.run, self.log_dir, self.skip = checkpoint, run, log_dir, skip
+        self.checkpoint, self.run, self.log_dir, self.skip, self.steps = checkpoint, run, log_dir, skip, steps
         checkpoint.callbacks = _stateful(callbacks)
         self.epoch, self.began = 0, time.perf_counter()
 
@@ -225,14 +226,15 @@ class _Saving(keras.callbacks.Callback):
         self.epoch, self.began = epoch, time.perf_counter()
 
     def on_train_batch_end(self, batch, logs=None):
-        if not self.checkpoint.preemption.requested:
-            return
         progress = self.checkpoint.progress
-        progress.epoch, progress.batch = self.epoch, self.skip + batch + 1
+        trained = self.skip + batch + 1  # Keras names the last step of each call of its compiled step
+        if not self.checkpoint.preemption.requested or trained >= self.steps:
+            return  # in the epoch's last call: its end is the next save
+        progress.epoch, progress.batch = self.epoch, trained
         progress.seconds += time.perf_counter() - self.began
         self.checkpoint._save(self.log_dir)
         self.checkpoint.preemption.stop(
-            f"saved run {self.run + 1}, epoch {self.epoch + 1} after batch {progress.batch} in "
+            f"saved run {self.run + 1}, epoch {self.epoch + 1} after batch {trained} in "
             f"{self.checkpoint.where}; `dvc repro` resumes there")
 
     def on_epoch_end(self, epoch, logs=None):
@@ -243,6 +245,9 @@ class _Saving(keras.callbacks.Callback):
         progress.stopped = bool(self.model.stop_training)
         progress.seconds += time.perf_counter() - self.began
         self.checkpoint._save(self.log_dir)
+        if self.checkpoint.preemption.requested:
+            self.checkpoint.preemption.stop(f"saved run {self.run + 1} at the end of epoch {epoch + 1} in "
+                                            f"{self.checkpoint.where}; `dvc repro` resumes there")
 
 
 def _packed(folder: Path) -> bytes:
