@@ -1,8 +1,9 @@
 """Interruptions and determinism, in real temporary git+DVC repos.
 
-`kill -9` lands while a stage is writing (its temporary output exists); the next
-`dvc repro` completes, leaves no temporary behind, and gives metrics identical
-to an uninterrupted run: same params and data, same metrics on CPU.
+`kill -9` lands while a stage is writing (its temporary output exists, or
+extract's rows in its resume folder); the next `dvc repro` completes, leaves
+no temporary or checkpoint behind, and gives metrics identical to an
+uninterrupted run: same params and data, same metrics on CPU.
 """
 
 import json
@@ -79,7 +80,8 @@ def kill_while_writing(root, pattern: str, timeout=300):
 @pytest.mark.parametrize(
     "stage, pattern, final",
     [
-        ("extract", "data/.features.*.tmp", "data/features"),
+        # extract writes its rows in its resume folder, moved into place at its end
+        ("extract", ".tlpipe/resume/extract/progress.json", "data/features"),
         ("finetune", "dvclive/.finetune.*.tmp", "models/model.keras"),
     ],
 )
@@ -91,6 +93,7 @@ def test_kill_9_then_repro_completes_with_valid_identical_outputs(
     assert not (repo.root / final).exists(), "a half-written output sits under its final name"
     repo.dvc("repro")
     assert not list(repo.root.glob(pattern)), "a temporary output was left behind"
+    assert not (repo.root / ".tlpipe").exists(), "a checkpoint outlived its stage"
     for split in ("train", "val", "test"):
         feats = np.load(repo.root / f"data/features/{split}.npy")
         assert feats.shape[0] == len(np.load(repo.root / f"data/features/{split}_labels.npy"))
@@ -112,7 +115,8 @@ def test_ctrl_c_ends_the_stage_with_one_line_and_the_rerun_is_clean(tmp_path, pa
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 300
-    while not list(repo.root.glob("data/.features.*.tmp")) and proc.poll() is None and time.monotonic() < deadline:
+    progress = repo.root / ".tlpipe/resume/extract/progress.json"  # extract has written rows
+    while not progress.is_file() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     assert proc.poll() is None, "dvc repro ended before extract wrote anything"
     os.killpg(proc.pid, signal.SIGINT)

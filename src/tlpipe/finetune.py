@@ -281,6 +281,8 @@ def _soup_of_runs(trainer, built: Built, train_for_run, val: Inputs, tuning: Fin
         variable.assign(value)
     return {"runs": tuning.runs, "epochs_run": sum(len(r.history["val_loss"]) for r in results),
             "fit_seconds": round(sum(r.seconds for r in results), 2),
+            # saving checkpoints at epoch ends (in fit_seconds; this process's share after a resume)
+            "checkpoint_seconds": round(checkpoint.seconds, 2) if checkpoint else 0.0,
             "run_val_losses": [round(r.val_loss, 4) for r in results],
             "kept_epochs": [r.kept + 1 for r in results]}
 
@@ -307,7 +309,8 @@ def _one_run(trainer, built: Built, train_for_run, val: Inputs, tuning: Finetune
             return result
         logger.fits_left += 1  # one more fit on the log
         with fit_checkpoint.best_weights_kept(fit_callbacks):  # the run is not over at this fit's end
-            trainer.fit(train_for_run(run, skip), val, first_epoch + 1, fit_callbacks, first_epoch)
+            trainer.fit(train_for_run(run, skip), val, tuning.epochs, [*fit_callbacks, fit_checkpoint.OneEpoch()],
+                        first_epoch)
         checkpoint.reload()
 
 

@@ -90,6 +90,7 @@ class SoupCheckpoint:
         self._saved: dict[str, np.ndarray] = {}
         self.callbacks: list = []  # the fit's stateful callbacks, whose state is saved
         self.writes, self.pauses = chief, from_chief is None
+        self.seconds = 0.0  # spent saving, within the fit's time
         usable = chief and resume.usable(STAGE, self.where, key)
         if from_chief is not None:
             usable = self._receive(from_chief(_packed(self.where) if usable else b""), chief)
@@ -151,6 +152,7 @@ class SoupCheckpoint:
     def _save(self, log_dir: Path) -> None:
         if not self.writes:
             return
+        began = time.perf_counter()
         arrays = {f"variable_{i}": v.numpy() for i, v in enumerate(self._variables())}
         arrays.update({f"optimizer_{i}": v.numpy() for i, v in enumerate(self.model.optimizer.variables)})
         arrays["rate_scale"] = np.asarray(float(keras.ops.convert_to_numpy(self.rate.scale)))
@@ -165,6 +167,7 @@ class SoupCheckpoint:
             np.savez(tmp / "arrays.npz", **arrays)
             shutil.copytree(log_dir, tmp / "dvclive")
             resume.seal(tmp, self.key, **asdict(self.progress))
+        self.seconds += time.perf_counter() - began
 
     def callback(self, run: int, callbacks: list, log_dir: Path, skip: int, steps: int) -> keras.callbacks.Callback:
         """The fit's last callback: saves at every epoch end and stops on SIGTERM
@@ -248,6 +251,15 @@ class _Saving(keras.callbacks.Callback):
         if self.checkpoint.preemption.requested:
             self.checkpoint.preemption.stop(f"saved run {self.run + 1} at the end of epoch {epoch + 1} in "
                                             f"{self.checkpoint.where}; `dvc repro` resumes there")
+
+
+class OneEpoch(keras.callbacks.Callback):
+    """Ends a fit after its first epoch (the rest of an interrupted one),
+    once the checkpoint has saved it: the epoch lines still count to the
+    run's last epoch."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.model.stop_training = True
 
 
 def _packed(folder: Path) -> bytes:
