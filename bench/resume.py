@@ -21,7 +21,7 @@ Targets (issue: long runs survive interruptions): finetune total fit
 rerun <= 0.45x a full extract, byte-identical.
 
 The interrupted stages ran before on the same inputs, so every rerun here
-is `dvc repro -f --no-run-cache STAGE` (else DVC would find the earlier
+is `dvc repro -f -s --no-run-cache STAGE` (that stage alone) (else DVC would find the earlier
 run's outputs in place, or in its run-cache, and run nothing, as it never
 can after a first run, or an experiment's, was interrupted).
 """
@@ -58,7 +58,7 @@ def interrupted(stage: str, when, sig=signal.SIGKILL) -> tuple[float, float, str
     """`dvc repro -f STAGE`, ``sig`` to its process group once ``when(seconds
     since the stage's first epoch line, or since start)`` -> (seconds of fit
     before the signal, seconds from the signal to the exit, stderr)."""
-    proc = subprocess.Popen(["dvc", "repro", "-f", "--no-run-cache", stage], cwd=work, env=tool_env(), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(["dvc", "repro", "-f", "-s", "--no-run-cache", stage], cwd=work, env=tool_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     began = {"fit": None}
 
@@ -91,8 +91,9 @@ def extract_at(share: float):
 
 interrupted("extract", extract_at(0.7))
 done = json.loads(PROGRESS.read_text())["rows"]
-_, out = run_timed(["dvc", "repro", "-f", "--no-run-cache", "extract"], work)
+_, out = run_timed(["dvc", "repro", "-f", "-s", "--no-run-cache", "extract"], work)
 extract_rerun = stage_costs(out)["extract"][0]
+extract_line = next((line for line in out.splitlines() if "resuming" in line or "ignoring" in line), "(no line)")
 extract_same = digest("data/features", "data/prefix") == features
 
 _, out = run_timed(["dvc", "repro", "finetune"], work)
@@ -108,7 +109,7 @@ def resumed_fit(before_kill: float) -> tuple[float, bool, str]:
     """(total fit seconds, byte-identical model, the resuming line) of `dvc repro` after an interruption."""
     saved = json.loads(CHECKPOINT.read_text())["state"]
     checkpointed = sum(r["seconds"] for r in saved["finished"]) + saved["seconds"]
-    _, out = run_timed(["dvc", "repro", "-f", "--no-run-cache", "finetune"], work)
+    _, out = run_timed(["dvc", "repro", "-f", "-s", "--no-run-cache", "finetune"], work)
     fit_after = json.loads((work / "reports/finetune.json").read_text())["fit_seconds"] - checkpointed
     line = next((line for line in out.splitlines() if "resuming" in line), "(no resuming line)")
     same = hashlib.sha256((work / "models/model.keras").read_bytes()).hexdigest() == model
@@ -124,6 +125,7 @@ term_lines = [line for line in term_err.splitlines() if line.startswith("finetun
 print(f"extract: {rows} images; killed at 70 % of its time, {sum(done.values())} rows written ({done})")
 print(f"  rerun's extract stage {extract_rerun:.1f} s = {extract_rerun / extract_full:.2f}x the full extract "
       f"({extract_full:.1f} s; target <= 0.45x); data/features and data/prefix byte-identical: {extract_same}")
+print(f"    {extract_line}")
 print(f"finetune: uninterrupted fit {fit_full:.1f} s")
 print(f"  SIGKILL at {killed_at / fit_full:.0%} of the fit: total fit {kill_total:.1f} s = "
       f"{kill_total / fit_full:.2f}x (target <= 1.4x); model byte-identical: {kill_same}")
