@@ -179,7 +179,7 @@ class Checkpoint:
         self.progress, self.preemption, self.where, self.saved = fit_checkpoint.Progress(), Preemption(), "here", []
         self.callbacks = []
 
-    def _save(self, log_dir):
+    def save(self, log_dir):
         self.saved.append((self.progress.epoch, self.progress.batch))
 
 

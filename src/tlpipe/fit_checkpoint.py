@@ -149,7 +149,7 @@ class SoupCheckpoint:
         done = self.progress
         return (epochs, 0) if done.stopped else (done.epoch, done.batch)
 
-    def _save(self, log_dir: Path) -> None:
+    def save(self, log_dir: Path) -> None:
         if not self.writes:
             return
         began = time.perf_counter()
@@ -235,7 +235,7 @@ class _Saving(keras.callbacks.Callback):
             return  # in the epoch's last call: its end is the next save
         progress.epoch, progress.batch = self.epoch, trained
         progress.seconds += time.perf_counter() - self.began
-        self.checkpoint._save(self.log_dir)
+        self.checkpoint.save(self.log_dir)
         self.checkpoint.preemption.stop(
             f"saved run {self.run + 1}, epoch {self.epoch + 1} after batch {trained} in "
             f"{self.checkpoint.where}; `dvc repro` resumes there")
@@ -247,7 +247,7 @@ class _Saving(keras.callbacks.Callback):
         progress.epoch, progress.batch = epoch + 1, 0
         progress.stopped = bool(self.model.stop_training)
         progress.seconds += time.perf_counter() - self.began
-        self.checkpoint._save(self.log_dir)
+        self.checkpoint.save(self.log_dir)
         if self.checkpoint.preemption.requested:
             self.checkpoint.preemption.stop(f"saved run {self.run + 1} at the end of epoch {epoch + 1} in "
                                             f"{self.checkpoint.where}; `dvc repro` resumes there")
