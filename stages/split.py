@@ -7,4 +7,5 @@ from pathlib import Path
 from tlpipe import split
 from tlpipe.stage import run_stage
 
-run_stage("split", lambda p: split.run(p.split, p.seed, labels=p.data.labels, corrections=Path(p.data.corrections)))
+run_stage("split", lambda p: split.run(p.split, p.seed, labels=p.data.labels, corrections=Path(p.data.corrections),
+                                       delimiter=p.data.label_delimiter))

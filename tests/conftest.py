@@ -81,7 +81,8 @@ def tiny_params(raw: dict, source: Path | str, **top) -> dict:
     p = copy.deepcopy(raw)
     p.update({"backbone": "mobilenet_0.25", "image_size": 32, "weights": "none", "freeze": "block5"})
     p.update(top)
-    p["data"] = {"source": str(source), "sha256": None, "labels": None, "corrections": "data/corrections.csv"}
+    p["data"] = {"source": str(source), "sha256": None, "labels": None, "label_delimiter": " ",
+                 "corrections": "data/corrections.csv"}
     p["split"].update({"val_fraction": 0.25, "test_fraction": 0.25})
     p["extract"]["batch_size"] = 16
     p["head"].update({"epochs": 3, "batch_size": 8, "patience": 0})

@@ -337,3 +337,20 @@ def test_pixel_identical_copies_of_distinct_bytes_are_all_found_in_every_class(t
         assert len(mine) == 190, (name, len(mine))
         assert all(r["hash_distance"] == "0" and "perceptual hash" in r["found_by"] for r in mine)
     assert metrics["duplicates"]["near_by_perceptual_hash"] >= 380
+
+
+def test_multi_label_issues_are_the_flipped_image_label_pairs():
+    """Features that carry each label, a few (image, label) pairs flipped: the
+    out-of-fold per-label probabilities and cleanlab's multi-label confident
+    learning flag exactly those pairs first."""
+    rng = np.random.default_rng(0)
+    y = (rng.random((300, 3)) < 0.4).astype(np.uint8)
+    x = (y @ rng.normal(0, 3, (3, 12)) + rng.normal(0, 1, (300, 12))).astype(np.float16)
+    noisy = y.copy()
+    flipped = [(5, 0), (17, 1), (42, 2), (99, 0)]
+    for i, j in flipped:
+        noisy[i, j] = 1 - noisy[i, j]
+    probs = audit.out_of_fold_label_probabilities(x, noisy, 5, 0)
+    found = audit.label_set_issues(noisy, probs)
+    assert {(i, j) for i, j, _ in found[: len(flipped)]} == set(flipped)
+    assert [q for _, _, q in found] == sorted(q for _, _, q in found)

@@ -19,7 +19,7 @@ STAGES = DVC["stages"]
 READS = {
     "params": set(),  # the whole file, as a dependency: it checks every key
     "fetch": {"data.source", "data.sha256"},
-    "split": {"seed", "split", "data.labels", "data.corrections"},
+    "split": {"seed", "split", "data.labels", "data.label_delimiter", "data.corrections"},
     "extract": {"backbone", "image_size", "weights", "seed", "freeze", "pooling", "extract"},
     "train_head": {"seed", "head"},
     "finetune": {"backbone", "image_size", "weights", "freeze", "seed", "pooling", "finetune"},

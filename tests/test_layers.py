@@ -93,3 +93,20 @@ def test_a_grid_pooled_backbone_round_trips_through_a_keras_file_in_safe_mode(tm
     again = layers.load_model(tmp_path / "net.keras")  # safe_mode is Keras' default
     x = np.random.default_rng(0).normal(size=(2, 7, 7, 3)).astype("float32")
     np.testing.assert_allclose(again.predict_on_batch(x), backbone.predict_on_batch(x), atol=1e-6)
+
+
+def test_a_multi_label_temperature_scales_each_logit_and_keeps_its_thresholds(tmp_path):
+    import keras
+
+    probs = np.array([[0.9, 0.2, 0.5]], dtype="float32")
+    scaled = np.asarray(layers.Temperature(2.0, [0.4, 0.5, 0.6])(probs))
+    logits = np.log(probs) - np.log1p(-probs)
+    np.testing.assert_allclose(scaled, 1 / (1 + np.exp(-logits / 2.0)), rtol=1e-5)
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, layers.Temperature(2.0, [0.4, 0.5, 0.6], name="temperature")(inputs))
+    model.save(tmp_path / "m.keras")
+    loaded = layers.load_model(tmp_path / "m.keras")
+    assert layers.thresholds_of(loaded) == [0.4, 0.5, 0.6] and layers.temperature_of(loaded) == 2.0
+    single = layers.Temperature(2.0)
+    assert layers.thresholds_of(keras.Model(inputs, single(inputs))) is None
+    assert "thresholds" not in single.get_config()  # single-label models' files are as before

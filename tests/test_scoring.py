@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from tlpipe import scoring
 from tlpipe.scoring import MARGIN_SE, beats, clearly_lower, gain_in_standard_errors, log_loss, scores
 
 
@@ -58,3 +59,19 @@ def test_eval_log_loss_is_the_same_arithmetic_as_the_choices():
     y = np.array([0, 1, 1])
     p = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
     assert scores(y, p, ["a", "b"])["log_loss"] == round(log_loss(y, p), 4)
+
+
+def test_multi_label_figures_read_multi_hot_targets():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 2, (400, 3))
+    y = (rng.random(logits.shape) < 1 / (1 + np.exp(-logits))).astype(np.uint8)
+    sharp = 1 / (1 + np.exp(-2.5 * logits))  # over-confident: a temperature near 2.5 fixes it
+    t = scoring.fit_temperature(sharp, y)
+    assert t > 1.5
+    calibrated = scoring.temperature_scaled(sharp, t, multi_label=True)
+    assert scoring.log_loss(y, calibrated) < scoring.log_loss(y, sharp)
+    assert scoring.expected_calibration_error(y, calibrated) < scoring.expected_calibration_error(y, sharp)
+    loss, accuracy = scoring.val_figures(y, calibrated)
+    assert accuracy == round(float(np.mean((calibrated >= 0.5) == (y > 0))), 4)
+    exact = scoring.correct(y, calibrated)
+    assert exact.shape == (400,) and exact.mean() <= accuracy

@@ -431,3 +431,107 @@ def test_the_readme_corrections_loop_through_dvc(tmp_path, dvc_repo_factory, raw
     repo.dvc("exp", "run", "-S", "data.corrections=data/reviewed.csv", "split")
     metrics = json.loads((repo.root / "reports/data.json").read_text())
     assert (metrics["corrected"], metrics["excluded"]) == (0, 1)
+
+
+# ---------------------------------------------------------------- multi-label: a labels column
+
+
+def mosaic(colours, seed: int) -> Image.Image:
+    """Quadrants of the given colours (grey elsewhere): an image that shows several things."""
+    img = Image.new("RGB", (48, 48), (128, 128, 128))
+    for quadrant, colour in enumerate(colours):
+        tile = draw_image(COLOURS[colour], seed=seed * 4 + quadrant, size=(24, 24))
+        img.paste(tile, (24 * (quadrant % 2), 24 * (quadrant // 2)))
+    return img
+
+
+def label_set_source(raw, sets, splits=None, delimiter=" "):
+    """Mosaics and a labels.csv with a labels column (and optionally split)."""
+    (raw / "images").mkdir(parents=True, exist_ok=True)
+    lines = ["file_name,labels" + (",split" if splits else "")]
+    for i, labels in enumerate(sets):
+        name = f"images/{i:03d}.jpg"
+        mosaic(labels, seed=7000 + i).save(raw / name)
+        lines.append(",".join([name, delimiter.join(labels), *([splits[i]] if splits else [])]))
+    (raw / "labels.csv").write_text("\n".join(lines) + "\n")
+
+
+SETS = [("red",), ("blue",), ("red", "blue"), ("green",), ("red", "green"), ()] * 8
+
+
+def test_labels_column_makes_a_stratified_multi_label_split(in_tmp_cwd):
+    label_set_source(paths.RAW, SETS)
+    result = split_module.run(PARAMS, 42, paths.RAW, labels="labels.csv")
+    assert result.classes == ["blue", "green", "red"]
+    assert json.loads(paths.task_file().read_text()) == {"multi_label": True, "delimiter": " "}
+    rows = {s: read_csv(paths.split_csv(s)) for s in ("train", "val", "test")}
+    assert list(rows["train"][0]) == ["path", "labels", "decoder"]
+    for split in rows:  # every label in every split, each near its share (iterative stratification)
+        for name in ("red", "blue", "green"):
+            total = sum(name in labels for labels in SETS)
+            share = {"train": 1 - PARAMS.val_fraction - PARAMS.test_fraction, "val": PARAMS.val_fraction,
+                     "test": PARAMS.test_fraction}[split]
+            assert abs(sum(name in r["labels"].split() for r in rows[split]) - share * total) <= 1.0, (split, name)
+    assert any(r["labels"] == "" for r in rows["train"])  # an image of none of the labels is kept
+    assert any(r["labels"] == "blue red" for r in rows["train"])
+    report = json.loads(paths.DATA_REPORT.read_text())
+    assert report["multi_label"] is True and report["per_class"]["train"]["red"] == sum(
+        "red" in r["labels"].split() for r in rows["train"])
+    from tlpipe.artifacts import label_indices, read_classes, read_split
+
+    y = label_indices(read_split("train"), read_classes())
+    assert y.shape == (len(rows["train"]), 3) and y.dtype == "uint8"
+
+
+def test_label_sets_keep_a_predefined_split_and_a_delimiter(in_tmp_cwd):
+    sets = [("red",), ("blue",), ("red", "blue")] * 6
+    splits = (["train"] * 3 + ["validation"] * 3 + ["test"] * 3) * 2
+    label_set_source(paths.RAW, sets, splits, delimiter=";")
+    result = split_module.run(PARAMS, 42, paths.RAW, labels="labels.csv", delimiter=";")
+    assert [len(result.rows[s]) for s in ("train", "val", "test")] == [6, 6, 6]
+    assert {r.label for r in result.rows["test"]} == {"red", "blue", "blue;red"}
+
+
+def test_label_sets_with_the_same_bytes_and_other_labels_are_a_conflict(in_tmp_cwd):
+    label_set_source(paths.RAW, SETS)
+    copy_bytes(paths.RAW / "images" / "002.jpg", paths.RAW / "images" / "copy.jpg")
+    with open(paths.RAW / "labels.csv", "a") as f:
+        f.write("images/copy.jpg,red\n")  # 002 is "red blue"
+    result = split_module.run(PARAMS, 42, paths.RAW, labels="labels.csv")
+    rejected = dict(result.rejected)
+    assert rejected["images/copy.jpg"].startswith("label conflict") and "002.jpg (blue red)" in rejected[
+        "images/copy.jpg"]
+    assert result.label_conflicts == 2
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda raw: (raw / "labels.csv").write_text("file_name,label,labels\nimages/000.jpg,red,red\n"),
+     "labels.csv has both a label and a labels column"),
+    (lambda raw: label_set_source(raw, [("red",), ("blue",)] * 6 + [("green",)] * 2),
+     "Label 'green' has no image in the"),
+    (lambda raw: label_set_source(raw, [("red",), ("blue",), ("red", "blue")] * 3 + [("green",)],
+                                  ["train"] * 3 + ["validation"] * 3 + ["test"] * 4),
+     "Label 'green' has no image in the train and val splits (train 0, val 0, test 1)"),
+    (lambda raw: (label_set_source(raw, [("red",), ("blue",)] * 6), mosaic(("red", "blue"), 1).save(raw / "x.jpg"),
+                  open(raw / "labels.csv", "a").write("x.jpg,red;blue\n")),
+     "looks like 'red', 'blue' joined by ';', but data.label_delimiter is ' '"),
+])
+def test_a_bad_multi_label_csv_is_one_line(in_tmp_cwd, make, message):
+    (paths.RAW / "images").mkdir(parents=True)
+    make(paths.RAW)
+    with pytest.raises(TlpipeError) as err:
+        split_module.run(PARAMS, 42, paths.RAW, labels="labels.csv")
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_multi_label_corrections_replace_an_image_s_label_set(in_tmp_cwd):
+    label_set_source(paths.RAW, SETS)
+    fixes = in_tmp_cwd / "corrections.csv"
+    fixes.write_text("file_name,label\nimages/000.jpg,red green\nimages/001.jpg,exclude\n")
+    result = split_module.run(PARAMS, 42, paths.RAW, labels="labels.csv", corrections=fixes)
+    fixed = {r.path: r.labels for rows in result.rows.values() for r in rows}
+    assert fixed["images/000.jpg"] == ("green", "red") and "images/001.jpg" not in fixed
+    assert (result.corrected, result.excluded) == (1, 1)
+    fixes.write_text("file_name,label\nimages/000.jpg,red purple\n")
+    with pytest.raises(TlpipeError, match="row 2: label 'purple' must be a label"):
+        split_module.run(PARAMS, 42, paths.RAW, labels="labels.csv", corrections=fixes)

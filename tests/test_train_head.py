@@ -220,3 +220,45 @@ def test_a_disk_too_full_for_the_scratch_file_is_a_clear_error_and_writes_nothin
         train_head.train_linear(head_params(raw_params, solver="lbfgs", l2=0.01), rows, y, 100, 3, tmp_path / "logs",
                                 scratch=tmp_path / "scratch")
     assert list((tmp_path / "scratch").iterdir()) == []
+
+
+# ---------------------------------------------------------------- multi-label: one logistic regression per label
+
+
+def label_blobs(n=180, labels=3, dim=16, seed=0):
+    """Multi-hot labels, each a linear function of the features plus noise."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0, 1, (n, dim)).astype("float32")
+    directions = rng.normal(0, 1, (dim, labels))
+    y = (x @ directions + rng.normal(0, 1.5, (n, labels)) > 0.5).astype(np.uint8)
+    return x, y
+
+
+def test_multi_label_head_is_one_scikit_learn_logistic_regression_per_label(tmp_path, raw_params):
+    """Sigmoid outputs; each label's column is scikit-learn's binary logistic
+    regression at the same strength (the labels' losses are summed, so each
+    is solved on its own)."""
+    x, y = label_blobs()
+    x_val, y_val = label_blobs(n=60, seed=1)
+    l2 = 0.01
+    hp = head_params(raw_params, solver="lbfgs", l2=l2, class_weight="none")
+    model, metrics = train_linear(hp, x, y, x_val, y_val, 3, tmp_path / "logs")
+    assert model.get_layer("head_probs").get_config()["activation"] == "sigmoid"
+    scaler = StandardScaler().fit(x)
+    probs = model.predict(x_val, verbose=0)
+    for j in range(3):
+        probe = LogisticRegression(C=1 / (2 * len(y) * l2), max_iter=5000, tol=1e-10).fit(scaler.transform(x), y[:, j])
+        np.testing.assert_allclose(probs[:, j], probe.predict_proba(scaler.transform(x_val))[:, 1], atol=2e-3)
+    assert 0.5 < metrics["val_accuracy"] <= 1 and metrics["val_loss"] > 0
+
+
+def test_multi_label_auto_weights_balance_each_label_s_yes_and_no(tmp_path, raw_params):
+    x, y = label_blobs()
+    weights = train_head.label_weights(y, len(y), "auto")
+    for j in range(3):  # per label, its yes and its no weigh the same in all
+        assert weights[y[:, j] == 1, j].sum() == pytest.approx(weights[y[:, j] == 0, j].sum())
+    assert train_head.label_weights(y, len(y), "none") is None
+    x_val, y_val = label_blobs(n=60, seed=1)
+    model, metrics = train_linear(head_params(raw_params, solver="lbfgs", l2=None), x, y, x_val, y_val, 3,
+                                  tmp_path / "logs", seed=0)
+    assert metrics["l2_chosen_by"].startswith("5-fold") and model.output_shape == (None, 3)

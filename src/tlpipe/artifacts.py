@@ -22,6 +22,8 @@ from tlpipe import paths
 
 SPLITS = paths.SPLITS
 SPLIT_COLUMNS = ("path", "label", "decoder")
+# A multi-label run's split CSVs: each image's label names joined by its task's delimiter.
+MULTI_LABEL_COLUMNS = ("path", "labels", "decoder")
 
 
 @dataclass(frozen=True)
@@ -29,8 +31,26 @@ class Row:
     """One image of a split."""
 
     path: str  # relative to data/raw, POSIX separators
-    label: str  # class name
+    label: str  # class name (multi-label: the label names, joined by the task's delimiter)
     decoder: str  # "tf" or "pil", see tlpipe.images
+    labels: tuple[str, ...] | None = None  # multi-label: the label names (none: an image of none of them)
+
+
+@dataclass(frozen=True)
+class Task:
+    """One label per image, or (``multi_label``) a set of labels, written joined by ``delimiter``."""
+
+    multi_label: bool = False
+    delimiter: str = " "
+
+
+def read_task(folder: Path = paths.SPLIT) -> Task:
+    file = paths.task_file(folder)
+    return Task(**json.loads(file.read_text())) if file.is_file() else Task()
+
+
+def task_json(task: Task) -> str:
+    return json.dumps({"multi_label": task.multi_label, "delimiter": task.delimiter}, indent=2) + "\n"
 
 
 def csv_text(header, rows) -> str:
@@ -43,8 +63,26 @@ def csv_text(header, rows) -> str:
 
 
 def read_split(name: str, folder: Path = paths.SPLIT) -> list[Row]:
+    task = read_task(folder)
     with open(paths.split_csv(name, folder), newline="") as f:
-        return [Row(r["path"], r["label"], r["decoder"]) for r in csv.DictReader(f)]
+        if not task.multi_label:
+            return [Row(r["path"], r["label"], r["decoder"]) for r in csv.DictReader(f)]
+        return [Row(r["path"], r["labels"], r["decoder"], parse_labels(r["labels"], task.delimiter))
+                for r in csv.DictReader(f)]
+
+
+def parse_labels(cell: str | None, delimiter: str) -> tuple[str, ...]:
+    """A ``labels`` cell -> its label names, sorted, each once (an empty cell: none)."""
+    return tuple(sorted({name.strip() for name in (cell or "").split(delimiter) if name.strip()}))
+
+
+def multi_hot(label_sets, classes: list[str]) -> np.ndarray:
+    """Label sets -> multi-hot rows (images x labels, uint8)."""
+    index = {name: i for i, name in enumerate(classes)}
+    out = np.zeros((len(label_sets), len(classes)), np.uint8)
+    for row, labels in enumerate(label_sets):
+        out[row, [index[name] for name in labels]] = 1
+    return out
 
 
 def read_classes(folder: Path = paths.SPLIT) -> list[str]:
@@ -57,7 +95,10 @@ def sources(rows: list[Row]) -> tuple[list[Path], list[str]]:
 
 
 def label_indices(rows: list[Row], classes: list[str]) -> np.ndarray:
-    """Each row's class as an index into ``classes``."""
+    """Each row's class as an index into ``classes``; multi-label rows: their
+    label sets as multi-hot rows (images x labels, uint8)."""
+    if rows and rows[0].labels is not None:
+        return multi_hot([r.labels for r in rows], classes)
     index = {name: i for i, name in enumerate(classes)}
     return np.array([index[r.label] for r in rows], dtype=np.int32)
 

@@ -14,6 +14,8 @@ plots/audit/, reports/audit.json, metrics/audit.json.
   folds, a linear softmax classifier on the same features: the head's family)
   for every image of every split, ranked by cleanlab's confident learning: the
   images whose given label the model finds least likely come first.
+  Multi-label: one logistic regression per label, and cleanlab's multi-label
+  confident learning flags each suspicious (image, label) on its own.
 
 Nothing here feeds a choice: the report is for people to look at.
 """
@@ -26,7 +28,8 @@ from typing import NamedTuple
 import numpy as np
 
 from tlpipe import atomic, headline, paths
-from tlpipe.artifacts import SPLITS, Row, csv_text, load_features, read_classes, read_features_meta, read_split
+from tlpipe.artifacts import (SPLITS, Row, csv_text, load_features, read_classes, read_features_meta, read_split,
+                              read_task)
 from tlpipe.blas import BlasThreads
 from tlpipe.similarity import TILE_ROWS, normalised
 from tlpipe.params import AuditParams
@@ -191,6 +194,43 @@ def _float32_rows(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
     for start in range(0, len(rows), CHUNK_ROWS):
         out[start : start + CHUNK_ROWS] = x[rows[start : start + CHUNK_ROWS]]
     return out
+
+
+def out_of_fold_label_probabilities(x: np.ndarray, y: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """Multi-label ``out_of_fold_probabilities``: each label's probability from
+    a standardised logistic regression per label that never saw the image."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import KFold
+
+    smallest = int(min(y.sum(axis=0).min(), (1 - y).sum(axis=0).min()))
+    splitter = KFold(n_splits=max(2, min(folds, smallest)), shuffle=True, random_state=seed)
+    probs = np.zeros(y.shape)
+    for fit_idx, held_idx in splitter.split(np.zeros((len(y), 1))):
+        scaler = _standard_scaler(x, fit_idx)
+        fit_x, held_x = (scaler.transform(_float32_rows(x, rows), copy=False) for rows in (fit_idx, held_idx))
+        for j in range(y.shape[1]):
+            if len(np.unique(y[fit_idx, j])) < 2:  # a fold without a yes (or a no): the label's share
+                probs[held_idx, j] = y[fit_idx, j].mean()
+                continue
+            model = LogisticRegression(max_iter=2000, C=0.1)
+            with BlasThreads():
+                model.fit(fit_x, y[fit_idx, j])
+            probs[held_idx, j] = model.predict_proba(held_x)[:, 1]
+    return probs
+
+
+def label_set_issues(y: np.ndarray, probs: np.ndarray) -> list[tuple[int, int, float]]:
+    """Multi-label: likely annotation errors per (image, label), by cleanlab's
+    confident learning for multi-label data -> (image, label, label quality),
+    most suspicious first."""
+    from cleanlab.multilabel_classification.filter import find_multilabel_issues_per_class
+    from cleanlab.multilabel_classification.rank import get_label_quality_scores_per_class
+
+    given = [list(np.flatnonzero(row)) for row in y]
+    flagged = find_multilabel_issues_per_class(given, probs)
+    quality = get_label_quality_scores_per_class(given, probs)
+    found = [(int(i), int(j), float(quality[i, j])) for i, j in zip(*np.nonzero(flagged))]
+    return sorted(found, key=lambda t: (t[2], t[0], t[1]))
 
 
 def label_issues(y: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -386,6 +426,20 @@ def _print_summary(metrics: dict, issue_rows) -> None:
         print(f"audit:   {path} ({split}): labelled {given}, looks like {suggested} (label quality {score:.3f})")
 
 
+def _label_set_issue_rows(rows, splits, x, y, classes, folds: int, seed: int) -> list[tuple]:
+    """Multi-label label_issues.csv rows: one per suspicious (image, label),
+    the image's label set as given and with that label flipped (the set to
+    paste into data.corrections if the photo agrees)."""
+    delimiter = read_task().delimiter
+    out = []
+    for i, j, quality in label_set_issues(y, out_of_fold_label_probabilities(x, y, folds, seed)):
+        flipped = y[i].copy()
+        flipped[j] = 1 - flipped[j]
+        out.append((rows[i].path, splits[i], rows[i].label,
+                    delimiter.join(c for c, on in zip(classes, flipped) if on), round(quality, 5)))
+    return out
+
+
 def run(audit: AuditParams, *, seed: int) -> dict:
     """data/features + data/split -> plots/audit, reports/audit.json, metrics/audit.json; reads ``audit.*`` and ``seed``."""
     classes = read_classes()
@@ -398,17 +452,21 @@ def run(audit: AuditParams, *, seed: int) -> dict:
 
     threshold, calibration = _similarity_threshold(audit, x[: splits.count("train")], columns)
     split_index = np.unique(splits, return_inverse=True)[1]
-    near = near_duplicates(x, threshold, groups={"split": split_index, "label": y})
+    label_code = np.unique(y, axis=0, return_inverse=True)[1].ravel() if y.ndim == 2 else y  # label sets: one code each
+    near = near_duplicates(x, threshold, groups={"split": split_index, "label": label_code})
     hashes, has = read_perceptual_hashes(rows)
-    by_hash = perceptual_pairs(hashes, has, normalised(x), threshold, {"split": split_index, "label": y})
+    by_hash = perceptual_pairs(hashes, has, normalised(x), threshold, {"split": split_index, "label": label_code})
     pair_rows = [(rows[i].path, rows[j].path, splits[i], splits[j], rows[i].label, rows[j].label, s, d, how)
                  for i, j, s, d, how in _near_pairs(near, by_hash, threshold, hashes, has)]
     exact = _exact_duplicates(split_of, label_of)
 
-    probs = out_of_fold_probabilities(x, y, len(classes), audit.folds, seed)
-    flagged, quality = label_issues(y, probs)
-    issue_rows = [(rows[i].path, splits[i], classes[y[i]], classes[int(probs[i].argmax())], round(float(quality[i]), 5))
-                  for i in flagged]
+    if y.ndim == 2:
+        issue_rows = _label_set_issue_rows(rows, splits, x, y, classes, audit.folds, seed)
+    else:
+        probs = out_of_fold_probabilities(x, y, len(classes), audit.folds, seed)
+        flagged, quality = label_issues(y, probs)
+        issue_rows = [(rows[i].path, splits[i], classes[y[i]], classes[int(probs[i].argmax())],
+                       round(float(quality[i]), 5)) for i in flagged]
 
     _write_plots(audit, exact, pair_rows, issue_rows, threshold)
     metrics = {

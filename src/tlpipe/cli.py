@@ -111,6 +111,32 @@ def _forward(runtime, bank, neighbours: int):
 
 PREDICT_COLUMNS = ["path", "predicted", "probability", "top_k", "prediction_set", "unsure", "unfamiliar",
                    "unfamiliar_score", "error"]
+# A multi-label model's: the label set decided (joined by the run's label delimiter; a list in JSON lines) and every
+# label's probability.
+MULTI_LABEL_COLUMNS = ["path", "predicted", "probabilities", "unfamiliar", "unfamiliar_score", "error"]
+
+
+def _label_decisions(model_path: Path, runtime, classes: list[str]):
+    """A multi-label model's per-label thresholds (chosen on val) and label
+    delimiter: in the Keras model itself, or thresholds.json beside an
+    export. (None, None) for a model of one label per image."""
+    from tlpipe import export as exporting
+    from tlpipe.artifacts import read_task
+
+    if runtime.kind == "keras":
+        from tlpipe.layers import thresholds_of
+
+        thresholds = thresholds_of(runtime.keep)
+        return (None, None) if thresholds is None else (thresholds, read_task().delimiter)
+    beside = model_path.parent / exporting.THRESHOLDS
+    if not beside.is_file():
+        return None, None
+    try:
+        saved = json.loads(beside.read_text())
+        return [float(saved["thresholds"][c]) for c in classes], saved["delimiter"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise TlpipeError(f"{beside} must hold the export's delimiter and a threshold for each of {classes} "
+                          f"({type(err).__name__}: {err}); rerun `dvc repro export`.") from None
 
 
 def predict(args) -> int:
@@ -125,20 +151,41 @@ def predict(args) -> int:
     forward = _forward(runtime, bank, trust.neighbours if trust else 0)
     files = _collect(args.paths)
     top_k = min(args.top_k, len(classes))
+    thresholds, delimiter = _label_decisions(model_path, runtime, classes)
+    columns = PREDICT_COLUMNS if thresholds is None else MULTI_LABEL_COLUMNS
     out = open(args.out, "w", newline="") if args.out else sys.stdout
     writer = csv.writer(out, lineterminator="\n") if args.format == "csv" else None
     if writer:
-        writer.writerow(PREDICT_COLUMNS)
+        writer.writerow(columns)
     failed = 0
 
+    def emit_label_set(path, probs=None, distance=None, error=""):
+        row = dict.fromkeys(columns)
+        row.update(path=str(path), error=error)
+        if probs is not None:
+            row.update(predicted=[c for c, p, t in zip(classes, probs, thresholds) if p >= t],
+                       probabilities={c: round(float(p), 6) for c, p in zip(classes, probs)})
+            if distance is not None:
+                row.update(unfamiliar=bool(distance > trust.unfamiliar_threshold),
+                           unfamiliar_score=round(float(distance), 6))
+        if writer:
+            cells = {**row, "predicted": delimiter.join(row["predicted"] or []),
+                     "probabilities": ";".join(f"{c}:{p}" for c, p in (row["probabilities"] or {}).items())}
+            writer.writerow(["" if cells[k] is None else str(cells[k]).lower() if isinstance(cells[k], bool)
+                             else cells[k] for k in columns])
+        else:
+            out.write(json.dumps(row) + "\n")
+
     def emit(path, probs=None, distance=None, error=""):
+        if thresholds is not None:
+            return emit_label_set(path, probs, distance, error)
         row = dict.fromkeys(PREDICT_COLUMNS)
         row.update(path=str(path), top_k=[], error=error)
         if probs is not None:
             order = np.argsort(-probs, kind="stable")[:top_k]
             row.update(predicted=classes[order[0]], probability=round(float(probs[order[0]]), 6),
                        top_k=[[classes[i], round(float(probs[i]), 6)] for i in order])
-            if trust:
+            if trust and trust.threshold is not None:
                 in_set = confidence.prediction_sets(probs[None], trust.threshold)[0]
                 row["prediction_set"] = [c for c, keep in zip(classes, in_set) if keep]
                 row["unsure"] = len(row["prediction_set"]) != 1
@@ -223,16 +270,21 @@ def export(args) -> int:
         trust = Path(args.model).parent / paths.TRUST.name / "trust.json"
         if trust.is_file():  # the prediction sets' threshold, as the export stage ships it
             atomic.write_text(out.parent / "trust.json", trust.read_text())
+        thresholds, delimiter = _label_decisions(Path(args.model), reference, classes)
+        if thresholds is not None:  # multi-label: each label's threshold, as the export stage ships it
+            atomic.write_text(out.parent / exporting.THRESHOLDS, exporting.thresholds_json(classes, thresholds,
+                                                                                           delimiter))
     except (OSError, tf.errors.OpError) as err:  # TensorFlow's own file I/O raises OpError
         reason = getattr(err, "strerror", None) or str(getattr(err, "message", err)).splitlines()[0]
         raise TlpipeError(
             f"Cannot write the export to {out}: {reason}. Choose a writable place with --out PATH."
         ) from None
-    results = exporting.score_runtimes({"keras": reference, fmt: runtimes.open_model(out)}, rows, classes)
+    results = exporting.score_runtimes({"keras": reference, fmt: runtimes.open_model(out)}, rows, classes,
+                                       thresholds=thresholds)
     r = results[fmt]
     print(f"export: wrote {out} ({exporting.size_bytes(out) / 1e6:.2f} MB) and {out.parent / 'classes.json'}")
     print(f"export: on {len(rows)} test images: accuracy {r['accuracy']:.4f} (Keras model "
-          f"{results['keras']['accuracy']:.4f}), same top class {r['agreement']:.4f}, largest probability "
+          f"{results['keras']['accuracy']:.4f}), same {'label set' if thresholds else 'top class'} {r['agreement']:.4f}, largest probability "
           f"difference {r['max_probability_difference']:.2e}")
     failures = exporting.accuracy_drops(results, args.max_accuracy_drop)
     print(f"export: {'FAILED: ' + failures[0] if failures else 'OK'}")

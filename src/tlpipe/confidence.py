@@ -41,7 +41,7 @@ class Trust:
     """What ``models/trust/trust.json`` holds (the train bank is beside it)."""
 
     coverage: float  # the target
-    threshold: float  # conformal: classes with probability >= 1 - threshold are in the set
+    threshold: float | None  # conformal: classes with probability >= 1 - threshold are in the set (multi-label: None)
     val_images: int
     neighbours: int
     unfamiliar_quantile: float
@@ -143,7 +143,7 @@ def split_probabilities_and_features(shipped, split: str, rows, batch_size: int,
     from tlpipe import images, training
     from tlpipe.artifacts import load_prefix, read_prefix_meta, sources
     from tlpipe.layers import (Mirror, Temperature, backbone_of, compared_columns, head_of, on_mirror_images,
-                               temperature_of)
+                               temperature_of, thresholds_of)
 
     top = layers_above_prefix(shipped)
     if top is None or not paths.prefix_file(split).is_file():
@@ -167,7 +167,7 @@ def split_probabilities_and_features(shipped, split: str, rows, batch_size: int,
             on_mirror = np.concatenate(list(images.predict(on_mirror_images(shipped), *sources(rows), size,
                                                            batch_size, f"{stage}: {split}'s mirror images")))
         probs = (probs + on_mirror) / 2
-    probs = Temperature(temperature_of(shipped))(probs)
+    probs = Temperature(temperature_of(shipped), thresholds_of(shipped))(probs)
     return np.asarray(probs, dtype=np.float64), split_features.astype(np.float32)
 
 

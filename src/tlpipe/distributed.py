@@ -34,7 +34,7 @@ import keras
 import numpy as np
 
 from tlpipe.errors import TlpipeError
-from tlpipe.training import FitResult, Inputs, fit, kept_epoch
+from tlpipe.training import FitResult, Inputs, fit, kept_epoch, loss_for, sigmoid_outputs
 
 REPLICAS_ENV = "TLPIPE_REPLICAS"
 # Seconds a worker waits for its peers: to join the cluster at start, and at
@@ -265,7 +265,8 @@ class WorkerLoop:
         # every worker, and a new order for every run of a soup.
         self.shuffle = np.random.default_rng(seed)
         self._tensors: dict[int, tuple] = {}
-        self.loss = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing, reduction=None)
+        self.multi_label = sigmoid_outputs(model)
+        self.loss = loss_for(model, label_smoothing, reduction=None)
         self._train_step = tf.function(self._step_fn(train=True))
         self._eval_step = tf.function(self._step_fn(train=False))
 
@@ -329,7 +330,11 @@ class WorkerLoop:
             if train:
                 grads = tape.gradient(scaled, model.trainable_variables)
                 model.optimizer.apply(grads, model.trainable_variables)
-            correct = tf.cast(tf.argmax(probs, axis=-1) == tf.argmax(y, axis=-1), tf.float32) * weight
+            if self.multi_label:  # the share of (image, label) decisions right at even odds, as BinaryAccuracy
+                right = tf.reduce_mean(tf.cast((probs >= 0.5) == (y >= 0.5), tf.float32), axis=-1)
+            else:
+                right = tf.cast(tf.argmax(probs, axis=-1) == tf.argmax(y, axis=-1), tf.float32)
+            correct = right * weight
             return tf.reduce_sum(per_example), tf.reduce_sum(correct), tf.reduce_sum(weight)
 
         def step(batch):

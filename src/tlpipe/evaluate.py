@@ -18,8 +18,8 @@ from collections import Counter
 import numpy as np
 from sklearn import metrics as skm
 
-from tlpipe import atomic, confidence, headline, images, paths
-from tlpipe.artifacts import csv_text, label_indices, load_features, read_classes, read_split, sources
+from tlpipe import atomic, confidence, headline, images, multilabel, paths
+from tlpipe.artifacts import csv_text, label_indices, load_features, read_classes, read_split, read_task, sources
 from tlpipe.errors import TlpipeError
 from tlpipe.params import EvaluateParams
 from tlpipe.scoring import expected_calibration_error, reliability, scores, temperature_scaled
@@ -40,7 +40,9 @@ def curves(y_true: np.ndarray, probs: np.ndarray) -> tuple[list[tuple], list[tup
     one-vs-rest, one curve that stays readable for any number of classes.
     """
     k = probs.shape[1]
-    if k == 2:
+    if y_true.ndim == 2:  # multi-label: micro-averaged over the labels
+        truth, score = y_true.ravel(), probs.ravel()
+    elif k == 2:
         truth, score = (y_true == 1).astype(int), probs[:, 1]
     else:
         truth = np.eye(k, dtype=int)[y_true].ravel()
@@ -153,6 +155,7 @@ def _write_plots(tmp, ep: EvaluateParams, results, probs, sets, unfamiliar, unca
     report.confusion_png(tmp / "confusion.png", y_true, ft.argmax(axis=1), classes)
     report.mistakes_png(tmp / "mistakes.png", rows, y_true, ft, classes, ep.gallery)
     report.per_class_f1_png(tmp / "per_class_f1.png", results, classes)
+    report.per_label_pr_png(tmp / "per_label_pr.png", np.eye(len(classes), dtype=int)[y_true], ft, classes)
     return confused
 
 
@@ -172,9 +175,101 @@ def _print_summary(results: dict, confused: dict) -> None:
         print(f"evaluate: most confused: {n} x {a} predicted as {b}")
 
 
+def _multi_label_figures(classes, rows, y_true, x_test, batch_size: int):
+    """Multi-label: both models scored on test (multilabel.scores: the shipped
+    model at its thresholds chosen on val, the head at even odds), unfamiliar
+    inputs and calibration; no prediction sets (tlpipe.confidence says why)."""
+    from tlpipe.layers import load_model, temperature_of, thresholds_of
+
+    shipped = load_model(paths.MODEL)
+    shipped_probs, test_features = confidence.split_probabilities_and_features(shipped, "test", rows, batch_size,
+                                                                               "evaluate")
+    probs = {"finetuned": shipped_probs,
+             "head": load_model(paths.HEAD_MODEL).predict(x_test, verbose=0).astype(np.float64)}
+    thresholds = {"finetuned": thresholds_of(shipped), "head": [0.5] * len(classes)}
+    results = {name: multilabel.scores(y_true, probs[name], classes, thresholds[name]) for name in MODELS}
+    results["head"]["thresholds"] = "0.5 for every label (the head's own probabilities, uncalibrated)"
+    results["unfamiliar"] = _unfamiliar(test_features)
+    temperature = temperature_of(shipped)
+    uncalibrated = temperature_scaled(shipped_probs, 1.0 / temperature, multi_label=True)
+    results["calibration"] = {
+        "temperature": temperature,
+        "ece_before": round(expected_calibration_error(y_true, uncalibrated), 4),
+        "ece_after": round(expected_calibration_error(y_true, shipped_probs), 4),
+    }
+    return results, probs, thresholds, uncalibrated
+
+
+def _unfamiliar(test_features) -> dict:
+    trust = confidence.load(paths.TRUST)
+    if trust is None:
+        raise TlpipeError(f"No {paths.TRUST / 'trust.json'}; run `dvc repro` so that the trust stage writes it.")
+    distances = confidence.unfamiliar_scores(test_features, confidence.load_bank(paths.TRUST), trust.neighbours)
+    return {"threshold": trust.unfamiliar_threshold, "val_quantile": trust.unfamiliar_quantile,
+            "test_rate": round(float((distances > trust.unfamiliar_threshold).mean()), 4),
+            "flags": distances > trust.unfamiliar_threshold}
+
+
+def _write_multi_label_plots(tmp, ep: EvaluateParams, results, probs, thresholds, uncalibrated, classes, rows,
+                             y_true) -> None:
+    """plots/evaluate/ for a multi-label run: per-label 2 x 2 counts (the
+    confusion CSVs, "label: yes/no" on both axes, and a PNG grid), ROC and PR
+    curves micro-averaged over labels, per-label PR curves, reliability,
+    predictions and the images with the largest losses."""
+    from tlpipe import report
+
+    delimiter = read_task().delimiter
+    for sub in ("confusion", "roc", "pr", "reliability"):
+        (tmp / sub).mkdir(exist_ok=True)
+    decided = {name: multilabel.decisions(probs[name], thresholds[name]) for name in MODELS}
+    for name in MODELS:
+        cells = [(f"{c}: {'yes' if y_true[i, j] else 'no'}", f"{c}: {'yes' if decided[name][i, j] else 'no'}")
+                 for i in range(len(rows)) for j, c in enumerate(classes)]
+        (tmp / "confusion" / f"{name}.csv").write_text(csv_text(("actual", "predicted"), cells))
+        roc, pr = curves(y_true, probs[name])
+        (tmp / "roc" / f"{name}.csv").write_text(csv_text(("fpr", "tpr"), roc))
+        (tmp / "pr" / f"{name}.csv").write_text(csv_text(("recall", "precision"), pr))
+    ft = probs["finetuned"]
+    for name, p in (("uncalibrated", uncalibrated), ("calibrated", ft)):
+        points = [(round(c, 5), round(a, 5), n) for c, a, n in reliability(y_true, p)]
+        (tmp / "reliability" / f"{name}.csv").write_text(csv_text(("confidence", "accuracy", "images"), points))
+    report.reliability_png(tmp / "reliability.png", y_true, uncalibrated, ft, results["calibration"]["temperature"])
+    sets = {name: [delimiter.join(c for c, d in zip(classes, decided[name][i]) if d) for i in range(len(rows))]
+            for name in MODELS}
+    losses = multilabel.image_losses(y_true, ft)
+    unfamiliar = results["unfamiliar"].pop("flags")
+    (tmp / "predictions.csv").write_text(csv_text(
+        ("path", "actual", "predicted", "head_predicted", "loss", *(f"p_{c}" for c in classes), "unfamiliar"),
+        [(r.path, r.label, sets["finetuned"][i], sets["head"][i], round(float(losses[i]), 5),
+          *(round(float(v), 5) for v in ft[i]), bool(unfamiliar[i])) for i, r in enumerate(rows)]))
+    report.label_confusion_png(tmp / "confusion.png", y_true, decided["finetuned"], classes, thresholds["finetuned"])
+    report.per_label_pr_png(tmp / "per_label_pr.png", y_true, ft, classes)
+    report.largest_losses_png(tmp / "mistakes.png", rows, losses, [r.label for r in rows], sets["finetuned"],
+                              ep.gallery)
+    report.per_class_f1_png(tmp / "per_class_f1.png", results, classes)
+
+
+def _run_multi_label(ep: EvaluateParams, classes, rows, y_true, x_test) -> dict:
+    results, probs, thresholds, uncalibrated = _multi_label_figures(classes, rows, y_true, x_test, ep.batch_size)
+    with atomic.atomic_dir(paths.PLOTS) as tmp:
+        _write_multi_label_plots(tmp, ep, results, probs, thresholds, uncalibrated, classes, rows, y_true)
+    headline.write("eval", results)
+    c = results["calibration"]
+    print(f"evaluate: calibration (temperature {c['temperature']} fitted on val): test ECE "
+          f"{c['ece_before']:.4f} -> {c['ece_after']:.4f}; unfamiliar: {results['unfamiliar']['test_rate']:.1%} "
+          "of test images")
+    for name in MODELS:
+        r = results[name]
+        print(f"evaluate: {name:9s} test mAP {r['average_precision_macro']:.4f}  macro F1 {r['f1_macro']:.4f}  "
+              f"micro F1 {r['f1_micro']:.4f}  exact sets {r['subset_accuracy']:.4f}")
+    return results
+
+
 def run(ep: EvaluateParams) -> dict:
     """test split + both models -> reports/eval.json, metrics/eval.json, plots/evaluate/; reads ``evaluate.*``."""
     classes, rows, y_true, x_test = _test_split()
+    if y_true.ndim == 2:
+        return _run_multi_label(ep, classes, rows, y_true, x_test)
     results, probs, sets, unfamiliar, uncalibrated = _figures(ep, classes, rows, y_true, x_test)
     with atomic.atomic_dir(paths.PLOTS) as tmp:
         confused = _write_plots(tmp, ep, results, probs, sets, unfamiliar, uncalibrated, classes, rows, y_true)

@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 from sklearn import metrics as skm
 
-from tlpipe import atomic, headline, images, model_files, paths, runtimes
-from tlpipe.artifacts import label_indices, read_classes, read_split, sources
+from tlpipe import atomic, headline, images, model_files, multilabel, paths, runtimes
+from tlpipe.artifacts import label_indices, read_classes, read_split, read_task, sources
 from tlpipe.errors import TlpipeError
 from tlpipe.params import ExportParams
 
@@ -311,11 +311,13 @@ def scoring_lanes(opened: dict[str, runtimes.Runtime], cores: int | None = None)
     return [tensorflow, others]
 
 
-def score_runtimes(opened: dict[str, runtimes.Runtime], rows, classes: list[str], cores: int | None = None) -> dict:
+def score_runtimes(opened: dict[str, runtimes.Runtime], rows, classes: list[str], cores: int | None = None,
+                   thresholds=None) -> dict:
     """Every runtime classifies every test image (one pass over them, in
     batches of SCORING_BATCH, the lanes of ``scoring_lanes`` side by side)
     -> its decisions' figures; and its latency, ms per image at batch 1 on
-    one thread, each runtime alone (``latency_ms``)."""
+    one thread, each runtime alone (``latency_ms``). Multi-label: each
+    runtime decides at the shipped model's ``thresholds``."""
     from tqdm import tqdm
 
     size = opened["keras"].image_size
@@ -331,6 +333,9 @@ def score_runtimes(opened: dict[str, runtimes.Runtime], rows, classes: list[str]
     latency = latency_ms(opened, rows[:LATENCY_CALLS], size)
     y_true = label_indices(rows, classes)
     reference = np.concatenate(probs["keras"])
+    if y_true.ndim == 2:
+        return _multi_label_figures({name: np.concatenate(p) for name, p in probs.items()}, y_true, classes,
+                                    thresholds, latency)
     results = {}
     for name in opened:
         p = np.concatenate(probs[name])
@@ -342,6 +347,27 @@ def score_runtimes(opened: dict[str, runtimes.Runtime], rows, classes: list[str]
                                                  zero_division=0)), 4),
             "agreement": round(float(np.mean(p.argmax(axis=1) == reference.argmax(axis=1))), 4),
             "max_probability_difference": float(f"{np.abs(p - reference).max():.3g}"),
+            "ms_per_image": latency[name],
+        }
+    return results
+
+
+def _multi_label_figures(probs: dict[str, np.ndarray], y_true: np.ndarray, classes: list[str], thresholds,
+                         latency: dict[str, float]) -> dict:
+    """Multi-label runtimes' figures: ``accuracy`` is the share of test images
+    given exactly their label set (what export.max_accuracy_drop bounds),
+    ``agreement`` the share given exactly the Keras model's label set, and
+    the mean average precision over labels."""
+    reference = multilabel.decisions(probs["keras"], thresholds)
+    results = {}
+    for name, p in probs.items():
+        figures = multilabel.scores(y_true, p, classes, thresholds)
+        results[name] = {
+            "accuracy": figures["subset_accuracy"],
+            "average_precision_macro": figures["average_precision_macro"],
+            "f1_macro": figures["f1_macro"],
+            "agreement": round(float(np.mean(np.all(multilabel.decisions(p, thresholds) == reference, axis=1))), 4),
+            "max_probability_difference": float(f"{np.abs(p - probs['keras']).max():.3g}"),
             "ms_per_image": latency[name],
         }
     return results
@@ -373,6 +399,14 @@ def accuracy_drops(results: dict, max_drop: float) -> list[str]:
     ]
 
 
+# Beside a multi-label run's exports: {"delimiter": ..., "thresholds": {label: threshold}}.
+THRESHOLDS = "thresholds.json"
+
+
+def thresholds_json(classes: list[str], thresholds, delimiter: str) -> str:
+    return json.dumps({"delimiter": delimiter, "thresholds": dict(zip(classes, thresholds))}, indent=2) + "\n"
+
+
 def _one_thread() -> bool:
     """TensorFlow's thread pools limited to one thread (ms_per_image on one
     core); possible only before TensorFlow starts, so False when it has."""
@@ -399,9 +433,10 @@ def run(xp: ExportParams, seed: int) -> dict:
     if not test_rows:
         raise TlpipeError(f"{paths.split_csv('test')} is empty: no test images to score the exports on.")
     one_thread = _one_thread()
-    from tlpipe.layers import Mirror, load_model, temperature_of
+    from tlpipe.layers import Mirror, load_model, temperature_of, thresholds_of
 
     model = load_model(paths.MODEL)
+    thresholds = thresholds_of(model)
     size = int(model.input_shape[1])
     calibration = representative_rows(xp.representative_images, seed) if "tflite_int8" in xp.formats else []
     with atomic.atomic_dir(paths.EXPORT) as tmp:
@@ -409,12 +444,14 @@ def run(xp: ExportParams, seed: int) -> dict:
         # The prediction sets' threshold travels with every artifact (they give
         # probabilities); the unfamiliar score needs the Keras model's features.
         shutil.copy(paths.TRUST / "trust.json", tmp / "trust.json")
+        if thresholds is not None:  # multi-label: each label's decision threshold, chosen on val
+            (tmp / THRESHOLDS).write_text(thresholds_json(classes, thresholds, read_task().delimiter))
         write_artifacts(model, xp.formats, tmp, lambda: pixel_batches(calibration, size))
         # every artifact's size and SHA-256: `tlpipe predict --model` holds a file to them
         model_files.record([artifact_path(fmt, tmp) for fmt in xp.formats], tmp)
     opened = {"keras": runtimes.open_model(paths.MODEL, threads=1)}
     opened.update({fmt: runtimes.open_model(artifact_path(fmt), threads=1) for fmt in xp.formats})
-    results = score_runtimes(opened, test_rows, classes)
+    results = score_runtimes(opened, test_rows, classes, thresholds=thresholds)
     for fmt in results:
         results[fmt]["bytes"] = size_bytes(paths.MODEL if fmt == "keras" else artifact_path(fmt))
         if fmt != "keras":
@@ -424,6 +461,7 @@ def run(xp: ExportParams, seed: int) -> dict:
     results["shipped"] = {
         "mirror_average": any(isinstance(layer, Mirror) for layer in model.layers),
         "temperature": temperature_of(model),
+        **({"thresholds": dict(zip(classes, thresholds))} if thresholds is not None else {}),
         "test_images": len(test_rows),
         "latency_images": min(LATENCY_CALLS, len(test_rows)),
         "representative_images": len(calibration),

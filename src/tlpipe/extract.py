@@ -36,7 +36,8 @@ from pathlib import Path
 import numpy as np
 
 from tlpipe import atomic, backbones, freeze, images, paths, resume, training
-from tlpipe.artifacts import SPLITS, Row, RowWriter, label_indices, npy_bytes, read_classes, read_split, sources
+from tlpipe.artifacts import (SPLITS, Row, RowWriter, label_indices, npy_bytes, read_classes, read_split, read_task,
+                              sources)
 from tlpipe.params import ExtractParams
 
 # Also through the frozen layers on their mirror images: what the mirror
@@ -268,6 +269,7 @@ def run(extract: ExtractParams, *, backbone: str, image_size: int, weights: str,
         "feature_dim": dim,
         "average_columns": dim // GridPooling.PARTS if pooling == "grid" else dim,  # the global average's, first
         "classes": classes,
+        **({"multi_label": True} if read_task().multi_label else {}),  # labels_*.npy: multi-hot rows
         "images": {},  # no timings here: a rerun must give a byte-identical output
     }
     prefix_shape, why_not = _prefix_plan(plan, rows, extract.prefix_max_gb)

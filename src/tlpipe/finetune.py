@@ -36,7 +36,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from tlpipe import atomic, backbones, distributed, fit_checkpoint, freeze, headline, images, paths, resume, training
+from tlpipe import (atomic, backbones, distributed, fit_checkpoint, freeze, headline, images, multilabel, paths, resume,
+                    training)
 from tlpipe.artifacts import label_indices, load_prefix, read_classes, read_prefix_meta, read_split, sources
 from tlpipe.errors import TlpipeError
 from tlpipe.fit_checkpoint import SoupCheckpoint
@@ -181,11 +182,13 @@ def _mirror_choice(plain: np.ndarray, mirrored: np.ndarray, y_val: np.ndarray, t
 
 
 def _save_shipped(model, val_probs: np.ndarray, mirrored_probs: np.ndarray | None, y_val: np.ndarray,
-                  tta: bool | None) -> dict:
+                  tta: bool | None, classes: list[str]) -> dict:
     """models/model.keras: ``model`` (mirror-averaged if ``tta`` says so, see
-    _mirror_choice) with a temperature fitted on val. ``val_probs``: the
-    model's val probabilities; ``mirrored_probs``: on the mirror images (None
-    with ``tta`` false). Returns what reports/finetune.json reports of it."""
+    _mirror_choice) with a temperature fitted on val, and (multi-label) each
+    label's decision threshold chosen on val (multilabel.choose_thresholds).
+    ``val_probs``: the model's val probabilities; ``mirrored_probs``: on the
+    mirror images (None with ``tta`` false). Returns what
+    reports/finetune.json reports of it."""
     use_tta, report = False, {}
     if tta is not False:
         use_tta, val_probs, report = _mirror_choice(val_probs, mirrored_probs, y_val, tta)
@@ -193,9 +196,12 @@ def _save_shipped(model, val_probs: np.ndarray, mirrored_probs: np.ndarray | Non
     # shipped model, so that its probabilities (evaluate, tlpipe predict) mean
     # what they say; its decisions do not change.
     temperature = fit_temperature(val_probs, y_val)
+    multi = y_val.ndim == 2
+    calibrated = temperature_scaled(val_probs, temperature, multi)
+    thresholds, chosen_by = multilabel.choose_thresholds(y_val, calibrated, classes) if multi else (None, {})
     classifier = mirror_averaged(model) if use_tta else model
-    shipped = keras.Model(classifier.input, Temperature(temperature, name="temperature")(classifier.output),
-                          name=model.name)
+    shipped = keras.Model(classifier.input,
+                          Temperature(temperature, thresholds, name="temperature")(classifier.output), name=model.name)
     mixed = keras.mixed_precision.global_policy().name == "mixed_float16"
     atomic.save_keras(paths.MODEL, as_float32(shipped) if mixed else shipped)
     return {
@@ -203,9 +209,15 @@ def _save_shipped(model, val_probs: np.ndarray, mirrored_probs: np.ndarray | Non
         **report,
         "temperature": temperature,
         "val_ece": round(expected_calibration_error(y_val, val_probs), 4),
-        "val_ece_calibrated": round(expected_calibration_error(y_val, temperature_scaled(val_probs, temperature)), 4),
+        "val_ece_calibrated": round(expected_calibration_error(y_val, calibrated), 4),
+        **({"thresholds": dict(zip(classes, thresholds)), "thresholds_chosen_by": chosen_by} if multi else {}),
         "mixed_precision": mixed,  # trained so; the shipped model is float32
     }
+
+
+def fit_targets(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """What Keras fits to: one-hot rows of class indices; multi-hot rows as they are (float32)."""
+    return labels.astype(np.float32) if labels.ndim == 2 else keras.utils.to_categorical(labels, n_classes)
 
 
 def _devices(tuning: FinetuneParams, seed: int):
@@ -378,9 +390,8 @@ def _run(tuning: FinetuneParams, choice: BackboneChoice, preemption: resume.Pree
     chief = distributed.is_chief()
     classes = read_classes()
     train_rows, val_rows = read_split("train"), read_split("val")
-    y_train = keras.utils.to_categorical(label_indices(train_rows, classes), len(classes))
-    y_val_idx = label_indices(val_rows, classes)
-    y_val = keras.utils.to_categorical(y_val_idx, len(classes))
+    y_train, y_val_idx = label_indices(train_rows, classes), label_indices(val_rows, classes)
+    y_train, y_val = fit_targets(y_train, len(classes)), fit_targets(y_val_idx, len(classes))
 
     with strategy.scope():
         built = _build(choice, tuning, len(train_rows), batch_size)
@@ -411,7 +422,7 @@ def _run(tuning: FinetuneParams, choice: BackboneChoice, preemption: resume.Pree
 
     mirrored_probs = (None if tuning.tta is False
                       else _mirror_probs(trainer, built, val_rows, y_val, choice.image_size, batch_size))
-    shipping = _save_shipped(built.model, val_probs, mirrored_probs, y_val_idx, tuning.tta)
+    shipping = _save_shipped(built.model, val_probs, mirrored_probs, y_val_idx, tuning.tta, classes)
     metrics = _metrics(figures, shipped, shipping, built, data_seconds, strategy, batch_size)
     headline.write("finetune", metrics)
     if checkpoint:

@@ -28,7 +28,7 @@ import keras
 import numpy as np
 
 from tlpipe import atomic, resume
-from tlpipe.training import FitResult, LearningRate, PlateauReduction, kept_epoch
+from tlpipe.training import FitResult, LearningRate, kept_epoch
 
 STAGE = "finetune"
 

@@ -35,6 +35,11 @@ HEADLINES: dict[str, dict[str, Pick]] = {
         "log_loss": "finetuned.log_loss",
         "roc_auc": "finetuned.roc_auc",
         "head_accuracy": "head.accuracy",
+        # multi-label runs (the keys above that they lack give no key)
+        "average_precision_macro": "finetuned.average_precision_macro",
+        "f1_micro": "finetuned.f1_micro",
+        "subset_accuracy": "finetuned.subset_accuracy",
+        "head_average_precision_macro": "head.average_precision_macro",
         "coverage": "conformal.coverage",
         "mean_set_size": "conformal.mean_set_size",
         "unfamiliar_rate": "unfamiliar.test_rate",

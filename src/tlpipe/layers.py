@@ -135,21 +135,32 @@ def on_pixels(spec, image_size: int, body, augment_layers=(), preprocess_name: s
 @keras.saving.register_keras_serializable(package="tlpipe")
 class Temperature(keras.layers.Layer):
     """Calibrated probabilities: softmax(log p / T), with T fitted on val by the
-    finetune stage; the model's decisions are unchanged."""
+    finetune stage; the model's decisions are unchanged. Multi-label
+    (``thresholds`` given): sigmoid(logit p / T) per label, and each label's
+    decision threshold, chosen on val, kept in the model's config so that
+    whatever reads the model reads its decisions too."""
 
-    def __init__(self, temperature: float, **kwargs):
+    def __init__(self, temperature: float, thresholds=None, **kwargs):
         super().__init__(dtype="float32", **{k: v for k, v in kwargs.items() if k != "dtype"})
         self.temperature = float(temperature)
+        self.thresholds = None if thresholds is None else [float(t) for t in thresholds]
 
     def call(self, probs):
-        logits = ops.log(ops.clip(ops.cast(probs, "float32"), 1e-12, 1.0)) / self.temperature
+        probs = ops.cast(probs, "float32")
+        if self.thresholds is not None:
+            p = ops.clip(probs, 1e-7, 1.0 - 1e-7)
+            return ops.sigmoid((ops.log(p) - ops.log(1.0 - p)) / self.temperature)
+        logits = ops.log(ops.clip(probs, 1e-12, 1.0)) / self.temperature
         return ops.softmax(logits, axis=-1)
 
     def compute_output_shape(self, input_shape):
         return input_shape
 
     def get_config(self):
-        return {**super().get_config(), "temperature": self.temperature}
+        config = {**super().get_config(), "temperature": self.temperature}
+        if self.thresholds is not None:  # single-label models' files stay as they were
+            config["thresholds"] = self.thresholds
+        return config
 
 
 @keras.saving.register_keras_serializable(package="tlpipe")
@@ -206,6 +217,12 @@ def temperature_of(model) -> float:
     return last.temperature if isinstance(last, Temperature) else 1.0
 
 
+def thresholds_of(model) -> list[float] | None:
+    """A multi-label tlpipe model's per-label decision thresholds (None: one label per image)."""
+    last = model.layers[-1]
+    return last.thresholds if isinstance(last, Temperature) else None
+
+
 def as_float32(model):
     """A float32 copy of a model trained under mixed precision, same weights
     (kept in float32 anyway): what ships, so that every consumer (CPU,
@@ -245,7 +262,8 @@ def with_features(model: keras.Model) -> keras.Model:
     probs, features = both(pixels)
     mirror_probs, _ = both(Mirror(name="mirror")(pixels))
     averaged = keras.layers.Average(name="mirror_average", dtype="float32")([probs, mirror_probs])
-    return keras.Model(pixels, [Temperature(temperature_of(model), name="temperature")(averaged), features])
+    calibrated = Temperature(temperature_of(model), thresholds_of(model), name="temperature")(averaged)
+    return keras.Model(pixels, [calibrated, features])
 
 
 def on_mirror_images(model: keras.Model) -> keras.Model:

@@ -52,7 +52,12 @@ class DataParams:
                                                            "checks nothing.")
     labels: str | None = rule("text", allow_null=True, default=None,
                               doc="A CSV inside the source (`file_name,label[,split]`) instead of class folders; "
-                                  "null: each image's folder is its class.")
+                                  "null: each image's folder is its class. A `labels` column instead of `label` "
+                                  "makes the run multi-label (each image's label names, see label_delimiter).")
+    label_delimiter: str = rule("character", default=" ",
+                                doc="What separates the label names in a multi-label CSV's `labels` cells (one "
+                                    "space, as fastai's and the PASCAL/Planet CSVs; names with spaces need another, "
+                                    "e.g. `;`).")
     corrections: str = rule("text", default=str(paths.CORRECTIONS),
                             doc="Reviewed label fixes kept in git (`file_name,label`; the label `exclude` drops "
                                 "the image).")
@@ -281,6 +286,13 @@ class _Section:
             self.bad(key, rule_text("text", allow_null=allow_null), value)
         return value
 
+    def character(self, key: str) -> str:
+        """One character that can separate names in a CSV cell."""
+        value = self.get(key)
+        if not isinstance(value, str) or len(value) != 1 or value in ',"\n\r':
+            self.bad(key, rule_text("character"), value)
+        return value
+
     def auto_or_real(self, key: str, low: float, high: float | None, low_closed=True, high_closed=False
                      ) -> float | None:
         """``auto`` (None: chosen at run time) or a float in the range given."""
@@ -338,6 +350,7 @@ def rule_text(reader: str, *args: Any, low_closed: bool = True, high_closed: boo
         "boolean": lambda: "a bool (true or false)",
         "choice": lambda: "one of " + ", ".join(repr(o) for o in args[0]),
         "text": lambda: "a non-empty string" + (" or null" if allow_null else ""),
+        "character": lambda: "one character other than a comma, a quote or a newline (default one space)",
         "auto_or_bool": lambda: "'auto', true or false",
         "widths": lambda: "a list of layer widths (ints >= 1); [] for a linear head",
         "subset": lambda: "a list of distinct formats among " + ", ".join(args[0]) + " ([] exports nothing)",

@@ -127,6 +127,11 @@ def prefix_meta(folder: Path = PREFIX) -> Path:
     return folder / "meta.json"
 
 
+def task_file(folder: Path = SPLIT) -> Path:
+    """Multi-label runs only: {"multi_label": true, "delimiter": ...} (absent: one label per image)."""
+    return folder / "task.json"
+
+
 def classes_file(folder: Path = SPLIT) -> Path:
     return folder / "classes.json"
 

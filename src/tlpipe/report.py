@@ -147,3 +147,69 @@ def reliability_png(path: Path, y_true, before, after, temperature: float) -> No
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def label_confusion_png(path: Path, y_true, decided, classes: list[str], thresholds) -> None:
+    """Multi-label: each label's 2 x 2 counts (actual yes/no by decided yes/no) at its threshold, in a grid."""
+    k = len(classes)
+    cols = min(4, k)
+    n_rows = int(np.ceil(k / cols))
+    fig, axes = plt.subplots(n_rows, cols, figsize=(cols * 2.8, n_rows * 2.8), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for j, (ax, name) in enumerate(zip(axes.ravel(), classes)):
+        cm = confusion_matrix(y_true[:, j], decided[:, j].astype(int), labels=[1, 0])
+        ax.axis("on")
+        ax.imshow(cm / max(cm.sum(), 1), cmap="Blues", vmin=0, vmax=1)
+        ax.set_xticks([0, 1], ["yes", "no"])
+        ax.set_yticks([0, 1], ["yes", "no"])
+        ax.set_xlabel("decided", fontsize=8)
+        ax.set_ylabel("actual", fontsize=8)
+        ax.set_title(f"{name} (from {thresholds[j]:.2f})", fontsize=9)
+        for a in range(2):
+            for b in range(2):
+                ax.text(b, a, str(cm[a, b]), ha="center", va="center", fontsize=10,
+                        color="white" if cm[a, b] > cm.sum() / 2 else "black")
+    fig.suptitle("Per-label decisions (shipped model, test split)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def per_label_pr_png(path: Path, y_true, probs, classes: list[str]) -> None:
+    """Each label's (or class's, one against the rest) precision-recall curve
+    on test, its average precision in the legend; ``y_true``: multi-hot rows."""
+    from sklearn.metrics import average_precision_score, precision_recall_curve
+
+    fig, ax = plt.subplots(figsize=(6, 5))
+    for j, name in enumerate(classes):
+        if y_true[:, j].any():
+            precision, recall, _ = precision_recall_curve(y_true[:, j], probs[:, j])
+            ax.step(recall, precision, where="post",
+                    label=f"{name} (AP {average_precision_score(y_true[:, j], probs[:, j]):.3f})")
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_ylim(0, 1.05)
+    ax.set_title("Precision-recall per class or label (shipped model, test)")
+    ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def largest_losses_png(path: Path, rows, losses, actual: list[str], decided: list[str], count: int) -> None:
+    """Multi-label: the test images with the largest loss, their label sets given and decided."""
+    order = np.argsort(-np.asarray(losses), kind="stable")[:count]
+    cols = 4
+    n_rows = max(1, int(np.ceil(len(order) / cols)))
+    fig, axes = plt.subplots(n_rows, cols, figsize=(cols * 3, n_rows * 3.3), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, i in zip(axes.ravel(), order):
+        ax.imshow(_thumbnail(paths.RAW / rows[i].path))
+        ax.set_title(f"true: {actual[i] or '(none)'}\ndecided: {decided[i] or '(none)'}\nloss {losses[i]:.2f}",
+                     fontsize=8)
+    fig.suptitle("Largest per-image losses (shipped model, test split)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=72)
+    plt.close(fig)

@@ -46,11 +46,21 @@ def scores(y_true: np.ndarray, probs: np.ndarray, classes: list[str], top_k: int
     return out
 
 
+def multi_label(y_true: np.ndarray) -> bool:
+    """Multi-hot targets (images x labels) rather than one class index per image."""
+    return np.ndim(y_true) == 2
+
+
 def reliability(y_true: np.ndarray, probs: np.ndarray, bins: int = 15) -> list[tuple[float, float, int]]:
     """(mean confidence, accuracy, images) of each non-empty confidence bin
-    (equal widths over [0, 1]), for a reliability diagram."""
-    confidence = probs.max(axis=1)
-    correct = probs.argmax(axis=1) == y_true
+    (equal widths over [0, 1]), for a reliability diagram. Multi-label: every
+    (image, label) decision at even odds is one point."""
+    if multi_label(y_true):
+        confidence = np.maximum(probs, 1 - probs).ravel()
+        correct = ((probs >= 0.5) == (y_true > 0)).ravel()
+    else:
+        confidence = probs.max(axis=1)
+        correct = probs.argmax(axis=1) == y_true
     edges = np.linspace(0.0, 1.0, bins + 1)
     which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
     out = []
@@ -63,12 +73,17 @@ def reliability(y_true: np.ndarray, probs: np.ndarray, bins: int = 15) -> list[t
 
 def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, bins: int = 15) -> float:
     """ECE: the images' share-weighted gap between confidence and accuracy per bin."""
-    n = len(y_true)
+    n = np.size(y_true)
     return float(sum(count / n * abs(conf - acc) for conf, acc, count in reliability(y_true, probs, bins)))
 
 
 def image_losses(y_true: np.ndarray, probs: np.ndarray) -> np.ndarray:
-    """Each image's negative log-probability of its true class."""
+    """Each image's negative log-probability of its true class (multi-label:
+    its binary cross-entropy, averaged over the labels)."""
+    if multi_label(y_true):
+        from tlpipe.multilabel import image_losses as label_set_losses
+
+        return label_set_losses(y_true, probs)
     return -np.log(np.clip(probs[np.arange(len(y_true)), y_true], 1e-12, None))
 
 
@@ -117,19 +132,41 @@ def beats(y_true: np.ndarray, new_probs: np.ndarray, old_probs: np.ndarray) -> b
     newly gets wrong may outnumber those it newly gets right by no more than
     the standard error of that count (McNemar's, sqrt of their sum), so that
     one image decides nothing either way."""
-    new_right, old_right = new_probs.argmax(axis=1) == y_true, old_probs.argmax(axis=1) == y_true
+    new_right, old_right = correct(y_true, new_probs), correct(y_true, old_probs)
     lost, won = int(np.sum(old_right & ~new_right)), int(np.sum(new_right & ~old_right))
     accuracy_clearly_lower = lost - won > np.sqrt(lost + won)
     return clearly_lower(image_losses(y_true, new_probs), image_losses(y_true, old_probs)) and not accuracy_clearly_lower
 
 
+def correct(y_true: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Whether each image is classified right: its class ranked first, or
+    (multi-label) its label set exactly, each label at even odds."""
+    if multi_label(y_true):
+        return np.all((probs >= 0.5) == (y_true > 0), axis=1)
+    return probs.argmax(axis=1) == y_true
+
+
 def val_figures(y_true: np.ndarray, probs: np.ndarray) -> tuple[float, float]:
-    """(log loss, accuracy), rounded as metrics files report them."""
-    return round(log_loss(y_true, probs), 4), round(float(np.mean(probs.argmax(axis=1) == y_true)), 4)
+    """(log loss, accuracy), rounded as metrics files report them. Multi-label:
+    the accuracy of every (image, label) decision at even odds, as Keras'
+    BinaryAccuracy reports it during the fit."""
+    return round(log_loss(y_true, probs), 4), round(accuracy(y_true, probs), 4)
 
 
-def temperature_scaled(probs: np.ndarray, temperature: float) -> np.ndarray:
-    """softmax(log p / T): the same ranking, sharper (T < 1) or softer (T > 1)."""
+def accuracy(y_true: np.ndarray, probs: np.ndarray) -> float:
+    """The share of images whose class ranks first; multi-label: of (image,
+    label) decisions right at even odds (Keras' BinaryAccuracy)."""
+    if multi_label(y_true):
+        return float(np.mean((probs >= 0.5) == (y_true > 0)))
+    return float(np.mean(probs.argmax(axis=1) == y_true))
+
+
+def temperature_scaled(probs: np.ndarray, temperature: float, multi_label: bool = False) -> np.ndarray:
+    """softmax(log p / T): the same ranking, sharper (T < 1) or softer (T > 1);
+    ``multi_label``: sigmoid(logit p / T), each label on its own."""
+    if multi_label:
+        p = np.clip(probs, 1e-12, 1 - 1e-12)
+        return 1 / (1 + np.exp(-(np.log(p) - np.log1p(-p)) / temperature))
     logits = np.log(np.clip(probs, 1e-12, 1.0)) / temperature
     logits -= logits.max(axis=1, keepdims=True)
     e = np.exp(logits)
@@ -142,7 +179,7 @@ def fit_temperature(probs: np.ndarray, y_true: np.ndarray) -> float:
     from scipy.optimize import minimize_scalar
 
     def nll(log_t: float) -> float:
-        return log_loss(y_true, temperature_scaled(probs, float(np.exp(log_t))))
+        return log_loss(y_true, temperature_scaled(probs, float(np.exp(log_t)), multi_label(y_true)))
 
     best = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded", options={"xatol": 1e-4})
     return round(float(np.exp(best.x)), 4)

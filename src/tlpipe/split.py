@@ -43,8 +43,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from tlpipe import atomic, headline, paths
-from tlpipe.artifacts import SPLIT_COLUMNS, SPLITS, Row, csv_text
+from tlpipe import atomic, headline, multilabel, paths
+from tlpipe.artifacts import MULTI_LABEL_COLUMNS, SPLIT_COLUMNS, SPLITS, Row, Task, csv_text, parse_labels, task_json
 from tlpipe.errors import TlpipeError
 from tlpipe.images import IMAGE_SUFFIXES, inspect, is_hidden, undecodable_by_tensorflow
 from tlpipe.params import SplitParams
@@ -137,19 +137,37 @@ def read_labels(raw: Path, name: str) -> tuple[dict[str, dict[str, list[Path]]],
         columns = reader.fieldnames or []
         missing = [c for c in LABEL_COLUMNS if c not in columns]
         if missing:
-            raise TlpipeError(f"{name} must have a header row with the columns file_name and label (and "
-                              f"optionally split); its header is {', '.join(columns) or '(empty)'}.")
+            raise TlpipeError(f"{name} must have a header row with the columns file_name and label (one class per "
+                              "image) or file_name and labels (multi-label), and optionally split; its header is "
+                              f"{', '.join(columns) or '(empty)'}.")
         rows = list(reader)
-    has_split = "split" in columns
-    listed: dict[str, tuple[str, str, int]] = {}  # file -> (group, label, row number)
-    rejected, conflicting = [], set()
-    for number, row in enumerate(rows, start=2):  # row 1 is the header
-        file_name = (row["file_name"] or "").strip().removeprefix("./")
+
+    def label_of(row, where):
         label = (row["label"] or "").strip()
-        where = f"{name} row {number}"
-        if not file_name or not label:
+        if not label:
             raise TlpipeError(f"{where} needs both a file_name and a label; it has {row['file_name']!r}, "
                               f"{row['label']!r}.")
+        return label
+
+    kept, rejected, unlisted = _listing(raw, name, rows, "split" in columns, label_of)
+    found: dict[str, dict[str, list[Path]]] = {}
+    for file_name, (group, label) in kept.items():
+        found.setdefault(group, {}).setdefault(label, []).append(Path(file_name))
+    return found, rejected, unlisted
+
+
+def _listing(raw: Path, name: str, rows: list[dict], has_split: bool, label_of):
+    """data.labels' rows -> ({file: (source split or "", its label)} of the
+    files listed consistently and present, (file, reason) for the rest, how
+    many images of the source it does not list). ``label_of(row, where)``:
+    the row's label (a class, or a set of label names), checked."""
+    listed: dict[str, tuple] = {}  # file -> (group, label, row number)
+    conflicting = set()
+    for number, row in enumerate(rows, start=2):  # row 1 is the header
+        file_name = (row["file_name"] or "").strip().removeprefix("./")
+        where = f"{name} row {number}"
+        if not file_name:
+            raise TlpipeError(f"{where} needs a file_name; it has {row['file_name']!r}.")
         if Path(file_name).is_absolute() or ".." in Path(file_name).parts:
             raise TlpipeError(f"{where}: file_name {file_name!r} must be relative to the source's root, "
                               "inside it (no leading / and no ..).")
@@ -159,19 +177,55 @@ def read_labels(raw: Path, name: str) -> tuple[dict[str, dict[str, list[Path]]],
             if value not in LABEL_SPLITS:
                 raise TlpipeError(f"{where}: split {row['split']!r} must be one of train, validation, test.")
             group = LABEL_SPLITS[value]
+        label = label_of(row, where)
         if file_name in listed and listed[file_name][:2] != (group, label):
             conflicting.add(file_name)
         listed.setdefault(file_name, (group, label, number))
-    found: dict[str, dict[str, list[Path]]] = {}
+    kept, rejected = {}, []
     for file_name, (group, label, number) in sorted(listed.items()):
         if file_name in conflicting:
             rejected.append((file_name, f"listed in {name} more than once, with different labels or splits"))
         elif not (raw / file_name).is_file():
             rejected.append((file_name, f"listed in {name} (row {number}) but not in the source"))
         else:
-            found.setdefault(group, {}).setdefault(label, []).append(Path(file_name))
+            kept[file_name] = (group, label)
     images = [f for f in _files_under(raw, raw) if f.suffix.lower() in IMAGE_SUFFIXES and f.as_posix() != name]
-    unlisted = sum(f.as_posix() not in listed for f in images)
+    return kept, rejected, sum(f.as_posix() not in listed for f in images)
+
+
+def label_columns(raw: Path, name: str) -> list[str]:
+    """The header of data.labels' CSV (to tell one label per image from label sets)."""
+    csv_path = raw / name
+    if not csv_path.is_file():
+        return []
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+        return next(csv.reader(f), [])
+
+
+def read_label_sets(raw: Path, name: str, delimiter: str) -> tuple[dict[str, tuple[str, tuple[str, ...]]],
+                                                                   list[tuple[str, str]], int]:
+    """data.labels with a ``labels`` column (multi-label): -> ({file: (source
+    split or "", label names)}, the rows to reject, how many images it does
+    not list). An empty cell is an image that shows none of the labels."""
+    with open(raw / name, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        columns = reader.fieldnames or []
+        if "label" in columns:
+            raise TlpipeError(f"{name} has both a label and a labels column: keep label (one class per image) or "
+                              "labels (the label names of each image, multi-label).")
+        if "file_name" not in columns:
+            raise TlpipeError(f"{name} must have a header row with the columns file_name and labels (and optionally "
+                              f"split); its header is {', '.join(columns)}.")
+        rows = list(reader)
+
+    def label_of(row, where):
+        labels = parse_labels(row["labels"], delimiter)
+        if EXCLUDE in labels:
+            raise TlpipeError(f"{where}: {EXCLUDE!r} cannot be a label name (data.corrections uses it to drop an image).")
+        return labels
+
+    found, rejected, unlisted = _listing(raw, name, rows, "split" in columns, label_of)
+    multilabel.check_delimiter({f: labels for f, (_, labels) in found.items()}, delimiter, name)
     return found, rejected, unlisted
 
 
@@ -179,18 +233,24 @@ def read_labels(raw: Path, name: str) -> tuple[dict[str, dict[str, list[Path]]],
 EXCLUDE = "exclude"
 
 
-def read_corrections(path: Path, found) -> dict[str, str | None]:
+def read_corrections(path: Path, found, delimiter: str | None = None) -> dict[str, str | None]:
     """data.corrections -> {file_name: corrected class, or None to exclude it}.
 
     ``file_name`` is as in data/split/*.csv and plots/audit/label_issues.csv
     (relative to data/raw); other columns are ignored, so rows copied from the
-    audit keep their notes."""
+    audit keep their notes. Multi-label (``delimiter`` given; ``found``:
+    {file: (split, label names)}): the label cell is the image's whole
+    corrected label set, its names joined by ``delimiter``."""
     if not path.is_file():
         raise TlpipeError(f"data.corrections names {str(path)!r}, which does not exist: it must be a CSV in the "
                           f"repository with the header file_name,label ({paths.CORRECTIONS} with only that "
                           "header means no corrections).")
-    known = {rel.as_posix() for classes in found.values() for files in classes.values() for rel in files}
-    class_names = sorted({label for classes in found.values() for label in classes})
+    if delimiter is not None:
+        known = set(found)
+        class_names = sorted({name for _, labels in found.values() for name in labels})
+    else:
+        known = {rel.as_posix() for classes in found.values() for files in classes.values() for rel in files}
+        class_names = sorted({label for classes in found.values() for label in classes})
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         columns = reader.fieldnames or []
@@ -206,7 +266,14 @@ def read_corrections(path: Path, found) -> dict[str, str | None]:
         if file_name not in known:
             raise TlpipeError(f"{where}: file_name {file_name!r} is not an image of the source; use the names "
                               "in data/split/*.csv or plots/audit/label_issues.csv (relative to data/raw).")
-        if label != EXCLUDE and label not in class_names:
+        if delimiter is not None and label != EXCLUDE:
+            unknown = [n for n in parse_labels(label, delimiter) if n not in class_names]
+            if unknown:
+                raise TlpipeError(f"{where}: label {unknown[0]!r} must be a label ({', '.join(class_names)}); the "
+                                  f"cell holds the image's label names joined by {delimiter!r}, or {EXCLUDE!r} to "
+                                  "drop the image.")
+            label = multilabel.joined(parse_labels(label, delimiter), delimiter)
+        elif label != EXCLUDE and label not in class_names:
             raise TlpipeError(f"{where}: label {label!r} must be a class ({', '.join(class_names)}) or "
                               f"{EXCLUDE!r} to drop the image.")
         value = None if label == EXCLUDE else label
@@ -235,6 +302,19 @@ def same_bytes(found, checked: dict[str, Checked], corrections=None) -> tuple[di
     label_of = {rel.as_posix(): corrections.get(rel.as_posix(), label)
                 for classes in found.values() for label, fs in classes.items() for rel in fs}
     label_of = {path: label for path, label in label_of.items() if label is not None}
+
+    def conflict(p, copies):
+        labels, others = sorted({label_of[q] for q in copies}), ", ".join(q for q in copies if q != p)
+        return f"label conflict: the same bytes are in classes {', '.join(labels)} ({others})"
+
+    return copies_by_bytes(label_of, checked, conflict)
+
+
+def copies_by_bytes(label_of: dict, checked: dict[str, Checked], conflict) -> tuple[dict[str, str], int, int]:
+    """Files with the same bytes: the same label (or label set) keeps the first
+    path, the others are duplicates; other labels reject every copy, with the
+    reason ``conflict(path, copies)`` words. -> ({path: reason}, duplicates
+    dropped, label conflicts)."""
     by_hash: dict[str, list[str]] = {}
     for path in sorted(label_of):
         if checked[path].ok:
@@ -243,11 +323,9 @@ def same_bytes(found, checked: dict[str, Checked], corrections=None) -> tuple[di
     for copies in by_hash.values():
         if len(copies) < 2:
             continue
-        labels = sorted({label_of[p] for p in copies})
-        if len(labels) > 1:
+        if len({label_of[p] for p in copies}) > 1:
             for p in copies:
-                others = ", ".join(q for q in copies if q != p)
-                reasons[p] = f"label conflict: the same bytes are in classes {', '.join(labels)} ({others})"
+                reasons[p] = conflict(p, copies)
             conflicts += len(copies)
         else:
             for p in copies[1:]:
@@ -289,6 +367,88 @@ def assign(found, checked: dict[str, Checked], params: SplitParams, seed: int, c
     for name in SPLITS:
         out[name].sort(key=lambda r: r.path)
     return SplitResult(class_names, out, sorted(rejected), duplicates, conflicts, corrected, excluded)
+
+
+def assign_sets(found: dict[str, tuple[str, tuple[str, ...]]], checked: dict[str, Checked], params: SplitParams,
+                seed: int, delimiter: str, corrections=None) -> SplitResult:
+    """``assign`` for label sets (multi-label): the same hygiene (same bytes,
+    same label set: one image; different sets: a label conflict), then the
+    source's own split where it has one and the rest carved by iterative
+    stratification (multilabel.stratify), then corrections. Every label
+    needs an image in every split, or the stage stops naming it."""
+    corrections = corrections or {}
+    label_of = {f: parse_labels(corrections[f], delimiter) if corrections.get(f) else labels
+                for f, (_, labels) in found.items() if not (f in corrections and corrections[f] is None)}
+    def conflict(p, copies):
+        others = ", ".join(f"{q} ({' '.join(label_of[q]) or 'no label'})" for q in copies if q != p)
+        return f"label conflict: the same bytes have other labels in {others}"
+
+    same, duplicates, conflicts = copies_by_bytes(label_of, checked, conflict)
+    pools: dict[str, list[tuple[str, tuple[str, ...]]]] = {}
+    rejected = []
+    for f, (group, labels) in sorted(found.items()):
+        if not checked[f].ok or f in same:
+            rejected.append((f, checked[f].reason or same[f]))
+        else:
+            pools.setdefault(group, []).append((f, labels))
+    drawn = _draw_sets(pools, params, seed)
+    class_names = sorted({name for _, labels in found.values() for name in labels})
+    if len(class_names) < 2:
+        raise TlpipeError(f"Found {len(class_names)} label name(s) ({', '.join(class_names) or 'none'}) in the "
+                          "labels column; a multi-label classifier needs at least two.")
+    out, corrected, excluded = {}, 0, 0
+    for name in SPLITS:
+        out[name] = []
+        for f, labels in drawn[name]:
+            if f in corrections:
+                if corrections[f] is None:
+                    excluded += 1
+                    continue
+                fixed = parse_labels(corrections[f], delimiter)
+                corrected += fixed != labels
+                labels = fixed
+            out[name].append(Row(f, multilabel.joined(labels, delimiter), checked[f].decoder, labels))
+        out[name].sort(key=lambda r: r.path)
+    _check_every_label_everywhere(out, class_names, bool(corrections))
+    return SplitResult(class_names, out, sorted(rejected), duplicates, conflicts, corrected, excluded)
+
+
+def _draw_sets(pools, params: SplitParams, seed: int) -> dict[str, list[tuple[str, tuple[str, ...]]]]:
+    """train/val/test of label sets: the source's own split where it has one,
+    what it lacks carved as _draw does for classes, stratified over the labels."""
+    def carve(items, share: float, what: str):
+        keys = multilabel.stratify(items, {"taken": share, "kept": 1 - share}, f"{seed}:{what}")
+        taken = set(keys["taken"])
+        return [i for i in items if i[0] in taken], [i for i in items if i[0] not in taken]
+
+    if "" in pools:
+        items = pools[""]
+        fractions = {"train": 1 - params.val_fraction - params.test_fraction, "val": params.val_fraction,
+                     "test": params.test_fraction}
+        keys = multilabel.stratify(items, fractions, f"{seed}:all")
+        by_key = dict(items)
+        return {name: [(k, by_key[k]) for k in keys[name]] for name in SPLITS}
+    train, val, test = pools.get("train", []), pools.get("val", []), pools.get("test", [])
+    if "test" not in pools and val:
+        test, val = carve(val, params.test_from_val, "test")
+    elif "test" not in pools:
+        test, train = carve(train, params.test_fraction, "test")
+    if "val" not in pools:
+        val, train = carve(train, params.val_fraction, "val")
+    return {"train": train, "val": val, "test": test}
+
+
+def _check_every_label_everywhere(out: dict[str, list[Row]], class_names: list[str], corrected: bool) -> None:
+    counts = {name: Counter(label for r in out[name] for label in r.labels) for name in SPLITS}
+    for label in class_names:
+        missing = [name for name in SPLITS if not counts[name][label]]
+        if missing:
+            have = ", ".join(f"{name} {counts[name][label]}" for name in SPLITS)
+            after = " after data.corrections" if corrected else ""
+            raise TlpipeError(
+                f"Label '{label}' has no image in the {' and '.join(missing)} split{'s' * (len(missing) > 1)}"
+                f"{after} ({have}): every label needs images in every split (train to learn it, val to choose "
+                "its threshold, test to score it). Add images of it, or drop the label from the labels column.")
 
 
 def _pools(found, checked: dict[str, Checked], same: dict[str, str]):
@@ -442,35 +602,52 @@ def _rejected_at_fetch(raw: Path) -> list[tuple[str, str]]:
 
 
 def run(params: SplitParams, seed: int, raw: Path = paths.RAW, labels: str | None = None,
-        corrections: Path | None = None) -> SplitResult:
+        corrections: Path | None = None, delimiter: str = " ") -> SplitResult:
     """data/raw -> data/split (+ reports/data.json, metrics/data.json); reads ``split.*``, ``seed``,
-    ``data.labels`` (None: the class is the folder) and ``data.corrections``
+    ``data.labels`` (None: the class is the folder; a CSV with a ``labels``
+    column: multi-label), ``data.label_delimiter`` and ``data.corrections``
     (None: no corrections)."""
     unlisted = None
-    if labels is None:
-        found, stray = scan(raw)
+    task = Task()
+    if labels is not None and "labels" in label_columns(raw, labels):
+        task = Task(multi_label=True, delimiter=delimiter)
+        sets, stray, unlisted = read_label_sets(raw, labels, delimiter)
+        fixes = read_corrections(Path(corrections), sets, delimiter) if corrections is not None else {}
+        checked = inspect_all(raw, [Path(f) for f in sets])
+        result = assign_sets(sets, checked, params, seed, delimiter, fixes)
     else:
-        found, stray, unlisted = read_labels(raw, labels)
-    fixes = read_corrections(Path(corrections), found) if corrections is not None else {}
-    files = [f for classes in found.values() for fs in classes.values() for f in fs]
-    checked = inspect_all(raw, files)
-    result = assign(found, checked, params, seed, fixes)
+        if labels is None:
+            found, stray = scan(raw)
+        else:
+            found, stray, unlisted = read_labels(raw, labels)
+        fixes = read_corrections(Path(corrections), found) if corrections is not None else {}
+        files = [f for classes in found.values() for fs in classes.values() for f in fs]
+        checked = inspect_all(raw, files)
+        result = assign(found, checked, params, seed, fixes)
     result.rejected = sorted(result.rejected + stray + _rejected_at_fetch(raw))
     with atomic.atomic_dir(paths.SPLIT) as tmp:
         for name in SPLITS:
             rows = [(r.path, r.label, r.decoder) for r in result.rows[name]]
-            paths.split_csv(name, tmp).write_text(csv_text(SPLIT_COLUMNS, rows))
+            columns = MULTI_LABEL_COLUMNS if task.multi_label else SPLIT_COLUMNS
+            paths.split_csv(name, tmp).write_text(csv_text(columns, rows))
+        if task.multi_label:  # its absence means one label per image: single-label splits stay as they were
+            paths.task_file(tmp).write_text(task_json(task))
         paths.classes_file(tmp).write_text(json.dumps(result.classes, indent=2) + "\n")
         paths.rejected_file(tmp).write_text(csv_text(("path", "reason"), result.rejected))
         paths.image_hashes_file(tmp).write_text(image_hashes(result.rows, checked))
         paths.perceptual_hashes_file(tmp).write_text(perceptual_hashes(result.rows, checked))
     counts = {
-        name: dict(sorted(Counter(r.label for r in result.rows[name]).items())) for name in SPLITS
+        name: dict(sorted(Counter(label for r in result.rows[name] for label in (r.labels if task.multi_label
+                                                                                  else (r.label,))).items()))
+        for name in SPLITS
     }
     headline.write(
         "data",
         {
             "classes": len(result.classes),
+            **({"multi_label": True,
+                "without_labels": {n: sum(not r.labels for r in result.rows[n]) for n in SPLITS}}
+               if task.multi_label else {}),
             "images": {name: len(result.rows[name]) for name in SPLITS},
             "per_class": counts,
             "rejected": len(result.rejected),
@@ -482,7 +659,8 @@ def run(params: SplitParams, seed: int, raw: Path = paths.RAW, labels: str | Non
         },
     )
     summary = ", ".join(f"{name} {len(result.rows[name])}" for name in SPLITS)
-    print(f"split: {len(result.classes)} classes; {summary}; rejected {len(result.rejected)} "
+    kind = "labels (multi-label)" if task.multi_label else "classes"
+    print(f"split: {len(result.classes)} {kind}; {summary}; rejected {len(result.rejected)} "
           f"({result.duplicates} duplicates, {result.label_conflicts} in label conflicts; see {paths.REJECTED})")
     if fixes:
         print(f"split: {corrections}: {result.corrected} images relabelled, {result.excluded} excluded")

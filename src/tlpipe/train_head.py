@@ -33,7 +33,7 @@ from tlpipe.artifacts import (FeatureRows, RowWriter, load_features, load_labels
                               read_features_meta)
 from tlpipe.blas import BlasThreads
 from tlpipe.params import HeadParams
-from tlpipe.scoring import clearly_lower, gain_in_standard_errors, image_losses, standard_error
+from tlpipe.scoring import accuracy, clearly_lower, gain_in_standard_errors, image_losses, standard_error, val_figures
 from tlpipe.training import Inputs, LiveLogger, callbacks, compile_model, fit, optimizer, seed_everything
 
 # head.l2: auto tries these strengths of the penalty l2 * sum(kernel**2) on
@@ -48,7 +48,8 @@ JOINT_ELEMENTS = 4_000_000
 FLOOR = 0.1
 
 
-def build(input_dim: int, n_classes: int, head_params: HeadParams, l2: float = 0.0) -> keras.Model:
+def build(input_dim: int, n_classes: int, head_params: HeadParams, l2: float = 0.0,
+          multi_label: bool = False) -> keras.Model:
     reg = keras.regularizers.L2(l2) if l2 else None
     features = keras.Input((input_dim,), name="features")
     x = features
@@ -63,23 +64,41 @@ def build(input_dim: int, n_classes: int, head_params: HeadParams, l2: float = 0
     if head_params.dropout and head_params.solver == "keras":
         x = keras.layers.Dropout(head_params.dropout, name="head_dropout")(x)
     # float32 output even under mixed precision: softmax in float16 loses the tails.
+    # Multi-label: each label's own probability (a sigmoid), not a share of one.
     probs = keras.layers.Dense(
-        n_classes, activation="softmax", kernel_regularizer=reg, dtype="float32", name="head_probs"
+        n_classes, activation="sigmoid" if multi_label else "softmax", kernel_regularizer=reg, dtype="float32",
+        name="head_probs"
     )(x)
     return keras.Model(features, probs, name="head")
 
 
 def class_weights(labels: np.ndarray, n_classes: int, mode: str) -> dict[int, float] | None:
-    """'auto': weight each class by n / (k * count), as scikit-learn's 'balanced'."""
-    if mode == "none":
+    """'auto': weight each class by n / (k * count), as scikit-learn's 'balanced'
+    (multi-label: label_weights, per (image, label) instead)."""
+    if mode == "none" or labels.ndim == 2:
         return None
     counts = np.bincount(labels, minlength=n_classes).astype(float)
     weights = len(labels) / (n_classes * np.maximum(counts, 1))
     return {i: float(w) for i, w in enumerate(weights)}
 
 
+def label_weights(labels: np.ndarray, n_train: int, mode: str) -> np.ndarray | None:
+    """Multi-label, 'auto': each label a balanced binary problem (scikit-learn's
+    'balanced' on its yes and no, by train's counts), so a rare label's few
+    positives weigh as much as its many negatives: -> (images x labels) weights."""
+    if mode == "none" or labels.ndim != 2:
+        return None
+    train = labels[:n_train].astype(np.float64)
+    positives = np.maximum(train.sum(axis=0), 1)
+    negatives = np.maximum(n_train - train.sum(axis=0), 1)
+    return np.where(labels > 0, n_train / (2 * positives), n_train / (2 * negatives))
+
+
 def soft_targets(labels: np.ndarray, n_classes: int, label_smoothing: float) -> np.ndarray:
-    """One-hot targets, smoothed as Keras' CategoricalCrossentropy smooths them."""
+    """One-hot targets, smoothed as Keras' CategoricalCrossentropy smooths them
+    (multi-label: the multi-hot rows, as BinaryCrossentropy smooths them)."""
+    if labels.ndim == 2:
+        return labels * (1.0 - label_smoothing) + label_smoothing / 2
     onehot = np.eye(n_classes)[labels]
     return onehot * (1.0 - label_smoothing) + label_smoothing / n_classes
 
@@ -93,16 +112,25 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    return 0.5 * (1 + np.tanh(0.5 * logits))  # no overflow warning for large negative logits
+
+
 def fit_linear(x: FeatureRows | np.ndarray, targets: np.ndarray, weights: np.ndarray, l2: float,
-               start: np.ndarray | None = None) -> np.ndarray:
+               start: np.ndarray | None = None, label_weights: np.ndarray | None = None,
+               multi_label: bool = False) -> np.ndarray:
     """The exact minimiser of the weighted mean cross-entropy of softmax(x W + b)
     plus ``l2 * sum(W**2)``: (d + 1, k) parameters, the bias in the last row.
-    ``start``: a solution for a nearby ``l2`` (warm start along the grid)."""
-    return fit_linear_jointly(x, targets, weights[None], l2, None if start is None else start[None])[0]
+    ``start``: a solution for a nearby ``l2`` (warm start along the grid).
+    ``multi_label``: of sigmoid(x W + b), one logistic regression per label
+    (their binary cross-entropies summed), ``label_weights`` per (image, label)."""
+    return fit_linear_jointly(x, targets, weights[None], l2, None if start is None else start[None],
+                              label_weights, multi_label)[0]
 
 
 def fit_linear_jointly(x: FeatureRows | np.ndarray, targets: np.ndarray, weights: np.ndarray, l2: float,
-                       start: np.ndarray | None = None) -> np.ndarray:
+                       start: np.ndarray | None = None, label_weights: np.ndarray | None = None,
+                       multi_label: bool = False) -> np.ndarray:
     """``fit_linear`` for several row weightings at once (``weights``: one row
     per problem, the folds of a cross-validation) -> (problems, d + 1, k). The
     problems are independent, so minimising their sum solves each; every step
@@ -115,6 +143,8 @@ def fit_linear_jointly(x: FeatureRows | np.ndarray, targets: np.ndarray, weights
     (n, d), k, problems = x.shape, targets.shape[1], len(weights)
     # each problem's mean loss over its weighted rows: (n, problems, 1)
     w = (weights / weights.mean(axis=1, keepdims=True)).T[:, :, None] / n
+    if label_weights is not None:
+        w = w * label_weights[:, None, :]
     targets = targets[:, None, :]
 
     def loss_and_grad(flat):
@@ -125,10 +155,14 @@ def fit_linear_jointly(x: FeatureRows | np.ndarray, targets: np.ndarray, weights
         for first, block in x.blocks():
             rows = slice(first, first + len(block))
             logits = (block @ side_by_side).astype(np.float64).reshape(len(block), problems, k) + bias
-            logits -= logits.max(axis=2, keepdims=True)
-            log_probs = logits - np.log(np.exp(logits).sum(axis=2, keepdims=True))
-            loss -= np.sum(w[rows] * targets[rows] * log_probs)
-            residual = (np.exp(log_probs) - targets[rows]) * w[rows]
+            if multi_label:  # -[t log s(z) + (1 - t) log s(-z)] = softplus(z) - t z
+                loss += np.sum(w[rows] * (np.logaddexp(0, logits) - targets[rows] * logits))
+                residual = (sigmoid(logits) - targets[rows]) * w[rows]
+            else:
+                logits -= logits.max(axis=2, keepdims=True)
+                log_probs = logits - np.log(np.exp(logits).sum(axis=2, keepdims=True))
+                loss -= np.sum(w[rows] * targets[rows] * log_probs)
+                residual = (np.exp(log_probs) - targets[rows]) * w[rows]
             kernel_grad += block.T @ residual.reshape(len(block), problems * k).astype(np.float32)
             bias_grad = bias_grad + residual.sum(axis=0)
         kernel_grad = kernel_grad.reshape(d, problems, k).transpose(1, 0, 2)
@@ -142,11 +176,11 @@ def fit_linear_jointly(x: FeatureRows | np.ndarray, targets: np.ndarray, weights
     return result.x.reshape(problems, d + 1, k)
 
 
-def linear_probs(x: FeatureRows | np.ndarray, theta: np.ndarray) -> np.ndarray:
+def linear_probs(x: FeatureRows | np.ndarray, theta: np.ndarray, multi_label: bool = False) -> np.ndarray:
     # float32 products: the features are not copied to float64
     kernel = theta[:-1].astype(np.float32)
-    return softmax(np.concatenate([(block @ kernel).astype(np.float64) for _, block in as_rows(x).blocks()])
-                   + theta[-1])
+    logits = np.concatenate([(block @ kernel).astype(np.float64) for _, block in as_rows(x).blocks()]) + theta[-1]
+    return sigmoid(logits) if multi_label else softmax(logits)
 
 
 def as_rows(x: FeatureRows | np.ndarray) -> FeatureRows:
@@ -190,7 +224,7 @@ def fold_masks(labels: np.ndarray, seed: int) -> list[np.ndarray]:
     from sklearn.model_selection import KFold, StratifiedKFold
 
     folds = min(FOLDS, len(labels))  # a handful of images: as many folds as images
-    stratified = np.bincount(labels).min() >= folds
+    stratified = labels.ndim == 1 and np.bincount(labels).min() >= folds
     splitter = (StratifiedKFold if stratified else KFold)(folds, shuffle=True, random_state=seed)
     masks = []
     for _, held in splitter.split(labels, labels):
@@ -230,30 +264,30 @@ def row_space(x: FeatureRows | np.ndarray) -> tuple[FeatureRows, np.ndarray | No
     return FeatureRows(np.ascontiguousarray(r.T)), basis
 
 
-def l2_path(x, labels, targets, weights, grid, folds) -> L2Path:
+def l2_path(x, labels, targets, weights, grid, folds, label_weights=None) -> L2Path:
     """``x`` fitted on each fold's other rows along ``grid`` (strongest first,
     each solution warm-starting the next), until the out-of-fold loss has
     turned. A held-out row weighs 0 rather than being copied out: no second
-    copy of the features."""
+    copy of the features. Multi-label labels (multi-hot rows): sigmoid fits."""
+    multi = labels.ndim == 2
     path = L2Path(x.shape[1], *row_space(x))
     held_out, theta = np.array(folds), None
     at_once = max(1, JOINT_ELEMENTS // (len(labels) * targets.shape[1]))  # folds fitted together
     for l2 in grid:
         theta = np.concatenate([
             fit_linear_jointly(path.z, targets, weights * ~held_out[i : i + at_once], l2,
-                               None if theta is None else theta[i : i + at_once])
+                               None if theta is None else theta[i : i + at_once], label_weights, multi)
             for i in range(0, len(folds), at_once)])
-        out_of_fold, right, fitted = np.empty(len(labels)), np.empty(len(labels), bool), []
+        out_of_fold, held_probs, fitted = np.empty(len(labels)), np.empty(targets.shape), []
         for i, held in enumerate(folds):
-            probs = linear_probs(path.z, theta[i])
+            probs = linear_probs(path.z, theta[i], multi)
             out_of_fold[held] = image_losses(labels[held], probs[held])
-            right[held] = probs[held].argmax(1) == labels[held]
-            fitted.append((image_losses(labels[~held], probs[~held]).mean(),
-                           np.mean(probs[~held].argmax(1) == labels[~held])))
+            held_probs[held] = probs[held]
+            fitted.append((image_losses(labels[~held], probs[~held]).mean(), accuracy(labels[~held], probs[~held])))
         path.cv_losses[l2], path.fold_fits[l2] = out_of_fold, theta
         path.steps.append({"loss": float(np.mean([f[0] for f in fitted])),
                            "accuracy": float(np.mean([f[1] for f in fitted])),
-                           "val_loss": float(out_of_fold.mean()), "val_accuracy": float(right.mean())})
+                           "val_loss": float(out_of_fold.mean()), "val_accuracy": accuracy(labels, held_probs)})
         if path_has_turned([v.mean() for v in path.cv_losses.values()]):
             break
     return path
@@ -292,27 +326,30 @@ def train_linear(head_params: HeadParams, x: FeatureRows | np.ndarray, labels: n
     disk, standardised into a file in ``scratch`` and read a block at a time
     at every step (memory flat however many images)."""
     x, mean, scale = standardise(as_rows(x), n_train, scratch)
+    multi = labels.ndim == 2
     targets = soft_targets(labels, n_classes, head_params.label_smoothing)
     weights = row_weights(labels, n_train, n_classes, head_params.class_weight)
+    per_label = label_weights(labels, n_train, head_params.class_weight)
     in_train = np.arange(len(labels)) < n_train
     began = time.perf_counter()
     paths = []
     if head_params.l2 is None:  # auto: cross-validated
         folds = fold_masks(labels, seed)
-        paths = [l2_path(x.first(c), labels, targets, weights, L2_GRID, folds) for c in column_sets(x, average_columns)]
+        paths = [l2_path(x.first(c), labels, targets, weights, L2_GRID, folds, per_label)
+                 for c in column_sets(x, average_columns)]
         path = choose_columns(paths)
         l2 = path.chosen()
         start = np.mean(path.fold_fits[l2], axis=0)  # the folds' solutions, averaged: close to train's
     else:
         path, l2, start = L2Path(x.shape[1], *row_space(x)), head_params.l2, None
-    fitted = fit_linear(path.z, targets, weights * in_train, l2, start)
-    probs = linear_probs(path.z, fitted)  # on the coordinates: no copy of the features' rows
+    fitted = fit_linear(path.z, targets, weights * in_train, l2, start, per_label, multi)
+    probs = linear_probs(path.z, fitted, multi)  # on the coordinates: no copy of the features' rows
     log_steps(log_dir, path.steps or [fit_figures(labels, probs, in_train)])
-    model = dense_head(unrotated(fitted, path.basis), mean, scale, n_classes, head_params)
-    val_probs, y_val = probs[~in_train], labels[~in_train]
+    model = dense_head(unrotated(fitted, path.basis), mean, scale, n_classes, head_params, multi)
+    val_loss, val_accuracy = val_figures(labels[~in_train], probs[~in_train])
     metrics = {
-        "val_accuracy": round(float(np.mean(val_probs.argmax(1) == y_val)), 4),
-        "val_loss": round(float(np.mean(image_losses(y_val, val_probs))), 4),
+        "val_accuracy": val_accuracy,
+        "val_loss": val_loss,
         "solver": "lbfgs",
         "l2": l2,
         "l2_chosen_by": f"{FOLDS}-fold cross-validation over train + val" if paths else "params",
@@ -355,7 +392,7 @@ def standardise(x: FeatureRows, n_train: int, scratch: Path | None) -> tuple[Fea
 
 def row_weights(labels: np.ndarray, n_train: int, n_classes: int, mode: str) -> np.ndarray:
     """Each row's class weight (``class_weights`` by train's counts; val's rows too, for the folds)."""
-    weights_of = class_weights(labels[:n_train], n_classes, mode)
+    weights_of = class_weights(labels[:n_train], n_classes, mode)  # multi-label: label_weights instead
     return np.ones(len(labels)) if weights_of is None else np.array([weights_of[c] for c in labels])
 
 
@@ -372,7 +409,7 @@ def fit_figures(labels: np.ndarray, probs: np.ndarray, fitted_rows: np.ndarray) 
     figures = {}
     for prefix, rows in (("", fitted_rows), ("val_", ~fitted_rows)):
         figures[f"{prefix}loss"] = float(np.mean(image_losses(labels[rows], probs[rows])))
-        figures[f"{prefix}accuracy"] = float(np.mean(probs[rows].argmax(1) == labels[rows]))
+        figures[f"{prefix}accuracy"] = accuracy(labels[rows], probs[rows])
     return figures
 
 
@@ -386,7 +423,7 @@ def log_steps(log_dir, steps: list[dict]) -> None:
 
 
 def dense_head(theta: np.ndarray, mean: np.ndarray, scale: np.ndarray, n_classes: int,
-               head_params: HeadParams) -> keras.Model:
+               head_params: HeadParams, multi_label: bool = False) -> keras.Model:
     """The fit on the first rows of ``theta``'s columns (on standardised
     features) folded into the head's one Dense layer on the raw features; the
     columns it does not read weigh 0."""
@@ -396,7 +433,7 @@ def dense_head(theta: np.ndarray, mean: np.ndarray, scale: np.ndarray, n_classes
     bias = full[-1] - mean @ kernel
     # Saved without a penalty: fine-tuning from it is regularised by early stopping on
     # val and the head-or-fine-tuned choice (a penalty kept here made it worse on val).
-    model = build(len(mean), n_classes, head_params)
+    model = build(len(mean), n_classes, head_params, multi_label=multi_label)
     model.get_layer("head_probs").set_weights([kernel.astype(np.float32), bias.astype(np.float32)])
     return model
 
@@ -404,9 +441,10 @@ def dense_head(theta: np.ndarray, mean: np.ndarray, scale: np.ndarray, n_classes
 def train_keras(head_params: HeadParams, x_train, y_train, x_val, y_val, n_classes: int, log_dir) -> tuple:
     """(model, metrics): the head trained by Keras (Adam, dropout) with early stopping on val loss."""
     l2 = head_params.l2 or 0.0  # auto: dropout and early stopping regularise it
-    model = build(x_train.shape[1], n_classes, head_params, l2)
+    multi = y_train.ndim == 2
+    model = build(x_train.shape[1], n_classes, head_params, l2, multi)
     compile_model(model, optimizer(head_params.optimizer, head_params.learning_rate), head_params.label_smoothing)
-    onehot = lambda y: keras.utils.to_categorical(y, n_classes)  # noqa: E731
+    onehot = lambda y: y.astype(np.float32) if multi else keras.utils.to_categorical(y, n_classes)  # noqa: E731
     result = fit(
         model,
         Inputs(x_train, onehot(y_train), head_params.batch_size),

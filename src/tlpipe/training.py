@@ -38,8 +38,9 @@ STEPS_PER_EXECUTION = 16
 
 def compile_model(model: keras.Model, opt, label_smoothing: float,
                   steps_per_execution: int = STEPS_PER_EXECUTION) -> None:
-    """Every tlpipe classifier ends in a softmax over all classes: categorical
-    cross-entropy on one-hot labels, accuracy as the readable metric. Call
+    """Every tlpipe classifier ends in a softmax over all classes (categorical
+    cross-entropy on one-hot labels) or, multi-label, a sigmoid per label
+    (binary cross-entropy on multi-hot labels); accuracy is the readable metric. Call
     inside the strategy's scope: with several replicas one step runs per call
     (Keras' multi-step loop fails under MirroredStrategy)."""
     import tensorflow as tf
@@ -48,10 +49,30 @@ def compile_model(model: keras.Model, opt, label_smoothing: float,
         steps_per_execution = 1
     model.compile(
         optimizer=opt,
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
-        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+        loss=loss_for(model, label_smoothing),
+        metrics=[keras.metrics.BinaryAccuracy(name="accuracy") if sigmoid_outputs(model)
+                 else keras.metrics.CategoricalAccuracy(name="accuracy")],
         steps_per_execution=steps_per_execution,
     )
+
+
+def sigmoid_outputs(model) -> bool:
+    """Whether ``model`` (a head, or a classifier ending in one) gives each
+    label its own probability (multi-label) rather than a softmax over classes."""
+    for layer in reversed(model.layers):
+        if layer.name == "head_probs":
+            return layer.get_config()["activation"] == "sigmoid"
+        if isinstance(layer, keras.Model) and layer.name == "head":
+            return sigmoid_outputs(layer)
+    return False
+
+
+def loss_for(model: keras.Model, label_smoothing: float, reduction="sum_over_batch_size"):
+    """Categorical cross-entropy for a softmax over classes; binary
+    cross-entropy (averaged over the labels) for a multi-label model."""
+    if sigmoid_outputs(model):
+        return keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing, reduction=reduction)
+    return keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing, reduction=reduction)
 
 
 def optimizer(name: str, learning_rate):

@@ -57,14 +57,18 @@ def run(tp: TrustParams, batch_size: int) -> Trust:
     bank = normalised(train_features(model, train_rows, batch_size))
     y_val = label_indices(val_rows, classes)
 
-    threshold = conformal_threshold(val_probs, y_val, tp.coverage)
-    if threshold >= 1.0:
+    multi = y_val.ndim == 2
+    threshold = None if multi else conformal_threshold(val_probs, y_val, tp.coverage)
+    if multi:
+        print("trust: no prediction sets for a multi-label model: its output is a label set already, each label "
+              "decided at its threshold chosen on val (docs/trust-and-audit.md)")
+    elif threshold >= 1.0:
         print(f"trust: {len(val_rows)} val images are too few for coverage {tp.coverage} (it needs at least "
               f"{min_val_images(tp.coverage)}): every set holds every class")
     val_distances = unfamiliar_scores(val_features, bank, tp.neighbours)
     trust = Trust(
         coverage=tp.coverage,
-        threshold=round(threshold, 6),
+        threshold=None if multi else round(threshold, 6),
         val_images=len(val_rows),
         neighbours=tp.neighbours,
         unfamiliar_quantile=tp.unfamiliar_quantile,
@@ -75,10 +79,15 @@ def run(tp: TrustParams, batch_size: int) -> Trust:
               f"{tp.unfamiliar_quantile} (it needs at least {min_val_images(tp.unfamiliar_quantile)}): none is "
               f"flagged; lower trust.unfamiliar_quantile (at most {len(val_rows) / (len(val_rows) + 1):.3f} here)")
     save(trust, bank)
-    sizes = prediction_sets(val_probs, trust.threshold).sum(axis=1)
-    print(f"trust: prediction sets at coverage {tp.coverage}: a class is in the set from probability "
-          f"{1 - trust.threshold:.4f}; on val {np.mean(sizes == 1):.1%} hold one class (mean size {sizes.mean():.2f})")
+    if not multi:
+        _print_sets(val_probs, trust, tp.coverage)
     nearest = "nearest" if tp.neighbours == 1 else f"{tp.neighbours}-th nearest"
     print(f"trust: unfamiliar beyond cosine distance {trust.unfamiliar_threshold:.4f} to the {nearest} of "
           f"{len(train_rows)} train images (at most {1 - tp.unfamiliar_quantile:.1%} of familiar images cross it)")
     return trust
+
+
+def _print_sets(val_probs, trust: Trust, coverage: float) -> None:
+    sizes = prediction_sets(val_probs, trust.threshold).sum(axis=1)
+    print(f"trust: prediction sets at coverage {coverage}: a class is in the set from probability "
+          f"{1 - trust.threshold:.4f}; on val {np.mean(sizes == 1):.1%} hold one class (mean size {sizes.mean():.2f})")
