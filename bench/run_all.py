@@ -18,8 +18,8 @@ HERE = Path(__file__).parent
 # repository after `dvc repro` (accuracy.py runs the probe on each of its own).
 SCRIPTS = ("accuracy.py", "prefix_stream.py", "export.py", "resume.py", "trust.py", "predict_throughput.py", "startup.py",
            "extract_limit.py", "pipeline.py", "scaling.py", "near_duplicates.py", "classic.py", "finetune_grid.py",
-           "views.py", "view_finetune.py")
-PUBLISH_THEIR_OWN = {"accuracy.py"}
+           "views.py", "view_finetune.py", "multilabel.py")
+PUBLISH_THEIR_OWN = {"accuracy.py", "multilabel.py"}
 FIGURE_LINES = 60  # the end of what a benchmark prints: its figures
 
 # `python bench/run_all.py export.py trust.py`: those alone

@@ -64,3 +64,11 @@ def test_a_width_too_small_names_the_width_that_fits():
 def test_outside_a_dvc_repository_the_error_says_what_failed(in_tmp_cwd):
     with pytest.raises(TlpipeError, match="dvc exp show --json"):
         compare.exp_show()
+
+
+def test_a_multi_label_run_shows_its_mean_average_precision_where_accuracy_would_be():
+    shown = [state("abc1234def", "main", BASE, accuracy=0.9)]
+    shown[0]["data"]["metrics"]["metrics/eval.json"]["data"] = {
+        "average_precision_macro": 0.9385, "f1_macro": 0.8357, "log_loss": 0.38, "head_average_precision_macro": 0.93}
+    figures = compare.rows(shown)[0].figures
+    assert figures[:4] == ("0.9385", "0.8357", "0.3800", "0.9300")

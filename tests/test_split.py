@@ -3,6 +3,7 @@
 import csv
 import json
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -438,7 +439,8 @@ def test_the_readme_corrections_loop_through_dvc(tmp_path, dvc_repo_factory, raw
 
 def mosaic(colours, seed: int) -> Image.Image:
     """Quadrants of the given colours (grey elsewhere): an image that shows several things."""
-    img = Image.new("RGB", (48, 48), (128, 128, 128))
+    rng = np.random.default_rng(seed)  # a grey background of its own: no two mosaics share their bytes
+    img = Image.fromarray(rng.integers(100, 156, (48, 48, 3), dtype=np.uint8), "RGB")
     for quadrant, colour in enumerate(colours):
         tile = draw_image(COLOURS[colour], seed=seed * 4 + quadrant, size=(24, 24))
         img.paste(tile, (24 * (quadrant % 2), 24 * (quadrant // 2)))

@@ -20,11 +20,12 @@ from tlpipe.errors import TlpipeError
 
 WIDTH = 160
 # (heading, metrics file, key, decimals): the shipped model on test, then how it was chosen.
+# A multi-label run has no accuracy: its mean average precision takes the column ("key|fallback").
 COLUMNS = (
-    ("test acc", paths.EVAL_METRICS, "accuracy", 4),
+    ("test acc|mAP", paths.EVAL_METRICS, "accuracy|average_precision_macro", 4),
     ("macro F1", paths.EVAL_METRICS, "f1_macro", 4),
     ("log loss", paths.EVAL_METRICS, "log_loss", 4),
-    ("head acc", paths.EVAL_METRICS, "head_accuracy", 4),
+    ("head acc|mAP", paths.EVAL_METRICS, "head_accuracy|head_average_precision_macro", 4),
     ("val loss", paths.FINETUNE_METRICS, "val_loss", 4),
     ("shipped", paths.FINETUNE_METRICS, "shipped", 0),
     ("fit s", paths.FINETUNE_METRICS, "fit_seconds", 1),
@@ -64,8 +65,12 @@ def _cell(value, decimals: int) -> str:
 
 def _figures(state: dict) -> tuple[str, ...]:
     metrics = (state.get("data") or {}).get("metrics") or {}
-    return tuple(_cell(((metrics.get(str(path)) or {}).get("data") or {}).get(key), decimals)
-                 for _, path, key, decimals in COLUMNS)
+
+    def first(figures: dict, keys: str):
+        return next((figures[k] for k in keys.split("|") if figures.get(k) is not None), None)
+
+    return tuple(_cell(first((metrics.get(str(path)) or {}).get("data") or {}, keys), decimals)
+                 for _, path, keys, decimals in COLUMNS)
 
 
 def _changes(params: dict, baseline: dict) -> str:

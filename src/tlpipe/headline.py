@@ -46,7 +46,8 @@ HEADLINES: dict[str, dict[str, Pick]] = {
     },
     "audit": {"exact_duplicates": "duplicates.exact", "near_duplicates": "duplicates.near",
               "label_issues": "label_issues"},
-    "scratch": {"accuracy": "test.accuracy", "val_accuracy": "val_accuracy"},
+    "scratch": {"accuracy": "test.accuracy", "average_precision_macro": "test.average_precision_macro",
+                "val_accuracy": "val_accuracy"},
 }
 
 

@@ -14,7 +14,7 @@ from tlpipe import atomic, headline, paths
 from tlpipe.params import ScratchParams
 
 
-def build(image_size: int, n_classes: int, seed: int):
+def build(image_size: int, n_classes: int, seed: int, multi_label: bool = False):
     import keras
 
     pixels = keras.Input((image_size, image_size, 3), name="pixels")
@@ -26,7 +26,8 @@ def build(image_size: int, n_classes: int, seed: int):
     x = keras.layers.GlobalAveragePooling2D()(x)
     x = keras.layers.Dense(128, activation="relu")(x)
     x = keras.layers.Dropout(0.5)(x)
-    probs = keras.layers.Dense(n_classes, activation="softmax", dtype="float32")(x)
+    probs = keras.layers.Dense(n_classes, activation="sigmoid" if multi_label else "softmax", dtype="float32",
+                               name="head_probs")(x)
     return keras.Model(pixels, probs, name="scratch_cnn")
 
 
@@ -49,18 +50,20 @@ def run(sp: ScratchParams, *, image_size: int, seed: int, top_k: int) -> dict:
 
     from tlpipe import images
     from tlpipe.artifacts import SPLITS, label_indices, read_classes, read_split, sources
+    from tlpipe.multilabel import scores as label_set_scores
     from tlpipe.scoring import scores
     from tlpipe.training import Inputs, LiveLogger, callbacks, compile_model, fit, optimizer, seed_everything
 
     seed_everything(seed)
     classes = read_classes()
-    onehot = lambda y: keras.utils.to_categorical(y, len(classes))  # noqa: E731
+    onehot = lambda y: y.astype("float32") if y.ndim == 2 else keras.utils.to_categorical(y, len(classes))  # noqa: E731
     data = {}
     for split in SPLITS:
         rows = read_split(split)
         x = images.decode_all(*sources(rows), image_size, sp.batch_size, desc=f"scratch: decoding {split}")
         data[split] = (x, label_indices(rows, classes))
-    model = build(image_size, len(classes), seed)
+    multi = data["train"][1].ndim == 2  # multi-label: sigmoid outputs, scored at even odds
+    model = build(image_size, len(classes), seed, multi)
     compile_model(model, optimizer("adam", sp.learning_rate), 0.0)
     with atomic.atomic_dir(paths.SCRATCH_LOGS) as log_dir:
         result = fit(
@@ -71,7 +74,10 @@ def run(sp: ScratchParams, *, image_size: int, seed: int, top_k: int) -> dict:
             callbacks(sp.patience, LiveLogger(log_dir)),
         )
     probs = model.predict(data["test"][0], batch_size=sp.batch_size, verbose=0).astype(np.float64)
-    metrics = {"enabled": True, **result.metrics(), "test": scores(data["test"][1], probs, classes, top_k)}
+    test = (label_set_scores(data["test"][1], probs, classes, [0.5] * len(classes)) if multi
+            else scores(data["test"][1], probs, classes, top_k))
+    metrics = {"enabled": True, **result.metrics(), "test": test}
     headline.write("scratch", metrics)
-    print(f"scratch: test accuracy {metrics['test']['accuracy']:.4f} (from scratch, no pretrained weights)")
+    figure = f"mAP {test['average_precision_macro']:.4f}" if multi else f"accuracy {test['accuracy']:.4f}"
+    print(f"scratch: test {figure} (from scratch, no pretrained weights)")
     return metrics
