@@ -105,8 +105,9 @@ def main() -> None:
     ft = json.loads((work / "reports" / "finetune.json").read_text())
     shipped, head = ev["finetuned"], ev["head"]
     lines = [
-        f"cephalopod mosaics, default params ({work}); dvc repro {seconds:.1f} s",
-        *([("  stages: " + ", ".join(f"{s} {t:.1f} s" for s, (t, _) in stage_costs(out).items()))] if out else []),
+        f"cephalopod mosaics, default params ({work})",
+        *([("  stages' shares of dvc repro: " + ", ".join(f"{s} {t / seconds:.0%}" for s, (t, _) in
+                                                        stage_costs(out).items()))] if out else []),
         f"  probe (one-vs-rest logistic regression, C={baseline['C']:.3g} by val mAP, thresholds by val F1 "
         f"{baseline['thresholds']}): test mAP {baseline['test_map']:.4f}, macro F1 {baseline['test_f1_macro']:.4f}",
         f"  head (exact, sigmoid; at 0.5): test mAP {head['average_precision_macro']:.4f}, macro F1 "
