@@ -80,8 +80,12 @@ def _test_split() -> tuple[list[str], list, np.ndarray, np.ndarray]:
 def _figures(ep: EvaluateParams, classes, rows, y_true, x_test):
     """Both models scored on test, the shipped model's prediction sets, unfamiliar
     inputs and calibration -> (results, probabilities by model, prediction
-    sets, unfamiliar flags, the shipped model's probabilities without its temperature)."""
-    from tlpipe.layers import load_model, temperature_of
+    sets, unfamiliar flags, the shipped model's probabilities without its
+    temperature, each model's per-label thresholds). Multi-label
+    (multilabel.scores): the shipped model decides at its thresholds chosen on
+    val, the head at even odds, and there are no prediction sets (tlpipe.confidence
+    says why): thresholds is None for one label per image, sets None for several."""
+    from tlpipe.layers import load_model, temperature_of, thresholds_of
 
     shipped = load_model(paths.MODEL)
     shipped_probs, test_features = confidence.split_probabilities_and_features(shipped, "test", rows, ep.batch_size,
@@ -90,26 +94,33 @@ def _figures(ep: EvaluateParams, classes, rows, y_true, x_test):
         "finetuned": shipped_probs,
         "head": load_model(paths.HEAD_MODEL).predict(x_test, verbose=0).astype(np.float64),
     }
-    results = {name: scores(y_true, probs[name], classes, ep.top_k) for name in MODELS}
+    multi = y_true.ndim == 2
     trust = confidence.load(paths.TRUST)
     if trust is None:
         raise TlpipeError(f"No {paths.TRUST / 'trust.json'}; run `dvc repro` so that the trust stage writes it.")
-    sets = confidence.prediction_sets(shipped_probs, trust.threshold)
+    sets = thresholds = None
+    if multi:
+        thresholds = {"finetuned": thresholds_of(shipped), "head": [0.5] * len(classes)}
+        results = {name: multilabel.scores(y_true, probs[name], classes, thresholds[name]) for name in MODELS}
+        results["head"]["thresholds"] = "0.5 for every label (the head's own probabilities, uncalibrated)"
+    else:
+        results = {name: scores(y_true, probs[name], classes, ep.top_k) for name in MODELS}
+        sets = confidence.prediction_sets(shipped_probs, trust.threshold)
+        results["conformal"] = confidence.set_figures(sets, y_true, classes, trust.coverage)
     distances = confidence.unfamiliar_scores(test_features, confidence.load_bank(paths.TRUST), trust.neighbours)
     unfamiliar = distances > trust.unfamiliar_threshold
-    results["conformal"] = confidence.set_figures(sets, y_true, classes, trust.coverage)
     results["unfamiliar"] = {"threshold": trust.unfamiliar_threshold, "val_quantile": trust.unfamiliar_quantile,
                              "test_rate": round(float(unfamiliar.mean()), 4)}
     # The shipped model's probabilities are calibrated by a temperature fitted on
-    # val; undoing it (softmax(T log p)) shows what calibration did on test.
+    # val; undoing it (softmax(T log p), or sigmoid(T logit p)) shows what calibration did on test.
     temperature = temperature_of(shipped)
-    uncalibrated = temperature_scaled(shipped_probs, 1.0 / temperature)
+    uncalibrated = temperature_scaled(shipped_probs, 1.0 / temperature, multi)
     results["calibration"] = {
         "temperature": temperature,
         "ece_before": round(expected_calibration_error(y_true, uncalibrated), 4),
         "ece_after": round(expected_calibration_error(y_true, shipped_probs), 4),
     }
-    return results, probs, sets, unfamiliar, uncalibrated
+    return results, probs, sets, unfamiliar, uncalibrated, thresholds
 
 
 def _write_plots(tmp, ep: EvaluateParams, results, probs, sets, unfamiliar, uncalibrated, classes, rows, y_true):
@@ -159,10 +170,18 @@ def _write_plots(tmp, ep: EvaluateParams, results, probs, sets, unfamiliar, unca
     return confused
 
 
-def _print_summary(results: dict, confused: dict) -> None:
+def _print_summary(results: dict, confused: dict | None) -> None:
+    """The evaluate stage's lines; ``confused`` None: a multi-label run."""
     c = results["calibration"]
     print(f"evaluate: calibration (temperature {c['temperature']} fitted on val): test ECE "
           f"{c['ece_before']:.4f} -> {c['ece_after']:.4f}")
+    if confused is None:
+        print(f"evaluate: unfamiliar: {results['unfamiliar']['test_rate']:.1%} of test images")
+        for name in MODELS:
+            r = results[name]
+            print(f"evaluate: {name:9s} test mAP {r['average_precision_macro']:.4f}  macro F1 {r['f1_macro']:.4f}  "
+                  f"micro F1 {r['f1_micro']:.4f}  exact sets {r['subset_accuracy']:.4f}")
+        return
     cf, uf = results["conformal"], results["unfamiliar"]
     print(f"evaluate: prediction sets (target coverage {cf['target_coverage']}): test coverage {cf['coverage']:.4f}, "
           f"mean size {cf['mean_set_size']:.2f}, one class {cf['single_class_share']:.1%}; unfamiliar: "
@@ -175,43 +194,8 @@ def _print_summary(results: dict, confused: dict) -> None:
         print(f"evaluate: most confused: {n} x {a} predicted as {b}")
 
 
-def _multi_label_figures(classes, rows, y_true, x_test, batch_size: int):
-    """Multi-label: both models scored on test (multilabel.scores: the shipped
-    model at its thresholds chosen on val, the head at even odds), unfamiliar
-    inputs and calibration; no prediction sets (tlpipe.confidence says why)."""
-    from tlpipe.layers import load_model, temperature_of, thresholds_of
-
-    shipped = load_model(paths.MODEL)
-    shipped_probs, test_features = confidence.split_probabilities_and_features(shipped, "test", rows, batch_size,
-                                                                               "evaluate")
-    probs = {"finetuned": shipped_probs,
-             "head": load_model(paths.HEAD_MODEL).predict(x_test, verbose=0).astype(np.float64)}
-    thresholds = {"finetuned": thresholds_of(shipped), "head": [0.5] * len(classes)}
-    results = {name: multilabel.scores(y_true, probs[name], classes, thresholds[name]) for name in MODELS}
-    results["head"]["thresholds"] = "0.5 for every label (the head's own probabilities, uncalibrated)"
-    results["unfamiliar"] = _unfamiliar(test_features)
-    temperature = temperature_of(shipped)
-    uncalibrated = temperature_scaled(shipped_probs, 1.0 / temperature, multi_label=True)
-    results["calibration"] = {
-        "temperature": temperature,
-        "ece_before": round(expected_calibration_error(y_true, uncalibrated), 4),
-        "ece_after": round(expected_calibration_error(y_true, shipped_probs), 4),
-    }
-    return results, probs, thresholds, uncalibrated
-
-
-def _unfamiliar(test_features) -> dict:
-    trust = confidence.load(paths.TRUST)
-    if trust is None:
-        raise TlpipeError(f"No {paths.TRUST / 'trust.json'}; run `dvc repro` so that the trust stage writes it.")
-    distances = confidence.unfamiliar_scores(test_features, confidence.load_bank(paths.TRUST), trust.neighbours)
-    return {"threshold": trust.unfamiliar_threshold, "val_quantile": trust.unfamiliar_quantile,
-            "test_rate": round(float((distances > trust.unfamiliar_threshold).mean()), 4),
-            "flags": distances > trust.unfamiliar_threshold}
-
-
-def _write_multi_label_plots(tmp, ep: EvaluateParams, results, probs, thresholds, uncalibrated, classes, rows,
-                             y_true) -> None:
+def _write_multi_label_plots(tmp, ep: EvaluateParams, results, probs, thresholds, unfamiliar, uncalibrated, classes,
+                             rows, y_true) -> None:
     """plots/evaluate/ for a multi-label run: per-label 2 x 2 counts (the
     confusion CSVs, "label: yes/no" on both axes, and a PNG grid), ROC and PR
     curves micro-averaged over labels, per-label PR curves, reliability,
@@ -237,7 +221,6 @@ def _write_multi_label_plots(tmp, ep: EvaluateParams, results, probs, thresholds
     sets = {name: [delimiter.join(c for c, d in zip(classes, decided[name][i]) if d) for i in range(len(rows))]
             for name in MODELS}
     losses = multilabel.image_losses(y_true, ft)
-    unfamiliar = results["unfamiliar"].pop("flags")
     (tmp / "predictions.csv").write_text(csv_text(
         ("path", "actual", "predicted", "head_predicted", "loss", *(f"p_{c}" for c in classes), "unfamiliar"),
         [(r.path, r.label, sets["finetuned"][i], sets["head"][i], round(float(losses[i]), 5),
@@ -249,30 +232,17 @@ def _write_multi_label_plots(tmp, ep: EvaluateParams, results, probs, thresholds
     report.per_class_f1_png(tmp / "per_class_f1.png", results, classes)
 
 
-def _run_multi_label(ep: EvaluateParams, classes, rows, y_true, x_test) -> dict:
-    results, probs, thresholds, uncalibrated = _multi_label_figures(classes, rows, y_true, x_test, ep.batch_size)
-    with atomic.atomic_dir(paths.PLOTS) as tmp:
-        _write_multi_label_plots(tmp, ep, results, probs, thresholds, uncalibrated, classes, rows, y_true)
-    headline.write("eval", results)
-    c = results["calibration"]
-    print(f"evaluate: calibration (temperature {c['temperature']} fitted on val): test ECE "
-          f"{c['ece_before']:.4f} -> {c['ece_after']:.4f}; unfamiliar: {results['unfamiliar']['test_rate']:.1%} "
-          "of test images")
-    for name in MODELS:
-        r = results[name]
-        print(f"evaluate: {name:9s} test mAP {r['average_precision_macro']:.4f}  macro F1 {r['f1_macro']:.4f}  "
-              f"micro F1 {r['f1_micro']:.4f}  exact sets {r['subset_accuracy']:.4f}")
-    return results
-
-
 def run(ep: EvaluateParams) -> dict:
     """test split + both models -> reports/eval.json, metrics/eval.json, plots/evaluate/; reads ``evaluate.*``."""
     classes, rows, y_true, x_test = _test_split()
-    if y_true.ndim == 2:
-        return _run_multi_label(ep, classes, rows, y_true, x_test)
-    results, probs, sets, unfamiliar, uncalibrated = _figures(ep, classes, rows, y_true, x_test)
+    results, probs, sets, unfamiliar, uncalibrated, thresholds = _figures(ep, classes, rows, y_true, x_test)
     with atomic.atomic_dir(paths.PLOTS) as tmp:
-        confused = _write_plots(tmp, ep, results, probs, sets, unfamiliar, uncalibrated, classes, rows, y_true)
+        if thresholds is None:
+            confused = _write_plots(tmp, ep, results, probs, sets, unfamiliar, uncalibrated, classes, rows, y_true)
+        else:
+            confused = None
+            _write_multi_label_plots(tmp, ep, results, probs, thresholds, unfamiliar, uncalibrated, classes, rows,
+                                     y_true)
     headline.write("eval", results)
     _print_summary(results, confused)
     return results
