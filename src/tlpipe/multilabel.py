@@ -2,9 +2,10 @@
 
 A ``data.labels`` CSV with a ``labels`` column (instead of ``label``) makes a
 run multi-label. Everything that differs from one label per image and is
-not a stage's own plumbing lives here: reading a cell into a label set, the
+not a stage's own plumbing lives here: the check of the delimiter, the
 stratified split of label sets (iterative stratification), the per-label
-decision thresholds chosen on val, and the test figures. Targets are
+decision thresholds chosen on val, and the test figures (a cell is read into
+a label set, and label sets into multi-hot rows, by tlpipe.artifacts). Targets are
 multi-hot arrays (images x labels, 0 or 1); probabilities are per-label
 sigmoid outputs, independent of each other.
 """
@@ -23,10 +24,6 @@ COMMON_DELIMITERS = (" ", ";", "|", ",", "/")
 # A label with fewer val positives than this keeps the 0.5 threshold: a threshold
 # chosen on one or two images would be noise.
 MIN_VAL_POSITIVES = 5
-
-
-def joined(labels, delimiter: str) -> str:
-    return delimiter.join(labels)
 
 
 def check_delimiter(label_sets: dict[str, tuple[str, ...]], delimiter: str, where: str) -> None:

@@ -272,7 +272,7 @@ def read_corrections(path: Path, found, delimiter: str | None = None) -> dict[st
                 raise TlpipeError(f"{where}: label {unknown[0]!r} must be a label ({', '.join(class_names)}); the "
                                   f"cell holds the image's label names joined by {delimiter!r}, or {EXCLUDE!r} to "
                                   "drop the image.")
-            label = multilabel.joined(parse_labels(label, delimiter), delimiter)
+            label = delimiter.join(parse_labels(label, delimiter))
         elif label != EXCLUDE and label not in class_names:
             raise TlpipeError(f"{where}: label {label!r} must be a class ({', '.join(class_names)}) or "
                               f"{EXCLUDE!r} to drop the image.")
@@ -407,7 +407,7 @@ def assign_sets(found: dict[str, tuple[str, tuple[str, ...]]], checked: dict[str
                 fixed = parse_labels(corrections[f], delimiter)
                 corrected += fixed != labels
                 labels = fixed
-            out[name].append(Row(f, multilabel.joined(labels, delimiter), checked[f].decoder, labels))
+            out[name].append(Row(f, delimiter.join(labels), checked[f].decoder, labels))
         out[name].sort(key=lambda r: r.path)
     _check_every_label_everywhere(out, class_names, bool(corrections))
     return SplitResult(class_names, out, sorted(rejected), duplicates, conflicts, corrected, excluded)
