@@ -405,6 +405,22 @@ class WorkerLoop:
                                for i in range(0, len(data.x), self.global_batch)])
 
 
+def val_batch(n: int, global_batch: int, replicas: int) -> int:
+    """The batch size val is scored in: the global batch, unless val is
+    smaller than it and does not split evenly between the replicas. Keras 3
+    under MirroredStrategy fails when a dataset's first batch splits unevenly
+    (an AddN of the replicas' inputs), or when a batch leaves a replica no row,
+    though a later batch may split unevenly: such a val set is scored in the
+    largest batches the replicas split evenly whose last batch, if any, still
+    gives every replica a row."""
+    if replicas < 2 or n >= global_batch or n % replicas == 0:
+        return global_batch
+    for size in range(n - n % replicas, 0, -replicas):
+        if n % size >= replicas:
+            return size
+    return global_batch  # no such batches (3 images on 2 replicas): as before
+
+
 def trainer(strategy, model: keras.Model, label_smoothing: float, global_batch: int, seed: int):
     if is_multi_worker(strategy):
         return WorkerLoop(strategy, model, label_smoothing, global_batch, seed)

@@ -404,7 +404,8 @@ def _run(tuning: FinetuneParams, choice: BackboneChoice, preemption: resume.Pree
                                     from_chief=(lambda data: distributed.from_chief(strategy, data)) if several else None)
 
     start = time.perf_counter()  # data: stored prefix outputs, or images
-    val = _val_inputs(val_rows, y_val, choice.image_size, batch_size, built.on_prefix)
+    val_batch = distributed.val_batch(len(val_rows), batch_size, strategy.num_replicas_in_sync)
+    val = _val_inputs(val_rows, y_val, choice.image_size, val_batch, built.on_prefix)
     train_for_run = (_train_inputs(train_rows, y_train, choice.image_size, batch_size, choice.seed, built.on_prefix)
                      if built.trains else None)
     data_seconds = time.perf_counter() - start
@@ -421,7 +422,7 @@ def _run(tuning: FinetuneParams, choice: BackboneChoice, preemption: resume.Pree
         return figures
 
     mirrored_probs = (None if tuning.tta is False
-                      else _mirror_probs(trainer, built, val_rows, y_val, choice.image_size, batch_size))
+                      else _mirror_probs(trainer, built, val_rows, y_val, choice.image_size, val_batch))
     shipping = _save_shipped(built.model, val_probs, mirrored_probs, y_val_idx, tuning.tta, classes)
     metrics = _metrics(figures, shipped, shipping, built, data_seconds, strategy, batch_size)
     headline.write("finetune", metrics)
