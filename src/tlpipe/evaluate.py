@@ -22,7 +22,7 @@ from tlpipe import atomic, confidence, headline, images, multilabel, paths
 from tlpipe.artifacts import csv_text, label_indices, load_features, read_classes, read_split, read_task, sources
 from tlpipe.errors import TlpipeError
 from tlpipe.params import EvaluateParams
-from tlpipe.scoring import expected_calibration_error, reliability, scores, temperature_scaled
+from tlpipe.scoring import expected_calibration_error, image_losses, reliability, scores, temperature_scaled
 
 MODELS = ("finetuned", "head")
 
@@ -123,6 +123,24 @@ def _figures(ep: EvaluateParams, classes, rows, y_true, x_test):
     return results, probs, sets, unfamiliar, uncalibrated, thresholds
 
 
+def _write_curves(tmp, results, probs, uncalibrated, y_true) -> None:
+    """Per model its ROC and PR curves (plots/evaluate/roc, pr), and the
+    shipped model's reliability before and after its temperature."""
+    from tlpipe import report
+
+    for sub in ("roc", "pr", "reliability"):
+        (tmp / sub).mkdir(exist_ok=True)
+    for name in MODELS:
+        roc, pr = curves(y_true, probs[name])
+        (tmp / "roc" / f"{name}.csv").write_text(csv_text(("fpr", "tpr"), roc))
+        (tmp / "pr" / f"{name}.csv").write_text(csv_text(("recall", "precision"), pr))
+    ft = probs["finetuned"]
+    for name, p in (("uncalibrated", uncalibrated), ("calibrated", ft)):
+        points = [(round(c, 5), round(a, 5), n) for c, a, n in reliability(y_true, p)]
+        (tmp / "reliability" / f"{name}.csv").write_text(csv_text(("confidence", "accuracy", "images"), points))
+    report.reliability_png(tmp / "reliability.png", y_true, uncalibrated, ft, results["calibration"]["temperature"])
+
+
 def _write_plots(tmp, ep: EvaluateParams, results, probs, sets, unfamiliar, uncalibrated, classes, rows, y_true):
     """plots/evaluate/: per model its confusion pairs, ROC and PR curves and most
     confused pairs; reliability, predictions, coverage and the PNG pages.
@@ -132,22 +150,14 @@ def _write_plots(tmp, ep: EvaluateParams, results, probs, sets, unfamiliar, unca
     confused = {}
     for name in MODELS:
         y_pred = probs[name].argmax(axis=1)
-        for sub in ("confusion", "roc", "pr"):
-            (tmp / sub).mkdir(exist_ok=True)
+        (tmp / "confusion").mkdir(exist_ok=True)
         (tmp / "confusion" / f"{name}.csv").write_text(
             csv_text(("actual", "predicted"), [(classes[a], classes[b]) for a, b in zip(y_true, y_pred)])
         )
-        roc, pr = curves(y_true, probs[name])
-        (tmp / "roc" / f"{name}.csv").write_text(csv_text(("fpr", "tpr"), roc))
-        (tmp / "pr" / f"{name}.csv").write_text(csv_text(("recall", "precision"), pr))
         confused[name] = most_confused(y_true, y_pred, classes)
         (tmp / f"most_confused_{name}.csv").write_text(csv_text(("actual", "predicted", "count"), confused[name]))
+    _write_curves(tmp, results, probs, uncalibrated, y_true)
     ft = probs["finetuned"]
-    (tmp / "reliability").mkdir()
-    for name, p in (("uncalibrated", uncalibrated), ("calibrated", ft)):
-        points = [(round(c, 5), round(a, 5), n) for c, a, n in reliability(y_true, p)]
-        (tmp / "reliability" / f"{name}.csv").write_text(csv_text(("confidence", "accuracy", "images"), points))
-    report.reliability_png(tmp / "reliability.png", y_true, uncalibrated, ft, results["calibration"]["temperature"])
     (tmp / "predictions.csv").write_text(
         csv_text(
             ("path", "actual", "predicted", "probability", "head_predicted", "prediction_set", "unfamiliar"),
@@ -203,24 +213,17 @@ def _write_multi_label_plots(tmp, ep: EvaluateParams, results, probs, thresholds
     from tlpipe import report
 
     delimiter = read_task().delimiter
-    for sub in ("confusion", "roc", "pr", "reliability"):
-        (tmp / sub).mkdir(exist_ok=True)
+    (tmp / "confusion").mkdir(exist_ok=True)
     decided = {name: multilabel.decisions(probs[name], thresholds[name]) for name in MODELS}
     for name in MODELS:
         cells = [(f"{c}: {'yes' if y_true[i, j] else 'no'}", f"{c}: {'yes' if decided[name][i, j] else 'no'}")
                  for i in range(len(rows)) for j, c in enumerate(classes)]
         (tmp / "confusion" / f"{name}.csv").write_text(csv_text(("actual", "predicted"), cells))
-        roc, pr = curves(y_true, probs[name])
-        (tmp / "roc" / f"{name}.csv").write_text(csv_text(("fpr", "tpr"), roc))
-        (tmp / "pr" / f"{name}.csv").write_text(csv_text(("recall", "precision"), pr))
+    _write_curves(tmp, results, probs, uncalibrated, y_true)
     ft = probs["finetuned"]
-    for name, p in (("uncalibrated", uncalibrated), ("calibrated", ft)):
-        points = [(round(c, 5), round(a, 5), n) for c, a, n in reliability(y_true, p)]
-        (tmp / "reliability" / f"{name}.csv").write_text(csv_text(("confidence", "accuracy", "images"), points))
-    report.reliability_png(tmp / "reliability.png", y_true, uncalibrated, ft, results["calibration"]["temperature"])
     sets = {name: [delimiter.join(c for c, d in zip(classes, decided[name][i]) if d) for i in range(len(rows))]
             for name in MODELS}
-    losses = multilabel.image_losses(y_true, ft)
+    losses = image_losses(y_true, ft)
     (tmp / "predictions.csv").write_text(csv_text(
         ("path", "actual", "predicted", "head_predicted", "loss", *(f"p_{c}" for c in classes), "unfamiliar"),
         [(r.path, r.label, sets["finetuned"][i], sets["head"][i], round(float(losses[i]), 5),
